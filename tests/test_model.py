@@ -1,0 +1,87 @@
+"""Decoding: greedy, batched beam search, N-best, <end> handling, teacher forcing."""
+
+import pytest
+import torch
+
+from captioner.model import packed_targets
+from captioner.vocabulary import END_ID
+from conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_model(seed=1)[0]
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+    torch.manual_seed(2)
+    return torch.randn(6, 32)
+
+
+def _ends_properly(tokens, max_length):
+    return (END_ID not in tokens[:-1]) and (tokens[-1] == END_ID or len(tokens) == max_length)
+
+
+def test_beam_size_one_equals_greedy(model, embeddings):
+    greedy = model.greedy(embeddings, 12)
+    beam = model.beam_search(embeddings, 1, 12)
+    assert [h.tokens for h in greedy] == [hs[0].tokens for hs in beam]
+    assert [h.score for h in greedy] == pytest.approx([hs[0].score for hs in beam], abs=1e-5)
+
+
+def test_captions_stop_at_end(model, embeddings):
+    for h in model.greedy(embeddings, 12):
+        assert _ends_properly(h.tokens, 12)
+    lengths = set()
+    for hs in model.beam_search(embeddings, 4, 12):
+        for h in hs:
+            assert _ends_properly(h.tokens, 12)
+            lengths.add(len(h.tokens))
+    assert len(lengths) > 1  # the fixture model ends captions at different points
+
+
+def test_n_best_sorted_and_distinct(model, embeddings):
+    for hs in model.beam_search(embeddings, 5, 12, num_candidates=5):
+        assert len(hs) == 5
+        scores = [h.score for h in hs]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hs}) == 5
+
+
+def test_batched_equals_one_by_one(model, embeddings):
+    batched = model.beam_search(embeddings, 3, 12)
+    for i in range(len(embeddings)):
+        alone = model.beam_search(embeddings[i:i + 1], 3, 12)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
+    greedy = model.greedy(embeddings, 12)
+    assert [model.greedy(embeddings[i:i + 1], 12)[0].tokens for i in range(6)] == [h.tokens for h in greedy]
+
+
+def test_reported_log_probs_match_teacher_forcing(model, embeddings):
+    """The per-word probabilities beam search reports are what the decoder gives that sequence."""
+    for i, hs in enumerate(model.beam_search(embeddings, 3, 12)):
+        for h in hs:
+            tokens = torch.tensor([h.tokens])
+            with torch.no_grad():
+                logits = model.decoder(embeddings[i:i + 1], tokens[:, :-1], [len(h.tokens)])
+            log_probs = torch.log_softmax(logits, 1)[torch.arange(len(h.tokens)), tokens[0]]
+            assert log_probs.tolist() == pytest.approx(h.token_log_probs, abs=1e-4)
+            assert h.score == pytest.approx(sum(h.token_log_probs) / len(h.tokens), abs=1e-5)
+
+
+def test_beam_finds_at_least_greedy_quality_without_length_penalty(model, embeddings):
+    """With raw log-probabilities (length_penalty=0) a wider beam never ends worse than greedy."""
+    greedy = model.greedy(embeddings, 12, length_penalty=0.0)
+    beam = model.beam_search(embeddings, 4, 12, length_penalty=0.0)
+    for g, hs in zip(greedy, beam):
+        assert hs[0].score >= g.score - 1e-5
+
+
+def test_teacher_forcing_shapes(model):
+    captions = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    lengths = [4, 3]
+    logits = model.decoder(torch.randn(2, 32), captions, lengths)
+    assert logits.shape == (7, len(model.decoder.embed.weight))
+    assert packed_targets(captions, lengths).shape == (7,)
