@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 
 from .errors import CaptionerError
 
+MODEL_ZIP_URL = "https://www.dropbox.com/s/ne0ixz5d58ccbbz/pretrained_model.zip?dl=1"  # the tutorial's links
+VOCAB_ZIP_URL = "https://www.dropbox.com/s/26adb7y9m98uisa/vocap.zip?dl=1"
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -63,7 +66,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     if args.download:
         from .legacy_download import download_and_import
 
-        out = download_and_import(args.out)
+        out = download_and_import(args.out, model_zip_url=args.model_zip_url, vocab_zip_url=args.vocab_zip_url)
     else:
         missing = [flag for flag, value in (("--encoder", args.encoder), ("--decoder", args.decoder),
                                             ("--vocab", args.vocab)) if not value]
@@ -105,6 +108,8 @@ def _add_import_legacy(sub) -> None:
     p.add_argument("--out", help="output model directory")
     p.add_argument("--download", action="store_true",
                    help="fetch the tutorial's published COCO model, check, convert and cache it")
+    p.add_argument("--model-zip-url", default=MODEL_ZIP_URL, help="where pretrained_model.zip is (with --download)")
+    p.add_argument("--vocab-zip-url", default=VOCAB_ZIP_URL, help="where vocap.zip is (with --download)")
     p.set_defaults(func=cmd_import_legacy)
 
 

@@ -155,12 +155,12 @@ Preprocessing: shorter side to 256, centre crop 224, ImageNet mean/std. Vocabula
 
 
 def import_legacy(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
-                  vocab_path: str | os.PathLike, out_dir: str | os.PathLike, card: str | None = None) -> Path:
+                  vocab_path: str | os.PathLike, out_dir: str | os.PathLike, card_note: str = "") -> Path:
     """Convert the tutorial's three files into a model repository at ``out_dir``."""
     vocab = read_legacy_vocabulary(vocab_path)
     model = legacy_state_to_model(_load_state_dict(encoder_path, "encoder"),
                                   _load_state_dict(decoder_path, "decoder"), vocab)
-    card = card or LEGACY_CARD.format(encoder=Path(encoder_path).name, decoder=Path(decoder_path).name,
-                                      vocab=Path(vocab_path).name, vocab_size=len(vocab))
+    card = LEGACY_CARD.format(encoder=Path(encoder_path).name, decoder=Path(decoder_path).name,
+                              vocab=Path(vocab_path).name, vocab_size=len(vocab)) + (card_note and f"\n{card_note}")
     return save_model(model, vocab, out_dir, card=card)
 

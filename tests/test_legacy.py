@@ -177,3 +177,67 @@ def test_swapped_files_are_refused(tutorial_files, tmp_path):
         import_legacy(root / "decoder-5-3000.pkl", root / "encoder-5-3000.pkl", root / "vocab.pkl", tmp_path / "o")
     with pytest.raises(LegacyImportError, match="not a tutorial vocabulary"):
         read_legacy_vocabulary(root / "decoder-5-3000.pkl")
+
+
+# --- import-legacy --download, against a local HTTP server with stand-in zips ---
+import http.server  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import zipfile  # noqa: E402
+from functools import partial  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def zip_server(tutorial_files, tmp_path_factory):
+    root, _, _ = tutorial_files
+    site = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(site / "pretrained_model.zip", "w", zipfile.ZIP_STORED) as zf:
+        for name in ("encoder-5-3000.pkl", "decoder-5-3000.pkl"):
+            zf.write(root / name, f"models/{name}")
+    with zipfile.ZipFile(site / "vocap.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(root / "vocab.pkl", "vocab.pkl")
+    (site / "corrupt.zip").write_bytes(os.urandom(4096))
+    with zipfile.ZipFile(site / "empty.zip", "w") as zf:
+        zf.writestr("readme.txt", "nothing here")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _download(base, out, model="pretrained_model.zip", vocab="vocap.zip"):
+    return subprocess.run([sys.executable, "-m", "captioner", "import-legacy", "--download", "--out", str(out),
+                           "--model-zip-url", f"{base}/{model}", "--vocab-zip-url", f"{base}/{vocab}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_download_converts_and_caches(zip_server, tutorial_files, tmp_path):
+    proc = _download(zip_server, tmp_path / "coco")
+    assert proc.returncode == 0, proc.stderr
+    loaded = load_model(tmp_path / "coco")
+    assert loaded.config.backbone == "resnet152" and len(loaded.vocab) == 9956
+    assert "pretrained_model.zip" in loaded.card
+    # second time: the cached conversion is used, nothing is fetched (the URLs are now dead)
+    proc = _download("http://127.0.0.1:9", tmp_path / "coco")
+    assert proc.returncode == 0 and "wrote" in proc.stdout
+
+
+@pytest.mark.parametrize("model, vocab, message", [
+    ("missing.zip", "vocap.zip", "could not download"),
+    ("corrupt.zip", "vocap.zip", "not a valid zip archive"),
+    ("pretrained_model.zip", "empty.zip", "lacks vocab.pkl"),
+])
+def test_download_faults_give_one_clear_error(zip_server, tmp_path, model, vocab, message):
+    proc = _download(zip_server, tmp_path / "coco", model, vocab)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "coco").exists()
+
+
+def test_download_unreachable_host(tmp_path):
+    proc = _download("http://127.0.0.1:9", tmp_path / "coco")
+    assert proc.returncode == 1 and "could not download http://127.0.0.1:9/" in proc.stderr
