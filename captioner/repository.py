@@ -52,6 +52,11 @@ def resolve_source(source: str | os.PathLike | None = None) -> Path:
     ``owner/name`` or ``owner/name@revision`` that is not an existing directory is fetched
     from the Hugging Face Hub (or found in its cache, e.g. with ``HF_HUB_OFFLINE=1``).
     """
+    return _resolve(source)[0]
+
+
+def _resolve(source: str | os.PathLike | None, force_download: bool = False) -> tuple[Path, bool]:
+    """(local directory, whether it came from the Hub)."""
     if source is None or str(source) == "":
         source = os.environ.get("CAPTIONER_MODEL") or None
     if source is None:
@@ -59,25 +64,26 @@ def resolve_source(source: str | os.PathLike | None = None) -> Path:
             raise ModelSourceError(
                 f"no model given and the bundled model is missing ({BUNDLED_MODEL_DIR / 'config.json'} "
                 "not found); pass --model DIR or owner/name, or set CAPTIONER_MODEL")
-        return BUNDLED_MODEL_DIR
+        return BUNDLED_MODEL_DIR, False
     local = Path(source).expanduser()
     if local.is_dir():
-        return local
+        return local, False
     match = _HUB_ID.match(str(source))
     if match is None or local.exists():
         raise ModelSourceError(f"model source {str(source)!r} is not a directory and not a Hub id "
                                "(owner/name or owner/name@revision)")
-    return _download(match["repo"], match["revision"], str(source))
+    return _download(match["repo"], match["revision"], str(source), force_download), True
 
 
-def _download(repo_id: str, revision: str | None, source: str) -> Path:
+def _download(repo_id: str, revision: str | None, source: str, force_download: bool) -> Path:
     from huggingface_hub import constants, snapshot_download
 
     tried = (f"no local directory {source!r}; then the Hugging Face Hub repo {repo_id!r}"
              f"{f' at revision {revision!r}' if revision else ''} via {constants.ENDPOINT}"
              f"{' (offline mode: cache only)' if constants.HF_HUB_OFFLINE else ''}, cache {constants.HF_HUB_CACHE}")
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILES))
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILES),
+                                 force_download=force_download)
     except Exception as error:  # huggingface_hub and its HTTP client raise many types
         raise ModelSourceError(f"could not get model {source!r}: {_hub_reason(error)}. Tried: {tried}") from None
     return Path(path)
@@ -101,8 +107,21 @@ def _hub_reason(error: Exception) -> str:
 
 
 def load_model(source: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Resolve ``source`` and load the model, in eval mode, on ``device``."""
-    path = resolve_source(source)
+    """Resolve ``source`` and load the model, in eval mode, on ``device``.
+
+    A Hub model whose cached files fail the checks (a download damaged in transit) is
+    downloaded again once, so a bad cache entry does not stick.
+    """
+    path, from_hub = _resolve(source)
+    try:
+        return _load_dir(path, source, device)
+    except ModelFormatError:
+        if not from_hub:
+            raise
+    return _load_dir(_resolve(source, force_download=True)[0], source, device)
+
+
+def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.device) -> LoadedModel:
     config = ModelConfig.load(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
     with _skip_random_init():
