@@ -222,7 +222,7 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def default_card(config: ModelConfig) -> str:
-    return (f"---\nlibrary_name: captioner\npipeline_tag: image-to-text\nlicense: apache-2.0\n---\n\n"
+    return (f"---\nlibrary_name: captioner\npipeline_tag: image-to-text\nlicense: mit\n---\n\n"
             f"# Show-and-Tell captioner ({config.backbone})\n\n"
             f"An image captioning model in the captioner format: {config.backbone} encoder "
             f"({config.encoder_output.replace('_', ' ')}), LSTM decoder ({config.hidden_size} units, "
