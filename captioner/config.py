@@ -16,7 +16,7 @@ from .errors import ModelFormatError
 
 ARCHITECTURE = "show-and-tell"
 FORMAT_VERSION = 1
-ENCODER_OUTPUTS = ("features", "class_log_probs")
+ENCODER_OUTPUTS = ("features", "class_probs", "class_log_probs")
 MAX_CONFIG_BYTES = 1024 * 1024
 
 _LIMITS = {  # inclusive ranges for the integer fields
@@ -75,6 +75,11 @@ class ModelConfig:
             raise ModelFormatError(f"config.json: std must be positive, got {self.std}")
         if not isinstance(self.extra, dict):
             raise ModelFormatError("config.json: extra must be an object")
+
+    @property
+    def emits_classes(self) -> bool:
+        """Whether the encoder hands on an ImageNet class distribution (so top classes can be shown)."""
+        return self.encoder_output != "features"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

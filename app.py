@@ -1,0 +1,330 @@
+"""The captioner's web demo (Gradio): caption a photo, try the examples, caption a whole folder,
+see which model is loaded. UI only: the work is done by the ``captioner`` library.
+
+    python app.py [--model DIR | owner/name[@revision]]
+
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1:7860);
+``CAPTIONER_MODEL`` chooses the model when ``--model`` is not given (default: the bundled one).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
+
+import argparse
+import base64
+import binascii
+import html
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from captioner.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
+from captioner.errors import ImageError
+from captioner.gallery import list_examples
+from captioner.images import load_image
+from captioner.modelcard import summarize_card
+from captioner.repository import BUNDLED_MODEL_DIR
+from captioner.serving import DecodeOptions, SharedCaptioner, choose_model
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
+CAPTION_CONCURRENCY = 8  # caption calls in flight at once; their model work shares forward passes
+QUEUE_SIZE = 64  # waiting requests beyond this are turned away ("queue is full")
+MAX_UPLOAD = "100mb"  # per file; zips of many photos need room, single images are capped lower by the loader
+DEFAULT_BEAM = 3
+BEAM, GREEDY = "Beam search", "Greedy"
+
+CSS = """
+#caption-text .caption { font-size: clamp(1.6rem, 3.2vw, 2.5rem); font-weight: 700; line-height: 1.2;
+  margin: 0.2em 0 0.1em; }
+#caption-text .placeholder { font-size: 1.25rem; opacity: 0.6; margin: 0.4em 0; }
+#model-notice { border-left: 4px solid #f59e0b; background: rgba(245, 158, 11, 0.12);
+  padding: 0.6rem 1rem; border-radius: 6px; }
+"""
+# Gradio serves the theme's fonts itself, so the page needs nothing from the internet.
+THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="sky")
+
+
+def open_upload(payload: dict | None) -> Image.Image | None:
+    """An uploaded image (Gradio's raw file payload) opened by the captioner's safe loader, so a bad
+    file (not an image, truncated, a decompression bomb) is refused with the loader's own message.
+
+    Caption events run with ``preprocess=False`` for this: Gradio's own Image preprocessing would open
+    the file with PIL first and answer a bad one with a generic error. Gradio still checks that the
+    path is one of its uploads before the function sees it.
+    """
+    if not payload:
+        return None
+    try:
+        if payload.get("path"):
+            return load_image(payload["path"])
+        url = payload.get("url") or ""
+        if url.startswith("data:") and "," in url:
+            return load_image(base64.b64decode(url.split(",", 1)[1], validate=True))
+    except ImageError as error:
+        raise _user_error(error, "Unusable image") from None
+    except binascii.Error:
+        raise gr.Error("The pasted image data is damaged.", title="Unusable image", print_exception=False) from None
+    raise gr.Error("No image was received.", title="Unusable image", print_exception=False)
+
+
+def _user_error(error: Exception, title: str) -> gr.Error:
+    return gr.Error(html.escape(str(error), quote=False), title=title, print_exception=False)
+
+
+def launch_options() -> dict[str, Any]:
+    """Arguments for ``demo.launch`` (Gradio 6 takes theme and CSS here, not in ``gr.Blocks``)."""
+    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "share": False}
+
+
+def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR,
+               examples_dir: str | os.PathLike = EXAMPLES_DIR) -> gr.Blocks:
+    """The app for ``source`` (None: ``$CAPTIONER_MODEL``, else the ``bundled`` model). When that
+    model cannot be loaded, the bundled one is shown instead; when none can, the app still starts
+    and says why."""
+    choice = choose_model(source, bundled=bundled)
+    captioner = choice.captioner
+    shared = SharedCaptioner(captioner, max_batch_size=MAX_BATCH_SIZE) if captioner else None
+    config = captioner.config if captioner else None
+    default_length = config.max_length if config else 20
+    shows_classes = bool(config and config.emits_classes)
+    examples = list_examples(examples_dir)
+    downloads = tempfile.TemporaryDirectory(prefix="captioner-app-")  # removed when the demo is collected
+
+    def options(search: str, beam_size: float, candidates: float, max_length: float) -> DecodeOptions:
+        beam = 1 if search == GREEDY else max(2, int(beam_size))
+        return DecodeOptions(beam, min(int(candidates), beam), int(max_length))
+
+    if shared is not None and examples:  # so that clicking an example answers at once
+        problems = shared.warm(examples, options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length))
+        for path, problem in zip(examples, problems):
+            if problem:
+                print(f"Example {path.name} left out of the gallery: {problem}", file=sys.stderr)
+        examples = [path for path, problem in zip(examples, problems) if not problem]
+
+    def require_model() -> SharedCaptioner:
+        if shared is None:
+            raise gr.Error(html.escape(choice.notice or "No model is loaded."), title="No model",
+                           print_exception=False)
+        return shared
+
+    def caption_photo(upload, search, beam_size, candidates, max_length):
+        if not upload:
+            return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None
+        model, image = require_model(), open_upload(upload)
+        try:
+            result = model.caption(image, options(search, beam_size, candidates, max_length))
+        except ImageError as error:
+            raise _user_error(error, "Unusable image") from None
+        except ValueError as error:
+            raise _user_error(error, "Bad decoding settings") from None
+        caption = _title_case(result.caption) if result.caption else "(the model wrote an empty caption)"
+        words: list[tuple[str, str | None]] = []
+        colours = {}
+        for index, (word, probability) in enumerate(result.words):
+            label = f"{probability:.0%}"
+            colours[label] = "#16a34a" if probability >= 0.5 else "#f59e0b" if probability >= 0.2 else "#ef4444"
+            words += [(" ", None)] if index else []
+            words.append((word, label))
+        table = [[rank, _title_case(c.caption), f"{math.exp(c.score):.1%}", round(c.score, 4)]
+                 for rank, c in enumerate(result.candidates, 1)]
+        classes = {label: p for label, p in result.top_classes} if result.top_classes else None
+        return (f'<h2 class="caption">{html.escape(caption)}</h2>',
+                gr.HighlightedText(value=words, color_map=colours), table, classes)
+
+    def caption_api(image, beam_size, num_candidates, max_length) -> dict:
+        """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
+        words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
+        beam_size 1 is greedy decoding; score is the mean log-probability per word."""
+        model = require_model()
+        if not image:
+            raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
+        image = open_upload(image)
+        beam = DEFAULT_BEAM if beam_size is None else int(beam_size)
+        try:
+            result = model.caption(image, DecodeOptions(
+                beam, beam if num_candidates is None else int(num_candidates),
+                default_length if max_length is None else int(max_length)))
+        except (ImageError, ValueError) as error:
+            raise _user_error(error, "Bad request") from None
+        data = result.to_dict()
+        for candidate in data["candidates"]:
+            candidate["confidence"] = math.exp(candidate["score"])
+        return data
+
+    def caption_batch(paths, search, beam_size, max_length, progress=gr.Progress()):
+        model = require_model().captioner
+        if not paths:
+            raise gr.Error("Add some images or a .zip archive first.", title="Nothing to caption",
+                           print_exception=False)
+        try:
+            inputs = collect_inputs(paths)
+        except ImageError as error:
+            raise _user_error(error, "Batch refused") from None
+        beam = 1 if search == GREEDY else max(2, int(beam_size))
+        rows = caption_inputs(model, inputs, beam_size=beam, max_length=int(max_length), batch_size=MAX_BATCH_SIZE,
+                              progress=lambda done, total: progress((done, total), desc="Captioning",
+                                                                    unit="images"))
+        folder = Path(tempfile.mkdtemp(dir=downloads.name))
+        csv_path, json_path = folder / "alt-text.csv", folder / "alt-text.json"
+        csv_path.write_text(rows_to_csv(rows), encoding="utf-8")
+        json_path.write_text(rows_to_json(rows), encoding="utf-8")
+        table = [[row.file, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error]
+                 for row in rows]
+        failed = sum(1 for row in rows if row.error)
+        summary = f"Captioned {len(rows) - failed} of {len(rows)} files" + (
+            f"; {failed} could not be read (see the Error column)." if failed else ".")
+        return (table, summary, gr.DownloadButton(value=str(csv_path), visible=True),
+                gr.DownloadButton(value=str(json_path), visible=True))
+
+    with gr.Blocks(title="Show and Tell: image captioner", analytics_enabled=False,
+                   delete_cache=(3600, 7200)) as demo:
+        demo.downloads = downloads  # keep the folder alive as long as the app
+        gr.Markdown("# Show and Tell: image captioner\n"
+                    "A pretrained CNN looks at the photo; an LSTM writes a sentence about it, word by word. "
+                    "Drop a photo, paste one, take one with the webcam, or click an example.")
+        notice = (choice.notice or "") + (" The Model tab says how to choose a model." if captioner is None else "")
+        gr.Markdown(html.escape(notice), elem_id="model-notice", visible=bool(choice.notice))
+        with gr.Tabs():
+            with gr.Tab("Caption", id="caption"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5):
+                        photo = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
+                                         elem_id="photo", height=380)  # opened by open_upload
+                        run = gr.Button("Caption", variant="primary")
+                        with gr.Accordion("Decoding settings", open=False):
+                            search = gr.Radio([BEAM, GREEDY], value=BEAM, label="Search",
+                                              info="Greedy takes the likeliest word at each step; beam search "
+                                                   "keeps several partial sentences and picks the best whole one.")
+                            beam_size = gr.Slider(2, 10, value=DEFAULT_BEAM, step=1, label="Beam size")
+                            candidates = gr.Slider(1, 10, value=DEFAULT_BEAM, step=1, label="Candidates to show",
+                                                   info="At most the beam size.")
+                            max_length = gr.Slider(2, max(50, default_length), value=default_length, step=1,
+                                                   label="Maximum length (words)")
+                    with gr.Column(scale=6):
+                        caption_view = gr.Markdown(_placeholder("Drop a photo here, paste one, or pick an example "
+                                                                "below."), elem_id="caption-text")
+                        words_view = gr.HighlightedText(label="How sure the model is of each word",
+                                                        show_legend=False, elem_id="words")
+                        candidates_view = gr.Dataframe(headers=["#", "Candidate", "Confidence", "Score"],
+                                                       datatype=["number", "str", "str", "number"],
+                                                       interactive=False, wrap=True, label="Beam candidates",
+                                                       elem_id="candidates")
+                        classes_view = gr.Label(num_top_classes=5, label="What the encoder sees (ImageNet classes)",
+                                                visible=shows_classes, elem_id="top-classes")
+                if examples:
+                    gr.Examples([[str(path)] for path in examples], inputs=[photo], examples_per_page=24,
+                                cache_examples=False,  # remembered by SharedCaptioner instead (see warm above)
+                                label="Examples: click one to caption it", elem_id="examples")
+                gr.Markdown("Confidence is the geometric mean of the words' probabilities (exp of the "
+                            "score, the mean log-probability per word). Add your own photos to "
+                            "`examples/` to see them here.")
+            with gr.Tab("Batch", id="batch"):
+                gr.Markdown("Caption many photos at once, for alt text: upload images or `.zip` archives. "
+                            "The decoding settings of the Caption tab apply.")
+                files = gr.File(file_count="multiple", file_types=["image", ".zip"],
+                                label="Images or .zip archives", elem_id="batch-files")
+                run_batch = gr.Button("Caption all", variant="primary", elem_id="batch-run")
+                batch_summary = gr.Markdown(elem_id="batch-summary")
+                batch_table = gr.Dataframe(headers=["File", "Caption", "Confidence", "Error"], interactive=False,
+                                           wrap=True, label="Results", elem_id="batch-table")
+                with gr.Row():
+                    csv_button = gr.DownloadButton("Download CSV", visible=False, elem_id="download-csv")
+                    json_button = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(_model_panel(captioner, choice.notice), elem_id="model-panel")
+                if captioner and captioner.loaded.card:
+                    with gr.Accordion("Full model card", open=False):
+                        gr.Markdown(summarize_card(captioner.loaded.card).body)
+
+        with gr.Row(visible=False):  # the inputs and output of the API-only `caption` endpoint
+            api_image = gr.Image(type="filepath", label="image")
+            api_beam = gr.Number(DEFAULT_BEAM, precision=0, label="beam_size")
+            api_candidates = gr.Number(DEFAULT_BEAM, precision=0, label="num_candidates")
+            api_length = gr.Number(default_length, precision=0, label="max_length")
+            api_result = gr.JSON(label="result")
+            api_trigger = gr.Button()
+
+        controls = [search, beam_size, candidates, max_length]
+        gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
+              caption_photo, [photo, *controls], [caption_view, words_view, candidates_view, classes_view],
+              preprocess=False, api_visibility="private", concurrency_limit=CAPTION_CONCURRENCY,
+              concurrency_id="caption")
+        # Not batch=True: Gradio fails a whole batch when one request fails. Each call decodes its
+        # own image (so a bad one fails alone) and SharedCaptioner merges the model work instead.
+        api_trigger.click(caption_api, [api_image, api_beam, api_candidates, api_length], api_result,
+                          api_name="caption", preprocess=False, concurrency_limit=CAPTION_CONCURRENCY,
+                          concurrency_id="caption")
+        run_batch.click(caption_batch, [files, search, beam_size, max_length],
+                        [batch_table, batch_summary, csv_button, json_button], api_visibility="private",
+                        concurrency_limit=1, concurrency_id="batch")
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
+    demo.shared_captioner = shared  # for tests and monitoring
+    return demo
+
+
+def _placeholder(text: str) -> str:
+    return f'<p class="placeholder">{html.escape(text)}</p>'
+
+
+def _title_case(text: str) -> str:
+    """The classic demo's title case, without ``str.title``'s ``It'S``."""
+    return " ".join(word[:1].upper() + word[1:] for word in text.split())
+
+
+def _model_panel(captioner, notice: str | None) -> str:
+    choose = ("### Choosing another model\n"
+              "Start the app with `python app.py --model DIR` (a local model folder) or "
+              "`--model owner/name[@revision]` (a Hugging Face Hub repo), or set the environment variable "
+              "`CAPTIONER_MODEL` to the same. Without either, the bundled model in `models/default/` is used.")
+    if captioner is None:
+        return f"### No model loaded\n{html.escape(notice or '')}\n\n{choose}"
+    info = captioner.info
+    encoder = {"features": "pooled features", "class_probs": "ImageNet class probabilities",
+               "class_log_probs": "ImageNet class log-probabilities"}[info["encoder_output"]]
+    lines = ["### Loaded model",
+             f"- **Source:** `{info['source']}`",
+             f"- **Backbone:** {info['backbone']} (the encoder passes on {encoder})",
+             f"- **Vocabulary:** {info['vocab_size']:,} tokens",
+             f"- **Device:** {info['device']}"]
+    card = summarize_card(captioner.loaded.card)
+    about = ["", "### About this model (from its model card)"]
+    if card.title:
+        about.append(f"**{card.title}**\n")
+    about.append(card.summary or "The model card has no summary.")
+    if card.metadata.get("license"):
+        about.append(f"\nLicence: `{card.metadata['license']}`")
+    limits = ["", "### Known limits"]
+    limits += [f"**{heading}**\n\n{text}\n" for heading, text in card.limits] or [
+        "The model card does not describe this model's limits. Treat every caption as a guess: "
+        "captioning models repeat the patterns and biases of their training data."]
+    return "\n".join([*lines, *about, *limits, "", choose])
+
+
+def __getattr__(name: str) -> Any:
+    """``app.demo``, built on first use, so that importing ``app`` loads no model
+    (``gradio app.py`` and Hugging Face Spaces look for ``demo``)."""
+    if name == "demo":
+        globals()["demo"] = build_demo()
+        return globals()["demo"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the captioner web demo.")
+    parser.add_argument("--model", help="model directory or Hub id owner/name[@revision] "
+                                        "(default: $CAPTIONER_MODEL, else the bundled model)")
+    args = parser.parse_args(argv)
+    build_demo(args.model).launch(**launch_options())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Captioning many files at once (alt text for a folder): uploaded images and zip archives in,
+one row per image out, as a table or as CSV / JSON files.
+
+Zip archives are read in memory, member by member: nothing is extracted to disk, so member
+names (``../../etc/passwd``) are only labels. The number of members and the total size they
+unpack to are capped, and each member is read with a byte limit, so a zip bomb costs no more
+than the limits allow. A file that cannot be read or captioned becomes a row with an error;
+it never stops the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from .errors import ImageError
+from .images import MAX_IMAGE_BYTES, load_image
+from .service import Captioner
+
+MAX_FILES = 1000  # images per batch, loose files and zip members together
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together
+_SKIPPED_NAMES = {"thumbs.db", "desktop.ini"}  # files that operating systems add to folders
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """One image to caption: a file, or a member of a zip archive (never extracted)."""
+
+    name: str  # shown in the table and the downloads
+    path: Path  # the file, or the archive holding the member
+    member: str | None = None
+    error: str | None = None  # refused before reading (the row says why)
+
+    def read(self, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+        """The file's bytes. Raises ``ImageError`` when it cannot be read or exceeds ``max_bytes``."""
+        if self.error:
+            raise ImageError(self.error)
+        try:
+            if self.member is None:
+                with open(self.path, "rb") as handle:
+                    data = handle.read(max_bytes + 1)
+            else:
+                with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as handle:
+                    data = handle.read(max_bytes + 1)
+        except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError) as error:
+            # RuntimeError: encrypted member; NotImplementedError: unsupported compression
+            raise ImageError(f"cannot read this file: {error}") from error
+        if len(data) > max_bytes:
+            raise ImageError(f"file too large (limit {max_bytes // (1024 * 1024)} MB)")
+        return data
+
+
+@dataclass
+class BatchRow:
+    file: str
+    caption: str = ""
+    score: float | None = None  # mean log-probability per word of the caption
+    error: str = ""
+
+    @property
+    def confidence(self) -> float | None:
+        """``exp(score)``: the geometric mean of the words' probabilities, in (0, 1]."""
+        return None if self.score is None else math.exp(self.score)
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike], *, max_files: int = MAX_FILES,
+                   max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> list[BatchInput]:
+    """Expand uploaded files into images to caption: a zip archive gives its members.
+
+    Raises ``ImageError`` when the batch holds more than ``max_files`` images or its archives
+    unpack to more than ``max_unpacked_bytes`` (a likely zip bomb): such a batch is refused whole.
+    """
+    inputs: list[BatchInput] = []
+    unpacked = 0
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".zip":
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    members = [info for info in archive.infolist() if _is_content(info)]
+            except (OSError, zipfile.BadZipFile) as error:
+                inputs.append(BatchInput(path.name, path, error=f"not a readable zip archive: {error}"))
+                continue
+            if len(inputs) + len(members) > max_files:
+                raise ImageError(f"too many files: {path.name} holds {len(members)} (limit {max_files} per batch)")
+            unpacked += sum(info.file_size for info in members)
+            if unpacked > max_unpacked_bytes:
+                raise ImageError(f"{path.name} unpacks to more than {max_unpacked_bytes // (1024 * 1024)} MB; "
+                                 "split it into smaller archives")
+            inputs.extend(BatchInput(f"{path.name}/{info.filename}", path, info.filename,
+                                     error=_member_error(info)) for info in members)
+        else:
+            inputs.append(BatchInput(path.name, path))
+        if len(inputs) > max_files:
+            raise ImageError(f"too many files (limit {max_files} per batch)")
+    return inputs
+
+
+def _is_content(info: zipfile.ZipInfo) -> bool:
+    """Skip folders and the hidden files that archivers and operating systems add."""
+    parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+    return not (info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith(".")
+                or parts[-1].lower() in _SKIPPED_NAMES)
+
+
+def _member_error(info: zipfile.ZipInfo) -> str | None:
+    if info.file_size > MAX_IMAGE_BYTES:
+        return f"file too large: {info.file_size // (1024 * 1024)} MB (limit {MAX_IMAGE_BYTES // (1024 * 1024)} MB)"
+    if info.flag_bits & 0x1:
+        return "the file is encrypted"
+    return None
+
+
+def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], *, beam_size: int = 3,
+                   max_length: int | None = None, batch_size: int = 8,
+                   progress: Callable[[int, int], None] | None = None) -> list[BatchRow]:
+    """Caption every input, ``batch_size`` images per forward pass; one row per input, in order.
+
+    ``progress(done, total)`` is called after each pass. Unreadable inputs become rows with an error.
+    """
+    rows = [BatchRow(item.name) for item in inputs]
+    total = len(inputs)
+    if progress:
+        progress(0, total)
+    for start in range(0, total, batch_size):
+        ready: list[tuple[int, torch.Tensor]] = []
+        for index in range(start, min(start + batch_size, total)):
+            try:
+                ready.append((index, captioner.preprocess(load_image(inputs[index].read()))))
+            except ImageError as error:
+                rows[index].error = str(error)
+        if ready:
+            results = captioner.caption_tensor(torch.stack([pixels for _, pixels in ready]), beam_size=beam_size,
+                                               num_candidates=1, max_length=max_length)
+            for (index, _), result in zip(ready, results):
+                rows[index].caption = result.caption
+                rows[index].score = result.candidates[0].score if result.candidates else None
+        if progress:
+            progress(min(start + batch_size, total), total)
+    return rows
+
+
+_CSV_FIELDS = ("file", "caption", "confidence", "score", "error")
+
+
+def _record(row: BatchRow) -> dict:
+    record = asdict(row)
+    record["confidence"] = None if row.confidence is None else round(row.confidence, 6)
+    return {field: record[field] for field in _CSV_FIELDS}
+
+
+def rows_to_csv(rows: Iterable[BatchRow]) -> str:
+    """CSV text with a header; cells that a spreadsheet would run as formulas are quoted with ``'``."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _spreadsheet_safe(value) for key, value in _record(row).items()})
+    return out.getvalue()
+
+
+def _spreadsheet_safe(value: object) -> object:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def rows_to_json(rows: Iterable[BatchRow]) -> str:
+    """A JSON array of ``{file, caption, confidence, score, error}`` objects."""
+    return json.dumps([_record(row) for row in rows], indent=2, ensure_ascii=False) + "\n"
