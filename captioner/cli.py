@@ -1,4 +1,4 @@
-"""``python -m captioner``: caption images, import tutorial checkpoints, train, evaluate, publish.
+"""The command line (python -m captioner): caption images, import tutorial checkpoints, train, evaluate, publish.
 
 Heavy modules (torch, gradio) are imported inside the commands that need them, so that
 ``--help`` is instant and ``caption`` pays only for torch.
@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import CaptionerError
 
@@ -123,7 +124,210 @@ def _add_push(sub) -> None:
     p.set_defaults(func=cmd_push)
 
 
-PARSERS: list[Callable] = [_add_caption, _add_import_legacy, _add_push]
+def cmd_build_default(args: argparse.Namespace) -> int:
+    from .build_default import BuildSettings, build_default, default_photos, summary
+    from .repository import BUNDLED_MODEL_DIR
+
+    out = args.out or BUNDLED_MODEL_DIR
+    settings = BuildSettings(**{name: value for name, value in vars(args).items()
+                                if name in BuildSettings.__dataclass_fields__ and value is not None})
+    report = build_default(out, settings, default_photos())
+    print(summary(report))
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_build_default(sub) -> None:
+    p = sub.add_parser("build-default", help="regenerate the bundled model: generate data, train, evaluate, write")
+    p.add_argument("--out", default=None, help="model directory to write (default: the bundled models/default)")
+    for name, kind in (("train-pairs", int), ("val-pairs", int), ("test-pairs", int), ("epochs", int),
+                       ("batch-size", int), ("lr", float), ("embed-size", int), ("hidden-size", int),
+                       ("seed", int)):
+        p.add_argument(f"--{name}", type=kind, dest=name.replace("-", "_"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--resume", action="store_true", help="continue the training run of an interrupted build")
+    p.add_argument("--full-precision", dest="half_precision", action="store_false", default=None,
+                   help="store float32 weights (default: float16 when captions stay identical)")
+    p.set_defaults(func=cmd_build_default)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import CardInfo, train_captioner
+
+    train_items, val_items, reports, how = _training_data(args)
+    for report in reports:
+        print(report.summary())
+    print(f"Training on {len(train_items)} images; validating on {len(val_items)} ({how}).", flush=True)
+    names = tuple(args.dataset_name or [Path(args.annotations).stem])
+    data = (f"{args.format} data from `{Path(args.annotations).name}`: {len(train_items)} training images with "
+            f"{sum(len(i.captions) for i in train_items)} captions; validation on {len(val_items)} images ({how}).")
+    result = train_captioner(
+        train_items, val_items, args.out, backbone=args.backbone, encoder_output=args.encoder_output,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
+        min_word_count=args.min_word_count, embed_size=args.embed_size, hidden_size=args.hidden_size,
+        num_layers=args.num_layers, max_length=args.max_length, image_size=args.image_size,
+        train_backbone=args.train_backbone, backbone_lr=args.backbone_lr, device=args.device,
+        cache_dir=args.cache_dir, extraction_batch_size=args.extraction_batch_size,
+        metric=None if args.metric.lower() == "none" else args.metric, metric_images=args.metric_images,
+        card=CardInfo(data=data, datasets=names, license=args.license))
+    best = result.best
+    if best is None:
+        print(f"nothing to do: {args.out} already has {args.epochs} epochs (raise --epochs to train more)")
+        return 0
+    scores = ", ".join(f"{name} {value:.4f}" for name, value in best.scores.items() if value is not None)
+    print(f"best epoch {best.epoch} of {result.history[-1].epoch}: val loss {best.val_loss:.4f}"
+          f"{', ' + scores if scores else ''}")
+    if result.skipped_images:
+        print(f"skipped {len(result.skipped_images)} unusable images (e.g. {result.skipped_images[0][0]}: "
+              f"{result.skipped_images[0][1]})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _training_data(args: argparse.Namespace):
+    """(train items, validation items, reports, how the validation set was chosen)."""
+    from .datasets import read_dataset, split_holdout
+    from .errors import DatasetError
+
+    fmt, annotations, images = args.format, Path(args.annotations), Path(args.images)
+    if fmt == "flickr8k" and args.split_file is None:
+        try:  # the standard split lists next to the token file
+            items, report = read_dataset(fmt, annotations, images, split="train")
+        except DatasetError:
+            items, report = read_dataset(fmt, annotations, images)
+    else:
+        items, report = read_dataset(fmt, annotations, images, split_file=args.split_file)
+    reports = [report]
+    train = [i for i in items if i.split in (None, "train")]
+    val = [i for i in items if i.split == "val"]
+    how = "the data's own validation split"
+    if args.val_annotations:
+        val, val_report = read_dataset(fmt, Path(args.val_annotations), Path(args.val_images or images))
+        if any(i.split == "val" for i in val):
+            val = [i for i in val if i.split == "val"]
+        reports.append(val_report)
+        how = f"images of {Path(args.val_annotations).name}"
+    elif not val and fmt == "flickr8k":
+        try:
+            val, val_report = read_dataset(fmt, annotations, images, split="val")
+            reports.append(val_report)
+        except DatasetError:
+            val = []
+    if not val:
+        train, val = split_holdout(train, args.val_fraction, args.seed)
+        how = f"a held-out {args.val_fraction:g} of the training images"
+    if not train:
+        raise DatasetError("no training images left: check the data's split labels")
+    return train, val, reports, how
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import read_dataset
+    from .evaluation import format_scores
+    from .service import load_captioner
+    from .training import decoding_name, evaluate_captioner
+
+    split = args.split if args.split != "all" else None
+    if args.split is None:
+        split = None if args.format == "coco" else "test"
+    items, report = read_dataset(args.format, Path(args.annotations), Path(args.images), split=split,
+                                 split_file=args.split_file)
+    print(report.summary(), file=sys.stderr)
+    if args.max_images:
+        items = items[:args.max_images]
+    beams = [args.beam_size] + ([1] if args.compare_greedy and args.beam_size != 1 else [])
+    captioner = load_captioner(args.model, args.device)
+    result = evaluate_captioner(captioner, items, beam_sizes=beams, batch_size=args.batch_size,
+                                max_length=args.max_length, use_java=not args.no_java)
+    for beam in beams:
+        if len(beams) > 1:
+            print(f"# {decoding_name(beam)} ({len(result.references)} images)")
+        print(format_scores(result.decodings[decoding_name(beam)]))
+    out = Path(args.json_out) if args.json_out else Path(
+        f"eval-{Path(str(args.model or 'bundled')).name}-{Path(args.annotations).stem}-{split or 'all'}.json")
+    data = {"model": captioner.loaded.source,
+            "data": {"format": args.format, "annotations": str(args.annotations), "image_folder": str(args.images),
+                     "split": split, "report": report.summary()},
+            **result.to_json()}
+    out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unusable images (e.g. {result.skipped[0][0]}: {result.skipped[0][1]})",
+              file=sys.stderr)
+    print(f"wrote scores and per-image captions to {out}", file=sys.stderr)
+    return 0
+
+
+def _add_train(sub) -> None:
+    from .config import ENCODER_OUTPUTS
+    from .datasets import FORMATS
+
+    p = sub.add_parser("train", help="train a model on a caption data set",
+                       description="Train a Show-and-Tell model. Validation images: --val-annotations, else the "
+                                   "data's own val split (karpathy, flickr8k lists, a csv split column), else a "
+                                   "held-out --val-fraction of the training images.")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--annotations", required=True, help="captions file (COCO json, Karpathy json, Flickr8k "
+                                                        "token file, or csv/jsonl)")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--out", required=True, help="model directory to write (best epoch; checkpoint.pt inside)")
+    p.add_argument("--val-annotations", help="captions file of the validation images (same format)")
+    p.add_argument("--val-images", help="image folder of --val-annotations (default: --images)")
+    p.add_argument("--split-file", help="list of training image file names (e.g. Flickr_8k.trainImages.txt)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="held out when there is no validation set")
+    p.add_argument("--backbone", default="efficientnet-lite0",
+                   help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2, resnet152")
+    p.add_argument("--encoder-output", default="features", choices=ENCODER_OUTPUTS,
+                   help="what the backbone hands the decoder (default: pooled features)")
+    p.add_argument("--image-size", type=_positive, default=None, help="input crop (default: the backbone's)")
+    p.add_argument("--epochs", type=_positive, default=10, help="epochs in all (with --resume: including done ones)")
+    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--min-word-count", type=_positive, default=4, help="vocabulary threshold (default 4)")
+    p.add_argument("--embed-size", type=_positive, default=256)
+    p.add_argument("--hidden-size", type=_positive, default=512)
+    p.add_argument("--num-layers", type=_positive, default=1)
+    p.add_argument("--max-length", type=_positive, default=20, help="longest caption generated, in tokens")
+    p.add_argument("--train-backbone", action="store_true",
+                   help="fine-tune the backbone too (no feature cache: every step runs the whole encoder)")
+    p.add_argument("--backbone-lr", type=float, default=None, help="with --train-backbone (default: lr / 10)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $CAPTIONER_CACHE/features or "
+                                                     "~/.cache/captioner/features)")
+    p.add_argument("--extraction-batch-size", type=_positive, default=32)
+    p.add_argument("--metric", default="CIDEr", help="validation metric choosing the best epoch: CIDEr (default), "
+                                                     "BLEU-1..4, ROUGE-L, or none (validation loss)")
+    p.add_argument("--metric-images", type=_positive, default=500, help="validation images captioned per epoch")
+    p.add_argument("--dataset-name", action="append", help="for the model card's datasets field (repeatable)")
+    p.add_argument("--license", default="apache-2.0", help="for the model card")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    from .datasets import FORMATS
+
+    p = sub.add_parser("evaluate", help="score a model on a caption data set (BLEU, METEOR, ROUGE-L, CIDEr)")
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: the bundled model)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--annotations", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--split", default=None, help="train, val, test or all (default: test; all for coco)")
+    p.add_argument("--split-file", help="list of the image file names to score")
+    p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
+    p.add_argument("--compare-greedy", action="store_true", help="also score greedy decoding")
+    p.add_argument("--max-length", type=_positive, default=None)
+    p.add_argument("--max-images", type=_positive, default=None, help="score only the first N images")
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-java", action="store_true", help="skip Java (Python tokeniser, no METEOR)")
+    p.add_argument("--json-out", help="per-image captions and the scores (default: "
+                                      "eval-MODEL-ANNOTATIONS-SPLIT.json in the current folder)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+PARSERS: list[Callable] = [_add_caption, _add_import_legacy, _add_push, _add_build_default, _add_train,
+                           _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
