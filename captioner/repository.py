@@ -201,6 +201,9 @@ def save_model(model: ShowAndTell, vocab: Vocabulary, out_dir: str | os.PathLike
         config.save(staging / "config.json")
         vocab.save(staging / "vocab.json")
         (staging / "README.md").write_text(card if card is not None else default_card(config), encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary folder
+        for file in staging.iterdir():
+            file.chmod(0o644)
         _replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
