@@ -4,7 +4,8 @@ see which model is loaded. UI only: the work is done by the ``captioner`` librar
     python app.py [--model DIR | owner/name[@revision]]
 
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1:7860);
-``CAPTIONER_MODEL`` chooses the model when ``--model`` is not given (default: the bundled one).
+``CAPTIONER_MODEL`` chooses the model when ``--model`` is not given (default: the bundled one);
+``CAPTIONER_MAX_BATCH`` the images per shared forward pass when ``--max-batch-size`` is not (default 8).
 """
 
 from __future__ import annotations
@@ -85,14 +86,27 @@ def launch_options() -> dict[str, Any]:
     return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "share": False}
 
 
+def max_batch_size(value: int | str | None = None) -> int:
+    """``value``, else ``$CAPTIONER_MAX_BATCH``, else ``MAX_BATCH_SIZE``, checked (1 turns batching off)."""
+    raw = value if value not in (None, "") else os.environ.get("CAPTIONER_MAX_BATCH") or MAX_BATCH_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"The maximum batch size must be a whole number of at least 1, got {raw!r}.")
+    return size
+
+
 def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR,
-               examples_dir: str | os.PathLike = EXAMPLES_DIR) -> gr.Blocks:
+               examples_dir: str | os.PathLike = EXAMPLES_DIR, batch_size: int | None = None) -> gr.Blocks:
     """The app for ``source`` (None: ``$CAPTIONER_MODEL``, else the ``bundled`` model). When that
     model cannot be loaded, the bundled one is shown instead; when none can, the app still starts
-    and says why."""
+    and says why. ``batch_size``: images per forward pass (None: see ``max_batch_size``)."""
+    batch_size = max_batch_size(batch_size)
     choice = choose_model(source, bundled=bundled)
     captioner = choice.captioner
-    shared = SharedCaptioner(captioner, max_batch_size=MAX_BATCH_SIZE) if captioner else None
+    shared = SharedCaptioner(captioner, max_batch_size=batch_size) if captioner else None
     config = captioner.config if captioner else None
     default_length = config.max_length if config else 20
     shows_classes = bool(config and config.emits_classes)
@@ -170,7 +184,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         except ImageError as error:
             raise _user_error(error, "Batch refused") from None
         beam = 1 if search == GREEDY else max(2, int(beam_size))
-        rows = caption_inputs(model, inputs, beam_size=beam, max_length=int(max_length), batch_size=MAX_BATCH_SIZE,
+        rows = caption_inputs(model, inputs, beam_size=beam, max_length=int(max_length), batch_size=batch_size,
                               progress=lambda done, total: progress((done, total), desc="Captioning",
                                                                     unit="images"))
         folder = Path(tempfile.mkdtemp(dir=downloads.name))
@@ -322,8 +336,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the captioner web demo.")
     parser.add_argument("--model", help="model directory or Hub id owner/name[@revision] "
                                         "(default: $CAPTIONER_MODEL, else the bundled model)")
+    parser.add_argument("--max-batch-size", type=int, metavar="N",
+                        help="concurrent requests' images per shared forward pass; 1 turns batching off "
+                             f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
     args = parser.parse_args(argv)
-    build_demo(args.model).launch(**launch_options())
+    try:
+        batch_size = max_batch_size(args.max_batch_size)
+    except ValueError as error:
+        parser.error(str(error))
+    build_demo(args.model, batch_size=batch_size).launch(**launch_options())
 
 
 if __name__ == "__main__":

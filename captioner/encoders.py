@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from .errors import ModelSourceError
 
@@ -92,6 +93,32 @@ def build_backbone(name: str, encoder_output: str) -> nn.Module:
     if name == "resnet152":
         return ResNetBackbone(encoder_output)
     return EfficientNetBackbone(name, encoder_output)
+
+
+# Each convolution and the BatchNorm2d that reads its output, by attribute name, in the two backbone
+# families: EfficientNet-Lite (stem, head, and inside each MBConvBlock) and torchvision's ResNet
+# (the Sequential stem and each downsample are "0" -> "1"; inside each Bottleneck convN -> bnN).
+_CONV_BN_PAIRS = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"), ("_expand_conv", "_bn0"),
+                  ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"), ("0", "1"),
+                  ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+
+def optimize_for_inference(backbone: nn.Module) -> nn.Module:
+    """Make an eval-mode backbone faster for inference, in place, keeping its outputs (up to float
+    rounding): each BatchNorm is folded into the convolution before it, and the weights are
+    stored channels_last, the layout oneDNN's CPU convolutions prefer. About 1.3-1.5x on
+    EfficientNet-Lite0 on CPU (see benchmarks/encoder_speedups.py). The result cannot be trained
+    and its ``state_dict`` no longer matches the model file's.
+    """
+    if backbone.training:
+        raise ValueError("optimize_for_inference needs a backbone in eval mode")
+    for module in list(backbone.modules()):
+        for conv_name, bn_name in _CONV_BN_PAIRS:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    return backbone.to(memory_format=torch.channels_last)
 
 
 def output_size(name: str, encoder_output: str) -> int:

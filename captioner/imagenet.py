@@ -11,9 +11,11 @@ a synset's offset is the byte position of its line, so one synset is one seek an
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +32,26 @@ _ORDER_CHECKS = {0: "n01440764", 281: "n02123045", 285: "n02124075", 967: "n0792
 
 def imagenet_class_names() -> list[str]:
     """The 1000 human-readable class names in torchvision's (= the classifiers') order."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    return list(_torchvision_imagenet_categories())
 
-    return list(_IMAGENET_CATEGORIES)
+
+@functools.cache
+def _torchvision_imagenet_categories() -> tuple[str, ...]:
+    """torchvision's list, read from its ``models/_meta.py`` as a literal when torchvision is not
+    imported yet: importing the package costs seconds of start-up for one list of strings."""
+    meta = sys.modules.get("torchvision.models._meta")
+    if meta is not None:
+        return tuple(meta._IMAGENET_CATEGORIES)
+    spec = importlib.util.find_spec("torchvision")  # locates the package without importing it
+    try:
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("torchvision")
+        source = (Path(next(iter(spec.submodule_search_locations))) / "models" / "_meta.py").read_text()
+        names = next(ast.literal_eval(node.value) for node in ast.parse(source).body
+                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_IMAGENET_CATEGORIES")
+    except (OSError, StopIteration, SyntaxError, ValueError):  # a torchvision laid out differently
+        from torchvision.models._meta import _IMAGENET_CATEGORIES as names
+    return tuple(names)
 
 
 @functools.cache

@@ -56,9 +56,22 @@ class Decoder(nn.Module):
         return self.linear(hiddens.data)
 
     def step(self, inputs: torch.Tensor, state=None):
-        """One time step for a batch: inputs ``(B, E)`` -> log-probabilities ``(B, V)`` and the new state."""
-        hiddens, state = self.lstm(inputs.unsqueeze(1), state)
-        return torch.log_softmax(self.linear(hiddens.squeeze(1)), dim=1), state
+        """One time step for a batch: inputs ``(B, E)`` -> log-probabilities ``(B, V)`` and the new state.
+
+        Runs the LSTM's own weights through ``torch.lstm_cell`` layer by layer: the same
+        arithmetic as ``self.lstm``, whose CPU (oneDNN) path costs several times more per call
+        than the step itself when called for one time step at a time.
+        """
+        if state is None:
+            zeros = inputs.new_zeros(self.lstm.num_layers, inputs.size(0), self.lstm.hidden_size)
+            state = (zeros, zeros)
+        hiddens, cells = [], []
+        for layer, weights in enumerate(self.lstm.all_weights):
+            hidden, cell = torch.lstm_cell(inputs, (state[0][layer], state[1][layer]), *weights)
+            hiddens.append(hidden)
+            cells.append(cell)
+            inputs = hidden
+        return torch.log_softmax(self.linear(inputs), dim=1), (torch.stack(hiddens), torch.stack(cells))
 
 
 def packed_targets(captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -107,11 +120,15 @@ class ShowAndTell(nn.Module):
                     num_candidates: int | None = None, length_penalty: float = 1.0) -> list[list[Hypothesis]]:
         """Batched beam search; returns the ``num_candidates`` best hypotheses per image, best first.
 
-        A beam that emits ``<end>`` is set aside as finished and its place goes to the next
-        best live continuation, so every step keeps ``beam_size`` live beams. An image is
-        done once it has ``beam_size`` finished hypotheses; ranking uses the length-normalised
-        score, so shorter captions are not favoured merely for being short.
+        A beam that emits ``<end>`` is set aside as finished (the ``beam_size`` best are kept) and
+        its place goes to the next best live continuation, so every step keeps ``beam_size`` live
+        beams. Ranking uses the length-normalised score, so shorter captions are not favoured
+        merely for being short; an image is done only when no live beam can still beat its
+        finished ones (an early, unlikely ``<end>`` cannot crowd out a longer, likelier caption).
+        ``beam_size=1`` is greedy decoding.
         """
+        if beam_size == 1:
+            return [[h] for h in self.greedy(embeddings, max_length, length_penalty)]
         batch, k = embeddings.size(0), beam_size
         num_candidates = min(num_candidates or k, k)
         log_probs, state = self.decoder.step(embeddings)  # (B, V): the first step has a single beam
@@ -123,6 +140,7 @@ class ShowAndTell(nn.Module):
         history = torch.empty(batch * k, 0, dtype=torch.long, device=embeddings.device)
         history_lp = torch.empty(batch * k, 0, device=embeddings.device)
         finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        done = [False] * batch
         for step in range(max_length):
             total = (scores.unsqueeze(2) + log_probs).view(batch, -1)  # (B, K*V)
             top_scores, top_index = total.topk(min(2 * k, total.size(1)), dim=1)
@@ -133,22 +151,26 @@ class ShowAndTell(nn.Module):
             last_step = step == max_length - 1
             for b, (cand_scores, cand_beams, cand_tokens) in enumerate(
                     zip(top_scores.tolist(), beam_index.tolist(), token.tolist())):
+                if done[b]:
+                    continue  # its beams idle at -inf
                 filled = 0
                 for score, beam, tok in zip(cand_scores, cand_beams, cand_tokens):
                     if score == float("-inf") or filled == k:
                         break
                     row = b * k + beam
                     if tok == END_ID or last_step:
-                        if len(finished[b]) < k:
-                            seq = history[row].tolist() + [tok]
-                            lps = history_lp[row].tolist() + [log_probs[b, beam, tok].item()]
-                            finished[b].append(_hypothesis(seq, lps, length_penalty))
+                        seq = history[row].tolist() + [tok]
+                        lps = history_lp[row].tolist() + [log_probs[b, beam, tok].item()]
+                        _keep_best(finished[b], _hypothesis(seq, lps, length_penalty), k)
                         continue
                     keep[b, filled], keep_token[b, filled], new_scores[b, filled] = row, tok, score
                     filled += 1
-                if len(finished[b]) >= k:
-                    new_scores[b] = float("-inf")  # this image is done: let its beams idle
-            if last_step or all(len(f) >= k for f in finished):
+                # A live beam's sum can only fall; at best it ends at max_length with nothing lost.
+                best_live = new_scores[b, 0].item() / max_length ** length_penalty if filled else float("-inf")
+                done[b] = len(finished[b]) == k and best_live <= min(h.score for h in finished[b])
+                if done[b]:
+                    new_scores[b] = float("-inf")
+            if last_step or all(done):
                 break
             keep, keep_token = keep.to(embeddings.device), keep_token.to(embeddings.device)
             rows = keep.view(-1)
@@ -160,6 +182,15 @@ class ShowAndTell(nn.Module):
             step_log_probs, state = self.decoder.step(self.decoder.embed(keep_token.view(-1)), state)
             log_probs = step_log_probs.view(batch, k, vocab)
         return [sorted(f, key=lambda h: h.score, reverse=True)[:num_candidates] for f in finished]
+
+
+def _keep_best(finished: list[Hypothesis], hypothesis: Hypothesis, k: int) -> None:
+    if len(finished) < k:
+        finished.append(hypothesis)
+        return
+    worst = min(range(k), key=lambda i: finished[i].score)
+    if hypothesis.score > finished[worst].score:
+        finished[worst] = hypothesis
 
 
 def _hypothesis(tokens: list[int], log_probs: list[float], length_penalty: float) -> Hypothesis:

@@ -37,7 +37,7 @@ def test_no_source_means_the_bundled_model(captioner, monkeypatch):
 
 
 @pytest.mark.parametrize("photo, greedy_words, beam_words", [
-    ("coffee", {"espresso", "cup"}, {"espresso", "cup", "drink"}),  # beam falls back to the general word
+    ("coffee", {"espresso", "cup"}, {"espresso", "cup"}),
     ("chelsea-the-cat", {"cat"}, {"cat"}),
     ("rocket", {"missile"}, {"missile"}),
     ("camera", {"tripod"}, {"tripod"}),
@@ -57,9 +57,9 @@ def _agreements(captioner):
 
 @needs_wordnet
 def test_agreement_with_the_grammar_does_not_regress(captioner):
-    """The shipped model's measured level (0.79 greedy, 0.74 beam on the build's test pairs)."""
+    """The shipped model's measured level (about 0.79 greedy, 0.81 beam on the build's test pairs)."""
     greedy, beam, _, _ = _agreements(captioner)
-    assert greedy >= 0.75 and beam >= 0.70
+    assert greedy >= 0.75 and beam >= 0.77
 
 
 @needs_wordnet
@@ -74,7 +74,6 @@ def test_agreement_reaches_the_bar_and_the_template(captioner):
 
 
 @needs_wordnet
-@pytest.mark.xfail(strict=True, reason="beam search prefers shorter captions with this decoder (see its card)")
 def test_beam_search_does_not_collapse_to_shorter_captions(captioner):
     greedy, beam, greedy_out, beam_out = _agreements(captioner)
     assert beam >= greedy - 0.01

@@ -5,7 +5,7 @@ import skimage.data
 import torch
 
 from captioner.config import ModelConfig
-from captioner.encoders import BACKBONES, build_backbone, load_pretrained_weights
+from captioner.encoders import BACKBONES, build_backbone, load_pretrained_weights, optimize_for_inference
 from captioner.images import build_preprocessor, load_image
 from captioner.model import ShowAndTell
 
@@ -61,3 +61,32 @@ def test_larger_lite_backbones_load_when_installed(name):
     with torch.inference_mode():
         out = backbone.eval()(_pixels(skimage.data.chelsea(), name))
     assert out.argmax().item() in CAT_CLASSES
+
+
+def test_optimized_for_inference_keeps_outputs_and_top5(lite0, example_photos):
+    import copy
+
+    fast = optimize_for_inference(copy.deepcopy(lite0))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    pixels = torch.cat([_pixels(path) for path in example_photos.values()])
+    with torch.inference_mode():
+        reference, out = lite0(pixels), fast(pixels)
+    assert (reference - out).abs().max() < 1e-3
+    assert torch.equal(reference.topk(5).indices, out.topk(5).indices)
+    with pytest.raises(ValueError, match="eval mode"):
+        optimize_for_inference(copy.deepcopy(lite0).train())
+
+
+def test_optimized_resnet_computes_the_same_function():
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet152", "features").eval()
+    for module in backbone.modules():  # trained-like statistics instead of the identity defaults
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(1.0, 4.0)
+            module.running_mean.normal_(0, 0.1)
+    images = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        reference = backbone(images)
+        out = optimize_for_inference(backbone)(images)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert torch.allclose(out, reference, rtol=1e-3, atol=1e-4 * reference.abs().max().item())

@@ -3,79 +3,20 @@
 import pickle
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
-import torchvision.models as models
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from captioner.errors import LegacyImportError
 from captioner.legacy import import_legacy, read_legacy_vocabulary
 from captioner.repository import load_model
 
 
-# --- The tutorial's own code (pytorch-tutorial/tutorials/03-advanced/image_captioning), as reference ---
-class EncoderCNN(nn.Module):
-    def __init__(self, embed_size):
-        super().__init__()
-        resnet = models.resnet152(weights=None)  # the tutorial passes pretrained=True
-        modules = list(resnet.children())[:-1]
-        self.resnet = nn.Sequential(*modules)
-        self.linear = nn.Linear(resnet.fc.in_features, embed_size)
-        self.bn = nn.BatchNorm1d(embed_size, momentum=0.01)
-
-    def forward(self, images):
-        with torch.no_grad():
-            features = self.resnet(images)
-        features = features.reshape(features.size(0), -1)
-        return self.bn(self.linear(features))
-
-
-class DecoderRNN(nn.Module):
-    def __init__(self, embed_size, hidden_size, vocab_size, num_layers, max_seq_length=20):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_size)
-        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True)
-        self.linear = nn.Linear(hidden_size, vocab_size)
-        self.max_seg_length = max_seq_length
-
-    def forward(self, features, captions, lengths):
-        embeddings = self.embed(captions)
-        embeddings = torch.cat((features.unsqueeze(1), embeddings), 1)
-        packed = pack_padded_sequence(embeddings, lengths, batch_first=True)
-        hiddens, _ = self.lstm(packed)
-        return self.linear(hiddens[0])
-
-    def sample(self, features, states=None):
-        sampled_ids = []
-        inputs = features.unsqueeze(1)
-        for i in range(self.max_seg_length):
-            hiddens, states = self.lstm(inputs, states)
-            outputs = self.linear(hiddens.squeeze(1))
-            _, predicted = outputs.max(1)
-            sampled_ids.append(predicted)
-            inputs = self.embed(predicted)
-            inputs = inputs.unsqueeze(1)
-        return torch.stack(sampled_ids, 1)
-
-
-class Vocabulary:  # build_vocab.Vocabulary
-    def __init__(self):
-        self.word2idx, self.idx2word, self.idx = {}, {}, 0
-
-    def add_word(self, word):
-        if word not in self.word2idx:
-            self.word2idx[word] = self.idx
-            self.idx2word[self.idx] = word
-            self.idx += 1
-
-    def __call__(self, word):
-        return self.word2idx.get(word, self.word2idx["<unk>"])
-
-    def __len__(self):
-        return len(self.word2idx)
-# --- end of the tutorial's code ---
+# The tutorial's own code (yunjey/pytorch-tutorial, MIT), kept in benchmarks/ as the reference.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from build_vocab import Vocabulary  # noqa: E402
+from tutorial_reference import DecoderRNN, EncoderCNN  # noqa: E402
 
 
 def pickle_vocabulary(words, module_name, protocol=pickle.DEFAULT_PROTOCOL) -> bytes:

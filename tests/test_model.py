@@ -85,3 +85,22 @@ def test_teacher_forcing_shapes(model):
     logits = model.decoder(torch.randn(2, 32), captions, lengths)
     assert logits.shape == (7, len(model.decoder.embed.weight))
     assert packed_targets(captions, lengths).shape == (7,)
+
+
+def test_step_by_step_decoding_equals_the_lstm_over_the_sequence():
+    """``Decoder.step`` runs the LSTM's weights cell by cell; it must match ``nn.LSTM`` itself."""
+    from captioner.config import ModelConfig
+    from captioner.model import Decoder
+
+    torch.manual_seed(3)
+    decoder = Decoder(ModelConfig(backbone="efficientnet-lite0", vocab_size=12, embed_size=8, hidden_size=10,
+                                  num_layers=2)).eval()
+    inputs = torch.randn(3, 5, 8)
+    with torch.inference_mode():
+        hiddens, (h, c) = decoder.lstm(inputs)
+        expected = torch.log_softmax(decoder.linear(hiddens), dim=2)
+        state = None
+        for t in range(5):
+            log_probs, state = decoder.step(inputs[:, t], state)
+            assert torch.allclose(log_probs, expected[:, t], atol=1e-5)
+    assert torch.allclose(state[0], h, atol=1e-5) and torch.allclose(state[1], c, atol=1e-5)
