@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,6 +52,7 @@ from captioner.model import ShowAndTell  # noqa: E402
 from captioner.repository import BUNDLED_MODEL_DIR, load_model, save_model  # noqa: E402
 from captioner.service import Captioner  # noqa: E402
 from captioner.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from tables import Table  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # In-process timings use this clock: wall time by default; ``--clock cpu`` (process CPU time) keeps
@@ -60,27 +60,6 @@ EXAMPLES = ROOT / "examples"
 clock = time.perf_counter
 TUTORIAL_VOCAB_SIZE = 9956  # the tutorial's published COCO vocabulary
 TYPICAL_LENGTH = 12  # tokens: a COCO caption averages about 10.5 words, plus <end>
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    times: dict[str, float] = field(default_factory=dict)  # raw medians (s), for the targets
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
-                 "|" + "|".join("---" for _ in self.headers) + "|"]
-        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in self.rows]
-        return "\n".join(lines + ([""] + [f"- {n}" for n in self.notes] if self.notes else []))
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
 
 
 def _ms(seconds: float) -> float:
@@ -408,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             report(reload_table)
             targets.rows += [[f"resnet152: >= 8x faster than reload-per-call over {count} captions, counting our load",
                               f"{speedup:.1f}x", speedup >= 8],
-                             [f"same, already loaded", f"{warm_speedup:.1f}x", warm_speedup >= 8]]
+                             ["same, already loaded", f"{warm_speedup:.1f}x", warm_speedup >= 8]]
             commands["`python -m captioner caption IMG --model DIR` (resnet152, imported)"] = [
                 sys.executable, "-m", "captioner", "caption", image, "--model", str(files["model"])]
             commands["tutorial `python sample.py --image IMG` (resnet152, same weights)"] = [

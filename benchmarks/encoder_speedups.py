@@ -204,7 +204,7 @@ COMMON = [
 ]
 EFFICIENTNET_ONLY = [
     ("symmetric static 'same' padding folded into the convolutions", fold_symmetric_padding),
-    ("`set_swish(memory_efficient=False)`", plain_swish),
+    ("`set_swish(memory_efficient=False)` (puts swish where Lite has ReLU6)", plain_swish),
 ]
 COMPILE = [("`torch.compile` (inductor)", compiled)]
 ADOPTED = [("adopted in the library: `encoders.optimize_for_inference`", adopted)]
@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSpeed-up: baseline time / variant time, each pair timed alternately in this run. "
           "Setup: one-time cost in the process (tracing, compiling, first call). ResNet-152 has random "
           "weights here (its ImageNet weights are not installed; BatchNorm statistics taken from the photos), "
-          "so its top-5 check only shows that the variant computes the same function.")
+          "so its top-5 check only shows that the variant computes the same function."
+          + (" With the CPU clock, a multi-threaded row counts every thread's CPU time (spin-waiting "
+             "included): it is work, not latency." if args.clock == "cpu" else ""))
     return 0
 
 

@@ -26,7 +26,6 @@ import os
 import platform
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,9 @@ import psutil  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import Table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples"
@@ -55,28 +57,6 @@ RSS_EVERY = 250
 
 
 # ---------------------------------------------------------------- tables
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
-                 "|" + "|".join("---" for _ in self.headers) + "|"]
-        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in self.rows]
-        return "\n".join(lines + ([""] + [f"- {n}" for n in self.notes] if self.notes else []))
-
-
-def _cell(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
 
 
 # ---------------------------------------------------------------- images
@@ -503,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             "app.py lets 8 `/caption` calls run at once (CAPTION_CONCURRENCY), so a batch never exceeds 8.",
             "ms per request (1/throughput) is the per-image cost at this load; latency is each request's own "
             "time from upload to answer.",
-            f"server start to first answer over HTTP (s): "
+            "server start to first answer over HTTP (s): "
             + ", ".join(f"max batch {s}: {t:.1f}" for s, t in startups.items())]
     single = singles[0] if singles else None
     batched, unbatched = loads.get(default), loads.get(1) if default != 1 else None

@@ -35,6 +35,16 @@ def make_tiny_model(seed: int = 0, backbone: str = "efficientnet-lite0", encoder
     return model.eval(), vocab
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tests of tiny models: one thread runs them about as fast as two, and on a machine busy
+    with other work (CI, parallel jobs) many times faster than threads that wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     model, vocab = make_tiny_model()

@@ -26,14 +26,7 @@ from conftest import ROOT
 IMAGE_SIZE = 32  # tiny crops keep the real backbone fast; the cache works the same at any size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread runs them about as fast as two, and on a machine busy
-    with other work (CI, parallel jobs) many times faster than threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lite0(image_size: int = IMAGE_SIZE, encoder_output: str = "features") -> ShowAndTell:

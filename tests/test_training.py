@@ -34,14 +34,7 @@ IMAGE_SIZE = 96
 SMALL = {"embed_size": 64, "hidden_size": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread runs them about as fast as two, and on a machine busy
-    with other work (CI, parallel jobs) many times faster than threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
