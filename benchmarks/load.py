@@ -1,13 +1,16 @@
 """Load and soak test of the web app: concurrent gradio_client users against the real app on 127.0.0.1.
 
-    python benchmarks/load.py                  # 32 users x 4 requests at max batch 1, 4, 8; 1000-request soak
+    python benchmarks/load.py                  # 32 users x 4 requests x 2 rounds at max batch 1, 4, 8;
+                                               # 1-user baseline; 1000-request soak (about 5 minutes)
     python benchmarks/load.py --quick          # small numbers, for smoke runs (a minute or two)
     python benchmarks/load.py --model DIR --json load.json --max-seconds 900
 
 For each maximum batch size, ``python app.py --model SRC --max-batch-size B`` is started on a free
-loopback port; one thread per user, each with its own ``gradio_client.Client``, calls ``/caption``
-(beam 3, the API default). The default batch size's server also serves a one-user baseline and the
-soak, during which the server process's memory (RSS) is read every 250 requests (a quarter of a shorter soak).
+loopback port (the servers run side by side, and the rounds of load alternate between them, so
+that a change in the machine's load affects every size alike). One thread per user, each with its
+own ``gradio_client.Client``, calls ``/caption`` (beam 3, the API default). The default batch
+size's server (the last size given) also serves a one-user baseline and then the soak, during
+which the server process's memory (RSS) is read every 250 requests (a quarter of a shorter soak).
 
 Every request sends a different image: an example photo with a request number stamped into it as a
 black-and-white code. The app answers a repeated image from memory, so sending the photos as they
@@ -174,6 +177,17 @@ class Phase:
     server_cpu_s: float = float("nan")
     client_cpu_s: float = float("nan")
     rss_mib: list[tuple[int, float]] = field(default_factory=list)  # (requests done, RSS) samples
+    rounds_rps: list[float] = field(default_factory=list)  # requests/s of each round merged in
+
+    def add(self, other: Phase) -> None:
+        """Merge another round of the same load into this one."""
+        self.ok, self.skipped = self.ok + other.ok, self.skipped + other.skipped
+        self.errors += other.errors
+        self.latencies_s += other.latencies_s
+        for name in ("wall_s", "server_cpu_s", "client_cpu_s"):
+            mine = getattr(self, name)
+            setattr(self, name, getattr(other, name) + (0.0 if math.isnan(mine) else mine))
+        self.rounds_rps.append(other.throughput)
 
     def percentile(self, q: float) -> float:
         if not self.latencies_s:
@@ -338,19 +352,20 @@ def load_table(phases: list[Phase], title: str) -> Table:
     return table
 
 
-def recommend(loads: dict[int, Phase]) -> tuple[int | None, str]:
-    """The batch size with the highest throughput; sizes within 5% of it count as a tie, won by the
-    lowest p95 latency."""
+def recommend(loads: dict[int, Phase], default: int) -> tuple[int | None, str]:
+    """The batch size with the highest throughput, unless ``default`` is within 5% of it: a
+    difference that small is within run-to-run noise here and no reason to change the setting."""
     measured = {size: p for size, p in loads.items() if p.ok and not p.errors and not p.skipped}
     if not measured:
         return None, "no batch size was measured completely"
-    best = max(p.throughput for p in measured.values())
-    tied = [size for size, p in measured.items() if p.throughput >= 0.95 * best]
-    choice = min(tied, key=lambda size: measured[size].percentile(95))
-    others = ", ".join(f"{size}: {p.throughput:.2f}/s" for size, p in sorted(measured.items()))
-    why = (f"max batch size {choice}: requests/s by max batch size {others}"
-           + (f"; {len(tied)} sizes within 5% of the best, the one with the lowest p95 latency chosen"
-              if len(tied) > 1 else ""))
+    best = max(measured, key=lambda size: measured[size].throughput)
+    tied = sorted(size for size, p in measured.items() if p.throughput >= 0.95 * measured[best].throughput)
+    choice = default if default in tied else best
+    rates = ", ".join(f"{size}: {p.throughput:.2f}/s" for size, p in sorted(measured.items()))
+    why = f"requests/s by max batch size: {rates}"
+    if len(tied) > 1:
+        why += (f"; {', '.join(map(str, tied))} are within 5% of each other (run-to-run noise)"
+                + (f", so the default {default} stays" if choice == default else ""))
     return choice, why
 
 
@@ -361,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="small numbers for smoke runs: 4 users x 2 requests, batch sizes 1 and 8, soak 100")
     parser.add_argument("--users", type=int, help="concurrent users (default 32; quick 4)")
     parser.add_argument("--requests", type=int, help="requests per user (default 4; quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds of the users x requests load per batch size, "
+                                                   "interleaved across the servers (default 2; quick 1)")
     parser.add_argument("--baseline", type=int, help="requests of the one-user baseline (default 16; quick 4)")
     parser.add_argument("--batch-sizes", help="max batch sizes to compare, comma-separated "
                                               f"(default 1,4,{DEFAULT_BATCH}; quick 1,{DEFAULT_BATCH}); the soak "
@@ -374,10 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     users = args.users or (4 if quick else 32)
     per_user = args.requests or (2 if quick else 4)
     baseline = args.baseline or (4 if quick else 16)
+    rounds = args.rounds or (1 if quick else 2)
     soak = args.soak if args.soak is not None else (100 if quick else 1000)
     soak_users = args.soak_users or users
     sizes = [int(s) for s in (args.batch_sizes or (f"1,{DEFAULT_BATCH}" if quick else f"1,4,{DEFAULT_BATCH}")).split(",")]
-    if min(users, per_user, baseline, soak_users, *sizes) < 1 or soak < 0:
+    if min(users, per_user, rounds, baseline, soak_users, *sizes) < 1 or soak < 0:
         parser.error("counts and batch sizes must be at least 1 (--soak 0 skips the soak)")
     cap = args.max_seconds or (300.0 if quick else 1200.0)
     began = time.monotonic()
@@ -391,11 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     soak_phase: Phase | None = None
     rss_ready: float | None = None
     startups: dict[int, float] = {}
-    server: AppServer | None = None
+    servers: dict[int, AppServer] = {}
 
     def watchdog() -> None:  # the last resort behind the per-request time limits
         print(f"load.py: still running {cap + 60:.0f} s after start; stopping.", file=sys.stderr)
-        if server is not None:
+        for server in servers.values():
             server.process.kill()
         os._exit(3)
 
@@ -408,68 +426,81 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         source, description = choose_model(args.model, tmp)
         default = sizes[-1]
-        needed = max([users * per_user + 2, baseline + 1 + users * per_user + 1 + soak + 1])
+        needed = 1 + baseline + rounds * users * per_user + 1 + soak
         print(f"Making {needed} distinct request images...", file=sys.stderr)
         photos = stamped_photos(needed, tmp / "requests")
         originals = sorted(EXAMPLES.glob("*.jpg"))
+        cursors = dict.fromkeys(sizes, 0)  # each server has its own memory of images: a new photo per request
 
-        for size in sizes:
-            if time.monotonic() >= deadline:
-                skipped_phases.append(f"max batch {size}: the time limit came first")
-                continue
-            print(f"Starting app.py --max-batch-size {size}...", file=sys.stderr)
-            server = AppServer(source, size, tmp / f"app-{size}.log")
-            try:
-                startups[size] = server.wait_ready(deadline)
+        def take(size: int, count: int) -> Callable[[int], Path]:
+            offset = cursors[size]
+            cursors[size] += count
+            return lambda i: photos[offset + i]
+
+        try:
+            for size in sizes:  # one server per batch size, side by side, so the rounds can alternate
+                if time.monotonic() >= deadline:
+                    skipped_phases.append(f"max batch {size}: the time limit came first")
+                    continue
+                print(f"Starting app.py --max-batch-size {size}...", file=sys.stderr)
+                server = servers[size] = AppServer(source, size, tmp / f"app-{size}.log")
+                try:
+                    startups[size] = server.wait_ready(deadline)
+                except (RuntimeError, TimeoutError) as error:
+                    skipped_phases.append(f"max batch {size}: {error}")
+                    servers.pop(size).stop()
+                    continue
                 if size == default:
                     rss_ready = server.rss_mib()
-                cursor = [0]
-
-                def take(count: int) -> Callable[[int], Path]:
-                    offset = cursor[0]
-                    cursor[0] += count
-                    return lambda i: photos[offset + i]
-
-                warm_ups.append(run_phase(server, Phase("warm-up", 1, size, 1), take(1), deadline))
-                if size == default:
-                    single = run_phase(server, Phase("1 user, a new photo each request", 1, size, baseline),
-                                       take(baseline), deadline)
-                    memo = run_phase(server, Phase("1 user, the example photos as they are (answered from the "
-                                                   "app's memory: the HTTP path alone)", 1, size, baseline),
-                                     lambda i: originals[i % len(originals)], deadline)
-                    singles += [single, memo]
-                    all_phases += [single, memo]
-                print(f"  {users} users x {per_user} requests...", file=sys.stderr)
-                loads[size] = run_phase(server, Phase(f"{users} users x {per_user}", users, size,
-                                                      users * per_user), take(users * per_user), deadline)
-                all_phases.append(loads[size])
-                if size == default and soak:
-                    print(f"  soak: {soak} requests from {soak_users} users...", file=sys.stderr)
-                    warm_ups.append(run_phase(server, Phase("warm-up", 1, size, 1), take(1), deadline))
-                    soak_phase = run_phase(server, Phase(f"soak, {soak_users} users", soak_users, size, soak),
-                                           take(soak), deadline, rss_every=min(RSS_EVERY, max(1, soak // 4)))
-                    all_phases.append(soak_phase)
-            except (RuntimeError, TimeoutError) as error:
-                skipped_phases.append(f"max batch {size}: {error}")
-            finally:
+                warm_ups.append(run_phase(server, Phase("warm-up", 1, size, 1), take(size, 1), deadline))
+            if default in servers:
+                print(f"  1-user baseline, {baseline} requests...", file=sys.stderr)
+                single = run_phase(servers[default], Phase("1 user, a new photo each request", 1, default,
+                                                           baseline), take(default, baseline), deadline)
+                memo = run_phase(servers[default], Phase("1 user, the example photos as they are (answered from "
+                                                         "the app's memory: the HTTP path alone)", 1, default,
+                                                         baseline), lambda i: originals[i % len(originals)], deadline)
+                singles += [single, memo]
+            running = [size for size in sizes if size in servers]
+            loads.update({size: Phase(f"{users} users x {per_user}, {rounds} round{'s' * (rounds > 1)}", users,
+                                      size, 0) for size in running})
+            for round_ in range(rounds):
+                for size in running[round_ % len(running):] + running[:round_ % len(running)]:
+                    print(f"  round {round_ + 1}: {users} users x {per_user} requests, max batch {size}...",
+                          file=sys.stderr)
+                    loads[size].requested += users * per_user
+                    loads[size].add(run_phase(servers[size], Phase("", users, size, users * per_user),
+                                              take(size, users * per_user), deadline))
+            for size in running:
+                if size != default:
+                    servers.pop(size).stop()
+            if default in servers and soak:
+                print(f"  soak: {soak} requests from {soak_users} users...", file=sys.stderr)
+                warm_ups.append(run_phase(servers[default], Phase("warm-up", 1, default, 1), take(default, 1),
+                                          deadline))
+                soak_phase = run_phase(servers[default], Phase(f"soak, {soak_users} users", soak_users, default,
+                                                               soak), take(default, soak), deadline,
+                                       rss_every=min(RSS_EVERY, max(1, soak // 4)))
+        finally:
+            for server in servers.values():
                 server.stop()
-                server = None
+        all_phases += [*singles, *(loads[size] for size in sizes if size in loads),
+                       *([soak_phase] if soak_phase else [])]
 
     timer.cancel()
     load_end = os.getloadavg()
     elapsed = time.monotonic() - began
     tables: list[Table] = []
     cores = os.cpu_count() or 1
-    busy = max(load_start[0], load_end[0]) > 0.5 * cores
+    busy = load_start[0] > 0.5 * cores  # (at the end, the load average includes this run's own work)
     header = (f"## Load and soak test of the web app\n\n"
               f"Machine: {machine()}. The server (`python app.py`) and all client threads (gradio_client) share "
               f"these {cores} cores, so the clients' own work (upload, JSON, SSE) takes CPU from the server: "
-              f"absolute throughput understates the server alone. Load average {load_start[0]:.1f} at start, "
-              f"{load_end[0]:.1f} at end"
-              + (": the machine was busy with other work, so absolute times are inflated; compare rows"
-                 if busy else "")
+              f"absolute throughput understates the server alone. Load average {load_start[0]:.1f} before the run"
+              + (" (the machine was busy with other work, so absolute times are inflated; compare rows)"
+                 if busy else " (quiet)") + f", {load_end[0]:.1f} at its end (its own load included)"
               + f". Model: {description}. Every request: `/caption`, beam 3 (the API default), a distinct photo. "
-              f"{'Quick run' if quick else 'Run'}: {users} users x {per_user} requests at max batch "
+              f"{'Quick run' if quick else 'Run'}: {users} users x {per_user} requests x {rounds} round(s) at max batch "
               f"{', '.join(map(str, sizes))}; 1-user baseline of {baseline}; "
               + (f"soak of {soak} from {soak_users} users; " if soak else "no soak; ")
               + f"{elapsed:.0f} s of a {cap:.0f} s cap.\n")
@@ -479,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
                                  f"Throughput and latency: {users} concurrent users x {per_user} requests, "
                                  "by maximum batch size"))
         tables[-1].notes += [
+            f"one app server per batch size, running side by side; the {rounds} round(s) of load alternate "
+            "between them so that a change in the machine's load affects every size alike. requests/s per "
+            "round: " + "; ".join(f"max batch {size}: " + ", ".join(f"{r:.2f}" for r in loads[size].rounds_rps)
+                                  for size in sizes if size in loads) + ".",
             "max batch 1 turns request batching off: every request gets its own forward pass.",
             "app.py lets 8 `/caption` calls run at once (CAPTION_CONCURRENCY), so a batch never exceeds 8.",
             "ms per request (1/throughput) is the per-image cost at this load; latency is each request's own "
@@ -523,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{1000 * soak_phase.percentile(50):.0f} ms, p99 {1000 * soak_phase.percentile(99):.0f} "
                             f"ms, errors {len(soak_phase.errors)}")
         tables.append(memory)
-    choice, why = recommend(loads)
+    choice, why = recommend(loads, sizes[-1])
     errors = [e for p in [*warm_ups, *all_phases] for e in p.errors]
     skipped = sum(p.skipped for p in [*warm_ups, *all_phases])
 
