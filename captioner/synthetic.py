@@ -11,17 +11,21 @@ by a *general word* (their nearest ancestor among the curated basic-level catego
 every dog breed is in "dog", tabby / tiger cat / Egyptian cat in "cat"); a class without one
 is a group of its own. The rule, used by both the generator and :func:`template_caption`:
 
-1. A group's mass is the sum of its classes' probabilities (alias classes count for their target).
+1. A group's mass is the sum of its ``GROUP_TOP`` most probable classes (alias classes count for
+   their target): a classifier that spreads 0.3 thinly over a hundred dog breeds, as it does on
+   a lawn, does not see a dog.
 2. Groups with mass >= ``MENTION_MIN`` are mentioned, heaviest first, at most ``MAX_SLOTS`` in
-   all, at most one place (``scene``) and one garment (``clothing``); when none reaches it, the
-   heaviest group alone is mentioned.
+   all, at most one place (``scene``) and one garment (``clothing``); when none reaches it (a
+   flat distribution: textures, microscopy), the group of the single most probable class alone
+   is mentioned.
 3. A mentioned group is named by its top class when that class holds >= ``SPECIFIC_SHARE`` of
    the group's mass (or the group has one class), otherwise by its general word.
 4. :func:`caption_for` writes the mentions as one short sentence.
 
 The generator draws specs whose groups sit clearly on one side of each threshold (mass >= 0.16,
-top share >= 0.58 or <= 0.42), so the caption is learnable from the distribution, while noise and
-spill make the template disagree on a small share of samples.
+top share >= 0.58 or <= 0.42; in flat samples no group above 0.08 and no class above 0.3 of the
+named one's group), so the caption is learnable from the distribution, while noise and spill make
+the template disagree on a small share of samples.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +44,7 @@ NUM_CLASSES = 1000
 MENTION_MIN = 0.12
 SPECIFIC_SHARE = 0.5
 MAX_SLOTS = 3
+GROUP_TOP = 5
 MAX_TOKENS = 12
 
 # --------------------------------------------------------------------------------------------
@@ -521,18 +527,40 @@ def caption_for(spec: SceneSpec) -> str:
     return text
 
 
+def grammar_phrases() -> list[str]:
+    """Every phrase a caption is made of: a vocabulary built from them covers every caption."""
+    lex = lexicon()
+    phrases = ["a person wearing with and"]
+    for entry in lex.classes:
+        for mention in (Mention(entry.index, True), Mention(entry.index, False)):
+            phrases.append(mention_np(mention))
+            if entry.kind == "scene":
+                phrases += [_scene_phrase(mention, alone=True), _scene_phrase(mention, alone=False)]
+    return phrases
+
+
 # --------------------------------------------------------------------------------------------
 # Template baseline: the grammar applied to a classifier's output
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _groups_over_top() -> list[tuple[int, np.ndarray]]:
+    """(group, its classes) for the groups with more than ``GROUP_TOP`` classes."""
+    return [(g, np.asarray(group.members)) for g, group in enumerate(lexicon().groups)
+            if len(group.members) > GROUP_TOP]
+
+
 def _group_masses(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities with aliases folded into their targets, and each group's mass (rule 1)."""
     lex = lexicon()
     folded = p.copy()
     for alias, target in ALIASES.items():
         folded[target] += folded[alias]
         folded[alias] = 0.0
     mass = np.bincount(lex.group_of, weights=folded, minlength=len(lex.groups))
+    for g, members in _groups_over_top():
+        mass[g] = np.partition(folded[members], -GROUP_TOP)[-GROUP_TOP:].sum()
     return folded, mass
 
 
@@ -544,7 +572,7 @@ def spec_from_distribution(log_probs: np.ndarray) -> SceneSpec:
     lex = lexicon()
     folded, mass = _group_masses(np.exp(lp))
     order = np.argsort(-mass, kind="stable")
-    chosen = [g for g in order if mass[g] >= MENTION_MIN] or [order[0]]
+    chosen = [g for g in order if mass[g] >= MENTION_MIN] or [lex.group_of[int(np.argmax(folded))]]
     objects, clothing, scene = [], None, None
     for g in chosen:
         group = lex.groups[g]
@@ -584,6 +612,20 @@ P_GENERAL = 0.3  # share of mentions (in groups of 3 or more) spread over siblin
 SLOT_FLOOR = 0.16  # least mass of a mentioned group (MENTION_MIN plus a margin)
 SPILL_MAX = 0.06  # most of a slot's mass that goes to related classes outside its group
 NOISE_GROUP_MAX = 0.06  # most unrelated noise mass in one group (with spill, < MENTION_MIN)
+# Flat samples: a classifier that sees nothing it knows (textures, microscopy) spreads its mass
+# thinly. The named class holds FLAT_MASS; no other group reaches FLAT_NOISE_GROUP_MAX and no
+# other class FLAT_NOISE_CLASS_SHARE of the named class's group, and the large groups (dog,
+# bird), whose uniform share alone would pass that, get no noise.
+P_FLAT = 0.08
+FLAT_MASS = (0.04, 0.10)
+FLAT_NOISE_GROUP_MAX = 0.08
+FLAT_NOISE_CLASS_SHARE = 0.3
+FLAT_QUIET_GROUP_SIZE = 30
+# Thin mass: a large group (dog, bird) holding up to THIN_MAX spread evenly enough over its
+# classes that none passes THIN_CLASS_MAX; by rule 1 it is not mentioned.
+P_THIN = 0.25
+THIN_MAX = 0.35
+THIN_CLASS_MAX = 0.01
 
 
 @functools.cache
@@ -632,9 +674,13 @@ class _Draws:
         return items[:k]
 
 
-def _draw_slots(draws: _Draws) -> list[tuple[str, int]]:
-    """(kind, class) per slot, each from a different group."""
+def _draw_slots(draws: _Draws) -> tuple[list[tuple[str, int]], bool]:
+    """(kind, class) per slot, each from a different group, and whether the sample is flat."""
     pools, group_of, _, _ = _tables()
+    if draws.uniform() < P_FLAT:  # one faint class in a flat distribution
+        kinds = list(pools)
+        kind = kinds[draws.below(len(kinds))] if draws.uniform() < 0.2 else "object"
+        return [(kind, pools[kind][draws.below(len(pools[kind]))])], True
     has_clothing = draws.uniform() < P_CLOTHING
     has_scene = draws.uniform() < P_SCENE
     extras = int(has_clothing) + int(has_scene)
@@ -659,12 +705,12 @@ def _draw_slots(draws: _Draws) -> list[tuple[str, int]]:
             index = pool[draws.below(len(pool))]
         used.add(group_of[index])
         slots.append((kind, index))
-    return slots
+    return slots, False
 
 
 def _slot_masses(draws: _Draws, n: int) -> list[float]:
     """Each slot's share of the distribution: >= SLOT_FLOOR, distinct enough to order."""
-    total = draws.uniform(max(0.45, 0.2 * n), 0.98)
+    total = draws.uniform(max(0.3, SLOT_FLOOR * n + 0.05 * n), 0.98)
     if n == 1:
         return [total]
     for _ in range(20):
@@ -678,10 +724,14 @@ def _slot_masses(draws: _Draws, n: int) -> list[float]:
 _ALIAS_OF = {target: alias for alias, target in ALIASES.items()}
 
 
-def _within_group(draws: _Draws, index: int) -> tuple[list[int], list[float], bool]:
-    """How one slot's mass spreads inside its group: (classes, shares, named specifically)."""
+def _within_group(draws: _Draws, index: int, flat: bool) -> tuple[list[int], list[float], bool]:
+    """How one slot's mass spreads inside its group: (classes, shares, named specifically).
+
+    In a flat sample the named class must stay the most probable one, so its mass stays mostly
+    on it (named specifically).
+    """
     near = _tables()[2][index]
-    if len(near) >= 2 and draws.uniform() < P_GENERAL:
+    if len(near) >= 2 and not flat and draws.uniform() < P_GENERAL:
         k = min(len(near), 2 + draws.below(3))
         classes = [index] + draws.pick(near[:6], k)
         shares = draws.dirichlet(len(classes), 2)
@@ -710,17 +760,30 @@ def _within_group(draws: _Draws, index: int) -> tuple[list[int], list[float], bo
     return classes, shares, specific
 
 
-def _draw_structure(draws: _Draws) -> tuple[SceneSpec, list[int], list[float], list[int]]:
-    """A scene, the classifier mass its slots put on classes (indices, values), its groups."""
+@dataclass
+class _Structure:
+    """One drawn sample before noise: its scene, the mass its slots put on classes, and the
+    noise it allows."""
+
+    spec: SceneSpec
+    cols: list[int]
+    vals: list[float]
+    quiet_groups: list[int]  # groups that get no noise (the scene's own, and more when flat)
+    noise_group_max: float
+    noise_class_max: float
+
+
+def _draw_structure(draws: _Draws) -> _Structure:
+    """A scene and the classifier mass its slots put on classes."""
     _, group_of, _, near_out = _tables()
-    slots = _draw_slots(draws)
-    masses = _slot_masses(draws, len(slots))
+    slots, flat = _draw_slots(draws)
+    masses = [draws.uniform(*FLAT_MASS)] if flat else _slot_masses(draws, len(slots))
     cols: list[int] = []
     vals: list[float] = []
     mentions: list[tuple[float, str, Mention]] = []
     for (kind, index), mass in zip(slots, masses):
-        classes, shares, specific = _within_group(draws, index)
-        spill = draws.uniform(0.0, SPILL_MAX) * mass
+        classes, shares, specific = _within_group(draws, index, flat)
+        spill = 0.0 if flat else draws.uniform(0.0, SPILL_MAX) * mass
         cols += classes
         vals += [x * (mass - spill) for x in shares]
         near = near_out[index]
@@ -736,15 +799,36 @@ def _draw_structure(draws: _Draws) -> tuple[SceneSpec, list[int], list[float], l
         clothing=next((m for _, kind, m in mentions if kind == "clothing"), None),
         scene=next((m for _, kind, m in mentions if kind == "scene"), None),
     )
-    return spec, cols, vals, [group_of[index] for _, index in slots]
+    quiet = [group_of[index] for _, index in slots]
+    thin = [g for g in _large_groups() if g not in quiet]
+    if thin and draws.uniform() < P_THIN:
+        group = thin[draws.below(len(thin))]
+        members = [i for i in lexicon().groups[group].members if i not in ALIASES]
+        total = draws.uniform(0.02, min(THIN_MAX, THIN_CLASS_MAX * len(members) / 1.5, 0.8 * (1 - sum(vals))))
+        weights = [0.5 + draws.uniform() for _ in members]  # each within 1.5x of the even share
+        scale = total / sum(weights)
+        cols += members
+        vals += [w * scale for w in weights]
+        quiet.append(group)
+    if not flat:
+        return _Structure(spec, cols, vals, quiet, NOISE_GROUP_MAX, 1.0)
+    quiet += _large_groups()
+    return _Structure(spec, cols, vals, quiet, FLAT_NOISE_GROUP_MAX, FLAT_NOISE_CLASS_SHARE * masses[0])
 
 
-def _noise(rng: np.random.Generator, amount: np.ndarray, taken: np.ndarray) -> np.ndarray:
+@functools.cache
+def _large_groups() -> list[int]:
+    return np.flatnonzero(np.bincount(lexicon().group_of) > FLAT_QUIET_GROUP_SIZE).tolist()
+
+
+def _noise(rng: np.random.Generator, amount: np.ndarray, taken: np.ndarray, group_max: np.ndarray,
+           class_max: np.ndarray) -> np.ndarray:
     """Unrelated mass a classifier leaves: softmax of random logits at random temperatures.
 
     ``amount`` (rows,) is each row's total, ``taken`` (rows, groups) marks the groups of the
-    row's scene, which get none of it (it is unrelated). No other group gets more than
-    ``NOISE_GROUP_MAX`` (the row is blended toward uniform), so with spill it stays below
+    row's scene, which get none of it (it is unrelated). No group gets more than
+    ``group_max`` (rows,) and no class more than ``class_max`` (rows,): the row is blended
+    toward uniform until it holds. With ``NOISE_GROUP_MAX`` and spill a group stays below
     ``MENTION_MIN``.
     """
     lex = lexicon()
@@ -757,15 +841,17 @@ def _noise(rng: np.random.Generator, amount: np.ndarray, taken: np.ndarray) -> n
     noise *= allowed
     noise *= (amount / noise.sum(axis=1))[:, None]
     uniform = allowed * (amount / allowed.sum(axis=1))[:, None]
-    grouped = _per_group(noise)
-    over = grouped > NOISE_GROUP_MAX
-    if over.any():
-        flat = _per_group(uniform)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            blend = np.where(over, (NOISE_GROUP_MAX - flat) / (grouped - flat), 1.0)
-        blend = np.clip(blend.min(axis=1), 0.0, 1.0)[:, None]
-        noise = blend * noise + (1.0 - blend) * uniform
-    return noise
+    blend = np.minimum(_blend_within(_per_group(noise), _per_group(uniform), group_max),
+                       _blend_within(noise, uniform, class_max))[:, None]
+    return blend * noise + (1.0 - blend) * uniform
+
+
+def _blend_within(values: np.ndarray, uniform: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Per row, the largest weight w in [0, 1] with w * values + (1 - w) * uniform <= limit."""
+    over = values > limit[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.where(over, (limit[:, None] - uniform) / (values - uniform), 1.0)
+    return np.clip(weights.min(axis=1), 0.0, 1.0)
 
 
 @functools.cache
@@ -788,15 +874,16 @@ def _to_log_probs(p: np.ndarray) -> np.ndarray:
 
 def generate_sample(rng: np.random.Generator) -> tuple[np.ndarray, str, SceneSpec]:
     """One pair: (log-probabilities (1000,) float32, caption, the scene it shows)."""
-    spec, cols, vals, groups = _draw_structure(_Draws(rng))
+    drawn = _draw_structure(_Draws(rng))
     taken = np.zeros((1, len(lexicon().groups)), dtype=bool)
-    taken[0, groups] = True
-    p = _noise(rng, np.array([max(0.0, 1.0 - sum(vals))]), taken)[0]
-    np.add.at(p, cols, vals)
-    return _to_log_probs(p), caption_for(spec), spec
+    taken[0, drawn.quiet_groups] = True
+    p = _noise(rng, np.array([max(0.0, 1.0 - sum(drawn.vals))]), taken, np.array([drawn.noise_group_max]),
+               np.array([drawn.noise_class_max]))[0]
+    np.add.at(p, drawn.cols, drawn.vals)
+    return _to_log_probs(p), caption_for(drawn.spec), drawn.spec
 
 
-def generate_pairs(n: int, seed: int, chunk: int = 4096) -> tuple[np.ndarray, list[str]]:
+def generate_pairs(n: int, seed: int | Sequence[int], chunk: int = 4096) -> tuple[np.ndarray, list[str]]:
     """``n`` pairs, deterministic in ``seed``: log-probabilities (n, 1000) float32 and captions.
 
     The scenes are drawn one by one in Python; the 1000-wide part (noise, scatter, log) is done
@@ -814,17 +901,18 @@ def generate_pairs(n: int, seed: int, chunk: int = 4096) -> tuple[np.ndarray, li
         row_of: list[int] = []
         cols: list[int] = []
         vals: list[float] = []
-        placed = np.empty(rows)
+        placed, group_max, class_max = np.empty(rows), np.empty(rows), np.empty(rows)
         taken = np.zeros((rows, n_groups), dtype=bool)
         for r in range(rows):
-            spec, c, v, groups = _draw_structure(draws)
-            captions.append(caption_for(spec))
-            row_of += [r] * len(c)
-            cols += c
-            vals += v
-            placed[r] = sum(v)
-            taken[r, groups] = True
-        p = _noise(rng, np.maximum(0.0, 1.0 - placed), taken)
+            drawn = _draw_structure(draws)
+            captions.append(caption_for(drawn.spec))
+            row_of += [r] * len(drawn.cols)
+            cols += drawn.cols
+            vals += drawn.vals
+            placed[r] = sum(drawn.vals)
+            group_max[r], class_max[r] = drawn.noise_group_max, drawn.noise_class_max
+            taken[r, drawn.quiet_groups] = True
+        p = _noise(rng, np.maximum(0.0, 1.0 - placed), taken, group_max, class_max)
         np.add.at(p, (np.array(row_of), np.array(cols)), np.array(vals))
         out[start : start + rows] = _to_log_probs(p)
     return out, captions

@@ -15,6 +15,7 @@ from captioner.synthetic import (
     caption_for,
     generate_pairs,
     generate_sample,
+    grammar_phrases,
     lexicon,
     mention_np,
     template_caption,
@@ -168,14 +169,59 @@ def test_generated_distributions_sum_to_one(samples):
         assert abs(np.exp(log_probs.astype(np.float64)).sum() - 1.0) < 1e-4
 
 
+def _named(spec):
+    return [m for m in [*spec.objects, spec.clothing, spec.scene] if m is not None]
+
+
+def _group_mass(log_probs):
+    """Probabilities (aliases folded) and group masses as the rule counts them."""
+    return synthetic._group_masses(np.exp(log_probs.astype(np.float64)))
+
+
 def test_spec_classes_carry_the_mass(samples):
     lex = lexicon()
     for log_probs, _, spec in samples[:300]:
-        p = np.exp(log_probs.astype(np.float64))
-        group_mass = np.bincount(lex.group_of, weights=p, minlength=len(lex.groups))
-        for m in [*spec.objects, spec.clothing, spec.scene]:
-            if m is not None:
-                assert group_mass[lex.classes[m.index].group] >= synthetic.MENTION_MIN
+        _, group_mass = _group_mass(log_probs)
+        if group_mass.max() < synthetic.MENTION_MIN:
+            continue  # flat: see below
+        for m in _named(spec):
+            assert group_mass[lex.classes[m.index].group] >= synthetic.MENTION_MIN
+
+
+def test_flat_samples_name_their_most_probable_class(samples):
+    lex = lexicon()
+    flat = [(lp, caption, spec) for lp, caption, spec in samples if _group_mass(lp)[1].max() < synthetic.MENTION_MIN]
+    assert 0.5 * synthetic.P_FLAT < len(flat) / len(samples) < 1.5 * synthetic.P_FLAT
+    for log_probs, caption, spec in flat:
+        p, group_mass = _group_mass(log_probs)
+        (named,) = _named(spec)
+        assert named.specific and int(np.argmax(p)) == named.index
+        others = np.delete(group_mass, lex.classes[named.index].group)
+        assert others.max() <= synthetic.FLAT_NOISE_GROUP_MAX + 1e-6
+        assert template_caption(log_probs) == caption
+
+
+def test_thin_mass_over_a_large_group_is_generated_and_not_mentioned(samples):
+    lex = lexicon()
+    dog, bird = (lex.classes[i].group for i in (GOLDEN_RETRIEVER, 10))
+    thin = 0
+    for log_probs, caption, spec in samples:
+        p, group_mass = _group_mass(log_probs)
+        for g in (dog, bird):
+            members = p[list(lex.groups[g].members)]
+            if members.sum() > 0.1 and members.max() <= synthetic.THIN_CLASS_MAX + 1e-6:
+                thin += 1
+                assert group_mass[g] <= synthetic.GROUP_TOP * synthetic.THIN_CLASS_MAX + 1e-6
+                assert all(lex.classes[m.index].group != g for m in _named(spec)), caption
+    assert thin > 0.03 * len(samples)
+
+
+def test_the_grammar_phrases_cover_every_generated_caption(samples):
+    from captioner.vocabulary import UNK_ID, Vocabulary
+
+    vocab = Vocabulary.build(grammar_phrases(), min_count=1)
+    assert all(UNK_ID not in vocab.encode(caption) for _, caption, _ in samples)
+    assert len(vocab) < 1300
 
 
 def test_generation_is_deterministic_by_seed():
@@ -220,8 +266,14 @@ def test_template_names_the_class_or_the_group():
     assert template_caption(_log_probs({LION: 0.5, GOLDFISH: 0.3})) == "a lion and a goldfish"
     on_shore = template_caption(_log_probs({SEASHORE: 0.5, GOLDEN_RETRIEVER: 0.3}))
     assert on_shore == "a golden retriever on a seashore"
-    # Nothing reaches MENTION_MIN (the dog breeds hold 0.10 together): the heaviest group alone.
+    # Nothing reaches MENTION_MIN: the most probable class alone, even when another group is
+    # heavier in all (six birds and the even share of the other 45 bird classes hold 0.10).
     assert template_caption(_log_probs({SEASHORE: 0.115, LION: 0.04})) == "a seashore"
+    assert template_caption(_log_probs({**{bird: 0.01 for bird in range(10, 16)}, LION: 0.05})) == "a lion"
+    # A group counts its five most probable classes only: 0.3 spread over 30 breeds is no dog.
+    thin_dogs = {dog: 0.01 for dog in range(151, 181)}
+    assert template_caption(_log_probs({**thin_dogs, LION: 0.2})) == "a lion"
+    assert template_caption(_log_probs({**thin_dogs, GOLDEN_RETRIEVER: 0.2, LION: 0.3})) == "a lion and a golden retriever"
 
 
 def test_template_rejects_a_wrong_shape():
