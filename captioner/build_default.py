@@ -2,7 +2,9 @@
 
 No captioned photos exist offline, so the decoder learns from generated pairs (see
 ``synthetic``): ImageNet class distributions as EfficientNet-Lite0 would emit them, with the
-grammar's caption. The real, packaged Lite0 classifier is the encoder. The build then
+grammar's caption. Every epoch trains on fresh pairs (generated in a second process while the
+previous epoch trains), so the decoder cannot memorise its training set; the learning rate
+follows a cosine schedule. The real, packaged Lite0 classifier is the encoder. The build then
 measures the model against the grammar on held-out pairs, against the template baseline,
 and on real photos, and writes all of that into the model card.
 """
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
 import shutil
-import time
-from dataclasses import asdict, dataclass, field
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from .model import ShowAndTell
 from .repository import BUNDLED_MODEL_DIR, load_model, save_model
 from .vocabulary import Vocabulary
 
-SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's generator seed is seed + offset
+SPLITS = {"train": 0, "val": 1, "test": 2}  # generator seeds: (seed, split) and (seed, 0, epoch) for training
 # Probabilities, not log-probabilities: the projection of a distribution is then the
 # probability-weighted mix of per-class embeddings, while log-probabilities would let the
 # noise floor of the ~995 unlikely classes dominate the embedding.
@@ -34,14 +38,14 @@ ENCODER_OUTPUT = "class_probs"
 
 @dataclass
 class BuildSettings:
-    train_pairs: int = 300_000
-    val_pairs: int = 10_000
-    test_pairs: int = 5_000
-    epochs: int = 15
-    batch_size: int = 512
-    lr: float = 2e-3
+    train_pairs: int = 250_000  # fresh pairs per epoch
+    val_pairs: int = 4_000
+    test_pairs: int = 3_000
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3  # the first epoch's; cosine decay to LAST_LR_SHARE of it in the last
     embed_size: int = 256
-    hidden_size: int = 512
+    hidden_size: int = 256
     max_length: int = 16
     seed: int = 0
     half_precision: bool = True
@@ -152,20 +156,31 @@ def _encoder_outputs(log_probs: np.ndarray, encoder_output: str) -> torch.Tensor
     return torch.from_numpy(np.exp(log_probs) if encoder_output == "class_probs" else log_probs)
 
 
+LAST_LR_SHARE = 0.02
+
+
+def learning_rate(settings: BuildSettings, epoch: int) -> float:
+    """Cosine decay from ``settings.lr`` in epoch 1 to ``LAST_LR_SHARE`` of it in the last."""
+    progress = (epoch - 1) / max(settings.epochs - 1, 1)
+    return settings.lr * (LAST_LR_SHARE + (1 - LAST_LR_SHARE) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _train_seed(settings: BuildSettings, epoch: int) -> tuple[int, int, int]:
+    return settings.seed, SPLITS["train"], epoch
+
+
 def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettings | None = None,
                   photos: dict[str, Path] | None = None) -> QualityReport:
     """Generate, train, measure and write the bundled model; returns the measurements."""
-    from .synthetic import generate_pairs
-    from .training import build_config, fit_decoder
+    from .synthetic import generate_pairs, grammar_phrases
+    from .training import CHECKPOINT, build_config, fit_decoder, read_checkpoint
 
     settings = settings or BuildSettings()
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(out_dir)
-    began = time.perf_counter()
-    data = {split: generate_pairs(getattr(settings, f"{split}_pairs"), settings.seed + offset)
-            for split, offset in SEED_OFFSETS.items()}
-    generation_seconds = time.perf_counter() - began
-    vocab = Vocabulary.build(data["train"][1], min_count=1)
+    val, test = (generate_pairs(getattr(settings, f"{split}_pairs"), (settings.seed, SPLITS[split]))
+                 for split in ("val", "test"))
+    vocab = Vocabulary.build(grammar_phrases(), min_count=1)
     config = build_config(len(vocab), "efficientnet-lite0", ENCODER_OUTPUT, embed_size=settings.embed_size,
                           hidden_size=settings.hidden_size, max_length=settings.max_length)
     torch.manual_seed(settings.seed)
@@ -174,26 +189,37 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
     work = out_dir.with_name(f".{out_dir.name}-training")  # checkpoints; git-ignored
     if not settings.resume:
         shutil.rmtree(work, ignore_errors=True)
-    result = fit_decoder(model, vocab, _encoder_outputs(data["train"][0], ENCODER_OUTPUT),
-                         [[c] for c in data["train"][1]], _encoder_outputs(data["val"][0], ENCODER_OUTPUT),
-                         [[c] for c in data["val"][1]], work,
-                         epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                         device=device, metric=None, resume=settings.resume and (work / "checkpoint.pt").exists())
-    training_seconds = sum(epoch.seconds for epoch in result.history)  # also right after --resume
+    done = read_checkpoint(work)["epoch"] if settings.resume and (work / CHECKPOINT).exists() else 0
+    # Each epoch's pairs are generated in a second process while the previous epoch trains.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        if done < settings.epochs:
+            upcoming = pool.submit(generate_pairs, settings.train_pairs, _train_seed(settings, done + 1))
+        for epoch in range(done + 1, settings.epochs + 1):
+            train = upcoming.result()
+            if epoch < settings.epochs:
+                upcoming = pool.submit(generate_pairs, settings.train_pairs, _train_seed(settings, epoch + 1))
+            print(f"build-default: epoch {epoch} of {settings.epochs}, {len(train[1]):,} new pairs, "
+                  f"lr {learning_rate(settings, epoch):.2e}", file=sys.stderr, flush=True)
+            fit_decoder(model, vocab, _encoder_outputs(train[0], ENCODER_OUTPUT), [[c] for c in train[1]],
+                        _encoder_outputs(val[0], ENCODER_OUTPUT), [[c] for c in val[1]], work,
+                        epochs=epoch, batch_size=settings.batch_size, lr=learning_rate(settings, epoch),
+                        seed=settings.seed, device=device, metric=None, resume=epoch > 1)
+            del train
+    state = read_checkpoint(work)
 
     best = load_model(work, "cpu")  # the best epoch, as fit_decoder saved it
     save_model(best.model, best.vocab, out_dir, card="", half_precision=settings.half_precision)
-    report = measure(out_dir, data["test"][0], data["test"][1], photos, "cpu")
+    report = measure(out_dir, test[0], test[1], photos, "cpu")
     if settings.half_precision:  # fp16 storage must not change what the model says
-        full = measure(work, data["test"][0], data["test"][1], photos, "cpu")
+        full = measure(work, test[0], test[1], photos, "cpu")
         same = [(p.caption, p.beam_caption) for p in report.photos] == [(p.caption, p.beam_caption)
                                                                          for p in full.photos]
         if not same or abs(full.greedy_agreement - report.greedy_agreement) > 1e-9:
             save_model(best.model, best.vocab, out_dir, card="")
             report, settings.half_precision = full, False
-    facts = {"generation_seconds": generation_seconds, "training_seconds": training_seconds,
-             "device": str(device), "history": [asdict(e) for e in result.history],
-             "initial_val_loss": result.initial_val_loss, "best_epoch": result.best_epoch}
+    facts = {"training_seconds": sum(e["seconds"] for e in state["history"]),  # also right after --resume
+             "device": str(device), "history": state["history"],
+             "initial_val_loss": state["initial_val_loss"], "best_epoch": state["best_epoch"]}
     (out_dir / "README.md").write_text(model_card(settings, report, facts, len(vocab)), encoding="utf-8")
     return report
 
@@ -205,16 +231,17 @@ def _verdict(report: QualityReport) -> str:
     """The model card's plain statement of whether the quality bar is met."""
     best = max(report.greedy_agreement, report.beam_agreement)
     problems = []
-    if best < QUALITY_BAR or best < report.template_agreement:
-        problems.append(f"the decoder does not yet reach the bar of {QUALITY_BAR} exact agreement and the "
-                        f"template's {report.template_agreement:.4f}")
+    if best < QUALITY_BAR:
+        problems.append(f"the decoder does not yet reach the bar of {QUALITY_BAR} exact agreement")
+    if best < report.template_agreement:
+        problems.append(f"the decoder agrees with the grammar less often than the template baseline "
+                        f"({best:.4f} against {report.template_agreement:.4f})")
     if report.beam_agreement < report.greedy_agreement - 0.01 or report.beam_length_ratio < 0.98:
         problems.append("beam search agrees less often than greedy decoding and prefers shorter captions, "
                         "so the model's probabilities still favour leaving an object out")
     if report.photos_grounded < len(report.photos):
         problems.append(f"{len(report.photos) - report.photos_grounded} of the real photos below get a caption "
-                        "naming something outside the classifier's top 5 (mostly textures and microscopy, "
-                        "where the classifier's output is flat, unlike any training distribution)")
+                        "naming something outside the classifier's top 5")
     if not problems:
         return "The quality bar is met."
     return "**Known shortfalls:** " + "; ".join(problems) + "."
@@ -257,9 +284,11 @@ LSTM decoder with a vocabulary of {vocab_size} words.
 
 ## What it was trained on
 
-**No human captions and no photos.** The decoder was trained on {settings.train_pairs:,} generated
-pairs: plausible classifier output distributions (1-3 objects, an optional garment and place, mass
-spread over WordNet siblings as a real classifier spreads it, some unrelated noise) paired with the
+**No human captions and no photos.** The decoder was trained on {settings.train_pairs * len(history):,}
+generated pairs ({settings.train_pairs:,} fresh ones per epoch): plausible classifier output
+distributions (1-3 objects, an optional garment and place, mass spread over WordNet siblings as a
+real classifier spreads it, some unrelated noise; and flat ones, where the classifier sees nothing
+it knows and the caption names its most probable class) paired with the
 caption a small English grammar writes for them ("a cup of espresso", "a tabby cat", "a cat",
 "a person wearing a kimono", "a dog on a seashore"). The class hierarchy is WordNet 3.0's. The whole
 build is one command: `python -m captioner build-default`.
@@ -299,11 +328,12 @@ captions were both checked: {report.photos_grounded} of {len(report.photos)} gro
 
 ## Training
 
-- pairs: {settings.train_pairs:,} train, {settings.val_pairs:,} validation, {settings.test_pairs:,} test; seed {settings.seed}
+- pairs: {settings.train_pairs:,} fresh training pairs per epoch, {settings.val_pairs:,} validation,
+  {settings.test_pairs:,} test; seed {settings.seed}
 - epochs: {len(history)} (best by validation loss: {facts['best_epoch']}); batch {settings.batch_size};
-  Adam, lr {settings.lr}; gradient clipping 5
-- device: {facts['device']}; data generation {facts['generation_seconds']:.0f} s; training
-  {facts['training_seconds']:.0f} s
+  Adam, lr {settings.lr} decaying along a cosine to {settings.lr * LAST_LR_SHARE:.0e}; gradient clipping 5
+- device: {facts['device']}; training {facts['training_seconds']:.0f} s (each epoch's pairs are
+  generated in a second process while the previous epoch trains)
 - validation loss before training {facts['initial_val_loss']:.4f}; final train loss
   {last['train_loss'] if last else math.nan:.4f}, validation loss {last['val_loss'] if last else math.nan:.4f}
 - weights stored as {'float16 (captions checked identical to float32)' if settings.half_precision else 'float32'}

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.build_default import BuildSettings, agreement, build_default, default_photos, grammar_captions
+from captioner.build_default import (
+    LAST_LR_SHARE,
+    QUALITY_BAR,
+    BuildSettings,
+    agreement,
+    build_default,
+    default_photos,
+    grammar_captions,
+    learning_rate,
+)
 from captioner.imagenet import imagenet_class_names
 from captioner.repository import BUNDLED_MODEL_DIR, load_model
 from captioner.service import load_captioner
@@ -47,7 +56,9 @@ def test_example_photos_get_the_expected_objects(captioner, example_photos, phot
     assert beam_words & set(captioner.caption(example_photos[photo], beam_size=3).caption.split())
 
 
-def _agreements(captioner):
+@pytest.fixture(scope="module")
+def agreements(captioner):
+    """Greedy and beam-3 agreement with the grammar on held-out pairs, and the captions."""
     log_probs, captions = held_out()
     features = torch.from_numpy(np.exp(log_probs))
     greedy, greedy_out = agreement(captioner.model, captioner.vocab, features, captions, 1)
@@ -56,26 +67,25 @@ def _agreements(captioner):
 
 
 @needs_wordnet
-def test_agreement_with_the_grammar_does_not_regress(captioner):
-    """The shipped model's measured level (about 0.79 greedy, 0.81 beam on the build's test pairs)."""
-    greedy, beam, _, _ = _agreements(captioner)
-    assert greedy >= 0.75 and beam >= 0.77
+def test_agreement_with_the_grammar_reaches_the_bar(agreements):
+    greedy, beam, _, _ = agreements
+    assert min(greedy, beam) >= QUALITY_BAR
 
 
 @needs_wordnet
-@pytest.mark.xfail(strict=True, reason="the shipped decoder does not reach the quality bar yet (see its card)")
-def test_agreement_reaches_the_bar_and_the_template(captioner):
+@pytest.mark.xfail(strict=True, reason="the shipped decoder does not match the template yet (see its card)")
+def test_agreement_matches_the_template(agreements):
     from captioner.synthetic import template_caption
 
     log_probs, captions = held_out()
-    greedy, beam, _, _ = _agreements(captioner)
+    greedy, beam, _, _ = agreements
     template = sum(template_caption(lp) == c for lp, c in zip(log_probs, captions)) / len(captions)
-    assert min(greedy, beam) >= 0.85 and max(greedy, beam) >= template
+    assert max(greedy, beam) >= template
 
 
 @needs_wordnet
-def test_beam_search_does_not_collapse_to_shorter_captions(captioner):
-    greedy, beam, greedy_out, beam_out = _agreements(captioner)
+def test_beam_search_does_not_collapse_to_shorter_captions(agreements):
+    greedy, beam, greedy_out, beam_out = agreements
     assert beam >= greedy - 0.01
     assert sum(len(c.split()) for c in beam_out) >= 0.98 * sum(len(c.split()) for c in greedy_out)
 
@@ -89,30 +99,54 @@ def _grounded(captioner, path, beam):
 
 
 @needs_wordnet
-@pytest.mark.parametrize("photo", ["coffee", "chelsea-the-cat", "rocket", "camera", "grace-hopper"])
-def test_shipped_photos_name_only_what_the_classifier_sees(captioner, example_photos, photo):
-    grounded, result = _grounded(captioner, example_photos[photo], beam=1)
-    assert grounded, (result.caption, result.top_classes)
-
-
-@needs_wordnet
-@pytest.mark.xfail(strict=True, reason="flat classifier outputs (textures, microscopy) get invented objects")
 def test_every_real_photo_names_only_what_the_classifier_sees(captioner):
-    for name, path in default_photos().items():
+    photos = default_photos()
+    assert len(photos) >= 10  # the shipped examples and scikit-image's photos
+    for name, path in photos.items():
         for beam in (1, 3):
             grounded, result = _grounded(captioner, path, beam)
             assert grounded, (name, result.caption, result.top_classes)
 
 
+def test_learning_rate_decays_along_a_cosine():
+    settings = BuildSettings(lr=1e-3, epochs=5)
+    rates = [learning_rate(settings, epoch) for epoch in range(1, 6)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-3 * LAST_LR_SHARE)
+    assert rates[2] == pytest.approx(1e-3 * (1 + LAST_LR_SHARE) / 2)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(BuildSettings(lr=1e-3, epochs=1), 1) == pytest.approx(1e-3)
+
+
 @needs_wordnet
 @pytest.mark.slow
 def test_build_default_runs_end_to_end_in_a_reduced_configuration(tmp_path):
-    settings = BuildSettings(train_pairs=1500, val_pairs=150, test_pairs=150, epochs=1, batch_size=128,
+    from captioner.training import read_checkpoint
+
+    settings = BuildSettings(train_pairs=1500, val_pairs=150, test_pairs=150, epochs=2, batch_size=128,
                              embed_size=32, hidden_size=48)
     photos = dict(list(default_photos().items())[:2])
     report = build_default(tmp_path / "default", settings, photos)
     loaded = load_model(tmp_path / "default")
-    assert loaded.config.encoder_output == "class_probs" and len(loaded.vocab) > 100
+    assert loaded.config.encoder_output == "class_probs" and len(loaded.vocab) > 1000
     card = (tmp_path / "default" / "README.md").read_text()
     assert "No human captions" in card and f"{report.template_agreement:.4f}" in card
+    assert "3,000\ngenerated pairs (1,500 fresh ones per epoch)" in card
     assert len(report.photos) == 2 and 0 <= report.greedy_agreement <= 1
+    history = read_checkpoint(tmp_path / ".default-training")["history"]
+    assert [e["epoch"] for e in history] == [1, 2]
+    assert history[1]["val_loss"] < history[0]["val_loss"]  # the second epoch, on new pairs, still learns
+
+    # --resume after the last epoch trains nothing more and measures again.
+    again = build_default(tmp_path / "default", BuildSettings(**{**settings.__dict__, "resume": True}), photos)
+    assert again.greedy_agreement == report.greedy_agreement
+    assert len(read_checkpoint(tmp_path / ".default-training")["history"]) == 2
+
+
+def test_the_model_card_verdict_names_each_shortfall():
+    from captioner.build_default import PhotoCheck, QualityReport, _verdict
+
+    photo = PhotoCheck("coffee", "a cup of espresso", "a cup of espresso", [("espresso", 0.9)], grounded=True)
+    assert _verdict(QualityReport(0.999, 0.999, 0.998, 1.0, [photo])) == "The quality bar is met."
+    short = _verdict(QualityReport(0.80, 0.90, 0.998, 1.0, [photo, PhotoCheck("x", "a dog", "a dog", [], False)]))
+    assert "against 0.9980" in short and "1 of the real photos" in short and "bar of" not in short
+    assert f"bar of {QUALITY_BAR}" in _verdict(QualityReport(0.80, 0.82, 0.998, 1.0, [photo]))
