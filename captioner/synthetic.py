@@ -768,7 +768,7 @@ class _Structure:
     spec: SceneSpec
     cols: list[int]
     vals: list[float]
-    quiet_groups: list[int]  # groups that get no noise (the scene's own, and more when flat)
+    quiet_groups: list[int]  # no noise here: the scene's groups, a thin one, the large ones when flat
     noise_group_max: float
     noise_class_max: float
 
