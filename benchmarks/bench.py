@@ -52,7 +52,7 @@ from captioner.model import ShowAndTell  # noqa: E402
 from captioner.repository import BUNDLED_MODEL_DIR, load_model, save_model  # noqa: E402
 from captioner.service import Captioner  # noqa: E402
 from captioner.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
-from tables import Table  # noqa: E402
+from tables import Table, add_clock_options, chosen_clock, cpu_name  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # In-process timings use this clock: wall time by default; ``--clock cpu`` (process CPU time) keeps
@@ -291,13 +291,7 @@ def reload_per_call(files: dict[str, Path], images: list[Path], count: int) -> t
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {platform.system()}")
 
 
@@ -314,16 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model directory or owner/name (default: models/default, else a stand-in)")
     parser.add_argument("--no-resnet", action="store_true", help="skip the ResNet-152 and tutorial comparisons")
     parser.add_argument("--json", metavar="PATH", help="also write the tables as JSON")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="in-process timings: wall time, or process CPU time (steadier with --threads 1 "
-                             "on a busy machine)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads here and OMP_NUM_THREADS for the processes started (default: torch's)")
+    add_clock_options(parser, "in-process timings: wall time, or process CPU time (steadier with --threads 1 "
+                              "on a busy machine)",
+                      "torch threads here and OMP_NUM_THREADS for the processes started (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     global clock
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = chosen_clock(args)
     quick = args.quick
     load_start = os.getloadavg()
     started = time.perf_counter()

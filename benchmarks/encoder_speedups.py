@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from captioner.encoders import BACKBONES, build_backbone, load_pretrained_weights  # noqa: E402
 from captioner.images import build_preprocessor, load_image  # noqa: E402
+from tables import add_clock_options, chosen_clock  # noqa: E402
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 # Wall time by default; ``--clock cpu`` (process CPU time) keeps single-threaded (``--threads 1``)
@@ -299,15 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also try torch.compile (minutes of compiling per backbone and batch size)")
     parser.add_argument("--no-resnet", action="store_true")
     parser.add_argument("--only", metavar="TEXT", help="only the variants whose name contains TEXT (and the baseline)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall time, or process CPU time (steadier with --threads 1 on a busy machine)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for the baseline and every variant (default: torch's)")
+    add_clock_options(parser, "wall time, or process CPU time (steadier with --threads 1 on a busy machine)",
+                      "torch.set_num_threads for the baseline and every variant (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     global clock
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = chosen_clock(args)
     load_start, started = os.getloadavg(), time.perf_counter()
     batch_sizes = [1, 8]
     extra = COMPILE if args.compile else []
