@@ -190,6 +190,7 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
     if not settings.resume:
         shutil.rmtree(work, ignore_errors=True)
     done = read_checkpoint(work)["epoch"] if settings.resume and (work / CHECKPOINT).exists() else 0
+    val_inputs, val_captions = _encoder_outputs(val[0], ENCODER_OUTPUT), [[c] for c in val[1]]
     # Each epoch's pairs are generated in a second process while the previous epoch trains.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         if done < settings.epochs:
@@ -201,7 +202,7 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
             print(f"build-default: epoch {epoch} of {settings.epochs}, {len(train[1]):,} new pairs, "
                   f"lr {learning_rate(settings, epoch):.2e}", file=sys.stderr, flush=True)
             fit_decoder(model, vocab, _encoder_outputs(train[0], ENCODER_OUTPUT), [[c] for c in train[1]],
-                        _encoder_outputs(val[0], ENCODER_OUTPUT), [[c] for c in val[1]], work,
+                        val_inputs, val_captions, work,
                         epochs=epoch, batch_size=settings.batch_size, lr=learning_rate(settings, epoch),
                         seed=settings.seed, device=device, metric=None, resume=epoch > 1)
             del train

@@ -803,7 +803,7 @@ def _draw_structure(draws: _Draws) -> _Structure:
     thin = [g for g in _large_groups() if g not in quiet]
     if thin and draws.uniform() < P_THIN:
         group = thin[draws.below(len(thin))]
-        members = [i for i in lexicon().groups[group].members if i not in ALIASES]
+        members = _large_groups()[group]
         total = draws.uniform(0.02, min(THIN_MAX, THIN_CLASS_MAX * len(members) / 1.5, 0.8 * (1 - sum(vals))))
         weights = [0.5 + draws.uniform() for _ in members]  # each within 1.5x of the even share
         scale = total / sum(weights)
@@ -812,13 +812,15 @@ def _draw_structure(draws: _Draws) -> _Structure:
         quiet.append(group)
     if not flat:
         return _Structure(spec, cols, vals, quiet, NOISE_GROUP_MAX, 1.0)
-    quiet += _large_groups()
+    quiet += list(_large_groups())
     return _Structure(spec, cols, vals, quiet, FLAT_NOISE_GROUP_MAX, FLAT_NOISE_CLASS_SHARE * masses[0])
 
 
 @functools.cache
-def _large_groups() -> list[int]:
-    return np.flatnonzero(np.bincount(lexicon().group_of) > FLAT_QUIET_GROUP_SIZE).tolist()
+def _large_groups() -> dict[int, list[int]]:
+    """The groups of more than ``FLAT_QUIET_GROUP_SIZE`` classes (dog, bird), with their classes."""
+    return {g: [i for i in group.members if i not in ALIASES] for g, group in enumerate(lexicon().groups)
+            if len(group.members) > FLAT_QUIET_GROUP_SIZE}
 
 
 def _noise(rng: np.random.Generator, amount: np.ndarray, taken: np.ndarray, group_max: np.ndarray,
