@@ -874,47 +874,45 @@ def _to_log_probs(p: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(p, 1e-30)).astype(np.float32)
 
 
+def _draw_rows(rng: np.random.Generator, draws: _Draws, rows: int) -> tuple[np.ndarray, list[str], list[SceneSpec]]:
+    """``rows`` pairs: the scenes are drawn one by one in Python; the 1000-wide part (noise,
+    scatter, log) is done for all rows at once."""
+    row_of: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    specs: list[SceneSpec] = []
+    placed, group_max, class_max = np.empty(rows), np.empty(rows), np.empty(rows)
+    taken = np.zeros((rows, len(lexicon().groups)), dtype=bool)
+    for r in range(rows):
+        drawn = _draw_structure(draws)
+        specs.append(drawn.spec)
+        row_of += [r] * len(drawn.cols)
+        cols += drawn.cols
+        vals += drawn.vals
+        placed[r] = sum(drawn.vals)
+        group_max[r], class_max[r] = drawn.noise_group_max, drawn.noise_class_max
+        taken[r, drawn.quiet_groups] = True
+    p = _noise(rng, np.maximum(0.0, 1.0 - placed), taken, group_max, class_max)
+    np.add.at(p, (np.array(row_of), np.array(cols)), np.array(vals))
+    return _to_log_probs(p), [caption_for(spec) for spec in specs], specs
+
+
 def generate_sample(rng: np.random.Generator) -> tuple[np.ndarray, str, SceneSpec]:
     """One pair: (log-probabilities (1000,) float32, caption, the scene it shows)."""
-    drawn = _draw_structure(_Draws(rng))
-    taken = np.zeros((1, len(lexicon().groups)), dtype=bool)
-    taken[0, drawn.quiet_groups] = True
-    p = _noise(rng, np.array([max(0.0, 1.0 - sum(drawn.vals))]), taken, np.array([drawn.noise_group_max]),
-               np.array([drawn.noise_class_max]))[0]
-    np.add.at(p, drawn.cols, drawn.vals)
-    return _to_log_probs(p), caption_for(drawn.spec), drawn.spec
+    log_probs, captions, specs = _draw_rows(rng, _Draws(rng), 1)
+    return log_probs[0], captions[0], specs[0]
 
 
 def generate_pairs(n: int, seed: int | Sequence[int], chunk: int = 4096) -> tuple[np.ndarray, list[str]]:
-    """``n`` pairs, deterministic in ``seed``: log-probabilities (n, 1000) float32 and captions.
-
-    The scenes are drawn one by one in Python; the 1000-wide part (noise, scatter, log) is done
-    for ``chunk`` rows at once.
-    """
+    """``n`` pairs, deterministic in ``seed``: log-probabilities (n, 1000) float32 and captions,
+    made ``chunk`` rows at a time."""
     if n < 0:
         raise ValueError("n must be >= 0")
-    n_groups = len(lexicon().groups)
     rng = np.random.default_rng(seed)
     draws = _Draws(rng)
     out = np.empty((n, NUM_CLASSES), dtype=np.float32)
     captions: list[str] = []
     for start in range(0, n, chunk):
-        rows = min(chunk, n - start)
-        row_of: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
-        placed, group_max, class_max = np.empty(rows), np.empty(rows), np.empty(rows)
-        taken = np.zeros((rows, n_groups), dtype=bool)
-        for r in range(rows):
-            drawn = _draw_structure(draws)
-            captions.append(caption_for(drawn.spec))
-            row_of += [r] * len(drawn.cols)
-            cols += drawn.cols
-            vals += drawn.vals
-            placed[r] = sum(drawn.vals)
-            group_max[r], class_max[r] = drawn.noise_group_max, drawn.noise_class_max
-            taken[r, drawn.quiet_groups] = True
-        p = _noise(rng, np.maximum(0.0, 1.0 - placed), taken, group_max, class_max)
-        np.add.at(p, (np.array(row_of), np.array(cols)), np.array(vals))
-        out[start : start + rows] = _to_log_probs(p)
+        out[start : start + chunk], chunk_captions, _ = _draw_rows(rng, draws, min(chunk, n - start))
+        captions += chunk_captions
     return out, captions
