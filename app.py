@@ -27,13 +27,13 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from captioner.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
-from captioner.errors import ImageError
-from captioner.gallery import list_examples
-from captioner.images import load_image
-from captioner.modelcard import summarize_card
-from captioner.repository import BUNDLED_MODEL_DIR
-from captioner.serving import DecodeOptions, SharedCaptioner, choose_model
+from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
+from captioner.core.errors import ImageError
+from captioner.serving.gallery import list_examples
+from captioner.core.images import load_image
+from captioner.core.modelcard import summarize_card
+from captioner.core.repository import BUNDLED_MODEL_DIR
+from captioner.serving.batcher import DecodeOptions, SharedCaptioner, choose_model
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass

@@ -5,7 +5,7 @@
     print(result.caption)
 """
 
-from .errors import CaptionerError, DatasetError, ImageError, LegacyImportError, ModelFormatError, ModelSourceError
+from captioner.core.errors import CaptionerError, DatasetError, ImageError, LegacyImportError, ModelFormatError, ModelSourceError
 
 __all__ = ["load_captioner", "CaptionerError", "DatasetError", "ImageError", "LegacyImportError",
            "ModelFormatError", "ModelSourceError"]
@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "load_captioner":  # imported on first use: `import captioner` stays light
-        from .service import load_captioner
+        from captioner.core.inference import load_captioner
 
         return load_captioner
     raise AttributeError(f"module 'captioner' has no attribute {name!r}")

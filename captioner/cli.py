@@ -12,10 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import CaptionerError
+from captioner.core.errors import CaptionerError
 
-MODEL_ZIP_URL = "https://www.dropbox.com/s/ne0ixz5d58ccbbz/pretrained_model.zip?dl=1"  # the tutorial's links
-VOCAB_ZIP_URL = "https://www.dropbox.com/s/26adb7y9m98uisa/vocap.zip?dl=1"
 
 
 def _positive(text: str) -> int:
@@ -28,8 +26,8 @@ def _positive(text: str) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .errors import ImageError
-    from .service import load_captioner
+    from captioner.core.errors import ImageError
+    from captioner.core.inference import load_captioner
 
     captioner = load_captioner(args.model, args.device)
     failures = 0
@@ -62,12 +60,14 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
-    from .legacy import import_legacy
+    from captioner.core.legacy import import_legacy
 
     if args.download:
-        from .legacy_download import download_and_import
+        from captioner.core.legacy_download import download_and_import
 
-        out = download_and_import(args.out, model_zip_url=args.model_zip_url, vocab_zip_url=args.vocab_zip_url)
+        urls = {name: value for name, value in (("model_zip_url", args.model_zip_url),
+                                                ("vocab_zip_url", args.vocab_zip_url)) if value}
+        out = download_and_import(args.out, **urls)
     else:
         missing = [flag for flag, value in (("--encoder", args.encoder), ("--decoder", args.decoder),
                                             ("--vocab", args.vocab)) if not value]
@@ -79,7 +79,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .repository import push_model
+    from captioner.core.repository import push_model
 
     url = push_model(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
                      commit_message=args.message)
@@ -109,8 +109,8 @@ def _add_import_legacy(sub) -> None:
     p.add_argument("--out", help="output model directory")
     p.add_argument("--download", action="store_true",
                    help="fetch the tutorial's published COCO model, check, convert and cache it")
-    p.add_argument("--model-zip-url", default=MODEL_ZIP_URL, help="where pretrained_model.zip is (with --download)")
-    p.add_argument("--vocab-zip-url", default=VOCAB_ZIP_URL, help="where vocap.zip is (with --download)")
+    p.add_argument("--model-zip-url", default=None, help="where pretrained_model.zip is (with --download; default: the tutorial's link)")
+    p.add_argument("--vocab-zip-url", default=None, help="where vocap.zip is (with --download; default: the tutorial's link)")
     p.set_defaults(func=cmd_import_legacy)
 
 
@@ -125,8 +125,8 @@ def _add_push(sub) -> None:
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
-    from .build_default import BuildSettings, build_default, default_photos, summary
-    from .repository import BUNDLED_MODEL_DIR
+    from captioner.build.pipeline import BuildSettings, build_default, default_photos, summary
+    from captioner.core.repository import BUNDLED_MODEL_DIR
 
     out = args.out or BUNDLED_MODEL_DIR
     settings = BuildSettings(**{name: value for name, value in vars(args).items()
@@ -152,7 +152,7 @@ def _add_build_default(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import CardInfo, train_captioner
+    from captioner.training.loop import CardInfo, train_captioner
 
     train_items, val_items, reports, how = _training_data(args)
     for report in reports:
@@ -186,8 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _training_data(args: argparse.Namespace):
     """(train items, validation items, reports, how the validation set was chosen)."""
-    from .datasets import read_dataset, split_holdout
-    from .errors import DatasetError
+    from captioner.training.datasets import read_dataset, split_holdout
+    from captioner.core.errors import DatasetError
 
     fmt, annotations, images = args.format, Path(args.annotations), Path(args.images)
     if fmt == "flickr8k" and args.split_file is None:
@@ -222,10 +222,10 @@ def _training_data(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .datasets import read_dataset
-    from .evaluation import format_scores
-    from .service import load_captioner
-    from .training import decoding_name, evaluate_captioner
+    from captioner.training.datasets import read_dataset
+    from captioner.training.evaluation import format_scores
+    from captioner.core.inference import load_captioner
+    from captioner.training.loop import decoding_name, evaluate_captioner
 
     split = args.split if args.split != "all" else None
     if args.split is None:
@@ -258,8 +258,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from .config import ENCODER_OUTPUTS
-    from .datasets import FORMATS
+    from captioner.core.config import ENCODER_OUTPUTS
+    from captioner.training.datasets import FORMATS
 
     p = sub.add_parser("train", help="train a model on a caption data set",
                        description="Train a Show-and-Tell model. Validation images: --val-annotations, else the "
@@ -305,7 +305,7 @@ def _add_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    from .datasets import FORMATS
+    from captioner.training.datasets import FORMATS
 
     p = sub.add_parser("evaluate", help="score a model on a caption data set (BLEU, METEOR, ROUGE-L, CIDEr)")
     p.add_argument("--model", help="model directory or owner/name[@revision] (default: the bundled model)")

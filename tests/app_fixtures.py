@@ -19,8 +19,8 @@ def make_app_model(directory: Path) -> Path:
     """A tiny random decoder on real EfficientNet-Lite0 ImageNet weights whose encoder emits class
     log-probabilities: captions differ between photos, the top-classes panel shows real classes, and
     ``<end>`` is made unlikely so captions are never empty. Reused when ``directory`` already holds it."""
-    from captioner.encoders import load_pretrained_weights
-    from captioner.repository import save_model
+    from captioner.core.encoders import load_pretrained_weights
+    from captioner.core.repository import save_model
     from conftest import make_tiny_model
 
     if (directory / "config.json").is_file():

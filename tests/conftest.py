@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 EXAMPLES = ROOT / "examples"
 
-from captioner.config import ModelConfig  # noqa: E402
-from captioner.model import ShowAndTell  # noqa: E402
-from captioner.repository import save_model  # noqa: E402
-from captioner.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from captioner.core.config import ModelConfig  # noqa: E402
+from captioner.core.model import ShowAndTell  # noqa: E402
+from captioner.core.repository import save_model  # noqa: E402
+from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 
 WORDS = "a an the cat dog cup of espresso on table red blue green small big bird sits next to".split()
 

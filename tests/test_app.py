@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from app_fixtures import ROOT, app, free_port, make_app_model, serve
-from captioner.service import load_captioner
+from captioner.core.inference import load_captioner
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio 6.31, with pandas 3

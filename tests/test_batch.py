@@ -9,10 +9,10 @@ import zipfile
 
 import pytest
 
-from captioner.batch import BatchRow, caption_inputs, collect_inputs, rows_to_csv, rows_to_json
-from captioner.errors import ImageError
-from captioner.images import MAX_IMAGE_BYTES
-from captioner.service import load_captioner
+from captioner.serving.batch import BatchRow, caption_inputs, collect_inputs, rows_to_csv, rows_to_json
+from captioner.core.errors import ImageError
+from captioner.core.images import MAX_IMAGE_BYTES
+from captioner.core.inference import load_captioner
 
 
 def test_files_and_zip_members_become_one_row_each(tiny_model_dir, example_photos, tmp_path):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from app_fixtures import ROOT, app, make_app_model, serve
-from captioner.repository import BUNDLED_MODEL_DIR
-from captioner.service import load_captioner
+from captioner.core.repository import BUNDLED_MODEL_DIR
+from captioner.core.inference import load_captioner
 
 pytestmark = [pytest.mark.browser,  # Gradio 6.31 calls a pandas option that pandas 3 deprecates:
               pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.build_default import (
+from captioner.build.pipeline import (
     LAST_LR_SHARE,
     QUALITY_BAR,
     BuildSettings,
@@ -16,9 +16,9 @@ from captioner.build_default import (
     grammar_captions,
     learning_rate,
 )
-from captioner.imagenet import imagenet_class_names
-from captioner.repository import BUNDLED_MODEL_DIR, load_model
-from captioner.service import load_captioner
+from captioner.core.imagenet_classes import imagenet_class_names
+from captioner.core.repository import BUNDLED_MODEL_DIR, load_model
+from captioner.core.inference import load_captioner
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_MODEL_DIR / "config.json").is_file(), reason="no bundled model")
 needs_wordnet = pytest.mark.skipif(
@@ -33,7 +33,7 @@ def captioner():
 
 @functools.cache
 def held_out(n=2000):
-    from captioner.synthetic import generate_pairs
+    from captioner.build.synthetic import generate_pairs
 
     return generate_pairs(n, HELD_OUT_SEED)
 
@@ -75,7 +75,7 @@ def test_agreement_with_the_grammar_reaches_the_bar(agreements):
 @needs_wordnet
 @pytest.mark.xfail(strict=True, reason="the shipped decoder does not match the template yet (see its card)")
 def test_agreement_matches_the_template(agreements):
-    from captioner.synthetic import template_caption
+    from captioner.build.synthetic import template_caption
 
     log_probs, captions = held_out()
     greedy, beam, _, _ = agreements
@@ -120,7 +120,7 @@ def test_learning_rate_decays_along_a_cosine():
 @needs_wordnet
 @pytest.mark.slow
 def test_build_default_runs_end_to_end_in_a_reduced_configuration(tmp_path):
-    from captioner.training import read_checkpoint
+    from captioner.training.loop import read_checkpoint
 
     settings = BuildSettings(train_pairs=1500, val_pairs=150, test_pairs=150, epochs=2, batch_size=128,
                              embed_size=32, hidden_size=48)
@@ -143,7 +143,7 @@ def test_build_default_runs_end_to_end_in_a_reduced_configuration(tmp_path):
 
 
 def test_the_model_card_verdict_names_each_shortfall():
-    from captioner.build_default import PhotoCheck, QualityReport, _verdict
+    from captioner.build.pipeline import PhotoCheck, QualityReport, _verdict
 
     photo = PhotoCheck("coffee", "a cup of espresso", "a cup of espresso", [("espresso", 0.9)], grounded=True)
     assert _verdict(QualityReport(0.999, 0.999, 0.998, 1.0, [photo])) == "The quality bar is met."

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.datasets import FORMATS, CaptionedImage, SkipReason, read_dataset, split_holdout
-from captioner.errors import DatasetError
+from captioner.training.datasets import FORMATS, CaptionedImage, SkipReason, read_dataset, split_holdout
+from captioner.core.errors import DatasetError
 
 
 def make_images(folder: Path, *names: str) -> Path:

@@ -4,10 +4,10 @@ import pytest
 import skimage.data
 import torch
 
-from captioner.config import ModelConfig
-from captioner.encoders import BACKBONES, build_backbone, load_pretrained_weights, optimize_for_inference
-from captioner.images import build_preprocessor, load_image
-from captioner.model import ShowAndTell
+from captioner.core.config import ModelConfig
+from captioner.core.encoders import BACKBONES, build_backbone, load_pretrained_weights, optimize_for_inference
+from captioner.core.images import build_preprocessor, load_image
+from captioner.core.model import ShowAndTell
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO, CUP = 967, 968

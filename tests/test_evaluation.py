@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.evaluation import (
+from captioner.training.evaluation import (
     METEOR_NEEDS_JAVA,
     METRICS,
     _tokenize,
@@ -156,7 +156,7 @@ def test_without_java_on_path_meteor_is_none_and_tokens_fall_back(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no java
     assert find_java() is None
-    with caplog.at_level(logging.WARNING, logger="captioner.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="captioner.training.evaluation"):
         scores = score_captions(HAND_REFS, HAND_PREDS)
     assert scores["METEOR"] is None
     assert METEOR_NEEDS_JAVA in caplog.text
@@ -172,7 +172,7 @@ def test_a_broken_java_falls_back_instead_of_hanging(
     fake.write_text("#!/bin/sh\necho 'Error: could not start the JVM' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="captioner.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="captioner.training.evaluation"):
         scores = score_captions(HAND_REFS, HAND_PREDS)
     assert scores["METEOR"] is None
     assert "METEOR failed" in caplog.text and "Python tokeniser" in caplog.text

@@ -16,11 +16,11 @@ import torch
 from safetensors import safe_open
 from shapes_data import make_shapes
 
-from captioner.encoders import load_pretrained_weights
-from captioner.features import FeatureCache, FeatureSpec, extract_features
-from captioner.images import build_preprocessor, load_image
-from captioner.model import ShowAndTell
-from captioner.training import build_config
+from captioner.core.encoders import load_pretrained_weights
+from captioner.training.features import FeatureCache, FeatureSpec, extract_features
+from captioner.core.images import build_preprocessor, load_image
+from captioner.core.model import ShowAndTell
+from captioner.training.loop import build_config
 from conftest import ROOT
 
 IMAGE_SIZE = 32  # tiny crops keep the real backbone fast; the cache works the same at any size
@@ -172,7 +172,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
     from test_features import lite0
-    from captioner.features import extract_features
+    from captioner.training.features import extract_features
     paths = sorted(Path(sys.argv[2]).glob("*.png"))
     extract_features(lite0(), paths, sys.argv[3], batch_size=4, shard_size=4, progress=False,
                      on_batch=lambda done: time.sleep(0.4))
@@ -210,7 +210,7 @@ def test_cache_index_is_the_shard_headers(model, image_paths, tmp_path):
     spec = FeatureSpec.of(model.config, model.encoder.backbone)
     cache = FeatureCache(tmp_path, spec)  # a fresh process would see the same
     assert len(cache) == 6 and len(cache.shards) == 2
-    from captioner.features import file_key
+    from captioner.training.features import file_key
 
     assert torch.equal(cache.load([file_key(p) for p in image_paths[:6]]), result.features)
     with pytest.raises(KeyError, match="not in the feature cache"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from captioner.gallery import example_label, list_examples
-from captioner.modelcard import summarize_card
+from captioner.serving.gallery import example_label, list_examples
+from captioner.core.modelcard import summarize_card
 
 
 def test_examples_are_the_image_files_in_the_folder(tmp_path, example_photos):

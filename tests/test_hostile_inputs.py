@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner.errors import ImageError
-from captioner.images import load_image
-from captioner.service import load_captioner
+from captioner.core.errors import ImageError
+from captioner.core.images import load_image
+from captioner.core.inference import load_captioner
 from conftest import ROOT
 
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from captioner.errors import ModelFormatError, ModelSourceError
-from captioner.repository import MODEL_FILES, load_model, push_model, save_model
+from captioner.core.errors import ModelFormatError, ModelSourceError
+from captioner.core.repository import MODEL_FILES, load_model, push_model, save_model
 from conftest import ROOT, make_tiny_model
 from hub_fixtures import hub, no_retry_wait  # noqa: F401
 from hub_server import free_port_url

@@ -2,11 +2,11 @@
 
 import pytest
 
-from captioner.errors import DatasetError
-from captioner.imagenet import (
+from captioner.core.errors import DatasetError
+from captioner.core.imagenet_classes import imagenet_class_names
+from captioner.build.imagenet import (
     ENTITY,
     WordNet,
-    imagenet_class_names,
     imagenet_classes,
     imagenet_synset_ids,
     wordnet,
@@ -21,6 +21,12 @@ def test_names_and_synset_ids_share_the_classifiers_order():
     assert (names[281], ids[281]) == ("tabby", "n02123045")
     assert (names[285], ids[285]) == ("Egyptian cat", "n02124075")
     assert (names[967], ids[967]) == ("espresso", "n07920052")
+
+
+def test_stored_class_names_are_torchvisions_public_list():
+    from torchvision.models import ResNet50_Weights
+
+    assert imagenet_class_names() == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def test_class_lemmas_come_from_wordnet():

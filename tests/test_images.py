@@ -15,8 +15,8 @@ import torch
 from PIL import Image, ImageFile
 from torchvision import transforms
 
-from captioner.errors import ImageError
-from captioner.images import (
+from captioner.core.errors import ImageError
+from captioner.core.images import (
     MAX_IMAGE_PIXELS,
     build_preprocessor,
     load_image,

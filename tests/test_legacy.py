@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.errors import LegacyImportError
-from captioner.legacy import import_legacy, read_legacy_vocabulary
-from captioner.repository import load_model
+from captioner.core.errors import LegacyImportError
+from captioner.core.legacy import import_legacy, read_legacy_vocabulary
+from captioner.core.repository import load_model
 
 
 # The tutorial's own code (yunjey/pytorch-tutorial, MIT), kept in benchmarks/ as the reference.

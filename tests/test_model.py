@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from captioner.model import packed_targets
-from captioner.vocabulary import END_ID
+from captioner.core.model import packed_targets
+from captioner.core.vocabulary import END_ID
 from conftest import make_tiny_model
 
 
@@ -89,8 +89,8 @@ def test_teacher_forcing_shapes(model):
 
 def test_step_by_step_decoding_equals_the_lstm_over_the_sequence():
     """``Decoder.step`` runs the LSTM's weights cell by cell; it must match ``nn.LSTM`` itself."""
-    from captioner.config import ModelConfig
-    from captioner.model import Decoder
+    from captioner.core.config import ModelConfig
+    from captioner.core.model import Decoder
 
     torch.manual_seed(3)
     decoder = Decoder(ModelConfig(backbone="efficientnet-lite0", vocab_size=12, embed_size=8, hidden_size=10,

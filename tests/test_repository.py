@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.errors import ModelFormatError, ModelSourceError
-from captioner.repository import MODEL_FILES, load_model, resolve_source, save_model
-from captioner.service import Captioner
+from captioner.core.errors import ModelFormatError, ModelSourceError
+from captioner.core.repository import MODEL_FILES, load_model, resolve_source, save_model
+from captioner.core.inference import Captioner
 from conftest import ROOT, make_tiny_model
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.errors import ImageError
-from captioner.service import load_captioner, select_device
+from captioner.core.errors import ImageError
+from captioner.core.inference import load_captioner, select_device
 
 
 def test_cached_per_source_and_device(tiny_model_dir):
@@ -65,8 +65,8 @@ def test_accepts_pil_and_arrays_and_greedy(tiny_model_dir, example_photos):
 
 
 def test_class_log_prob_encoders_report_top_classes(tmp_path):
-    from captioner.encoders import load_pretrained_weights
-    from captioner.repository import save_model
+    from captioner.core.encoders import load_pretrained_weights
+    from captioner.core.repository import save_model
     from conftest import make_tiny_model
     import skimage.data
 

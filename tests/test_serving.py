@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from captioner.errors import ImageError
-from captioner.serving import DecodeOptions, SharedCaptioner, choose_model
-from captioner.service import load_captioner
+from captioner.core.errors import ImageError
+from captioner.serving.batcher import DecodeOptions, SharedCaptioner, choose_model
+from captioner.core.inference import load_captioner
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from captioner import synthetic
-from captioner.synthetic import (
+from captioner.build import synthetic
+from captioner.build.synthetic import (
     MAX_TOKENS,
     Mention,
     SceneSpec,
@@ -217,7 +217,7 @@ def test_thin_mass_over_a_large_group_is_generated_and_not_mentioned(samples):
 
 
 def test_the_grammar_phrases_cover_every_generated_caption(samples):
-    from captioner.vocabulary import UNK_ID, Vocabulary
+    from captioner.core.vocabulary import UNK_ID, Vocabulary
 
     vocab = Vocabulary.build(grammar_phrases(), min_count=1)
     assert all(UNK_ID not in vocab.encode(caption) for _, caption, _ in samples)

@@ -18,16 +18,16 @@ import yaml
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from shapes_data import make_shapes, write_csv
 
-from captioner.encoders import load_pretrained_weights
-from captioner.errors import CaptionerError
-from captioner.evaluation import METRICS, score_captions
-from captioner.features import extract_features
-from captioner.model import ShowAndTell
-from captioner.repository import MODEL_FILES, load_model
-from captioner.service import Captioner
-from captioner.training import (CHECKPOINT, CardInfo, build_config, evaluate_captioner, fit_decoder,
+from captioner.core.encoders import load_pretrained_weights
+from captioner.core.errors import CaptionerError
+from captioner.training.evaluation import METRICS, score_captions
+from captioner.training.features import extract_features
+from captioner.core.model import ShowAndTell
+from captioner.core.repository import MODEL_FILES, load_model
+from captioner.core.inference import Captioner
+from captioner.training.loop import (CHECKPOINT, CardInfo, build_config, evaluate_captioner, fit_decoder,
                                 most_common_caption, read_checkpoint, train_captioner)
-from captioner.vocabulary import Vocabulary
+from captioner.core.vocabulary import Vocabulary
 from conftest import ROOT
 
 IMAGE_SIZE = 96

@@ -1,7 +1,7 @@
 import pytest
 
-from captioner.errors import ModelFormatError
-from captioner.vocabulary import END_ID, START_ID, UNK_ID, Vocabulary, tokenize
+from captioner.core.errors import ModelFormatError
+from captioner.core.vocabulary import END_ID, START_ID, UNK_ID, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_and_drops_punctuation():

@@ -20,12 +20,22 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig
-from .errors import ModelFormatError, ModelSourceError
-from .model import ShowAndTell
-from .vocabulary import Vocabulary
+from captioner.core.config import ModelConfig
+from captioner.core.errors import ModelFormatError, ModelSourceError
+from captioner.core.model import ShowAndTell
+from captioner.core.vocabulary import Vocabulary
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def _bundled_model_dir() -> Path:
+    """The bundled model: inside the installed package (a wheel ships it as ``captioner/bundled_model``),
+    else ``models/default`` of the checkout this package runs from."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "bundled_model"
+    return installed if (installed / "config.json").is_file() else package.parent / "models" / "default"
+
+
+BUNDLED_MODEL_DIR = _bundled_model_dir()
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md")
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
 
@@ -156,7 +166,7 @@ def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig) -> dic
     if not path.is_file():
         raise ModelFormatError(f"{path} is missing")
     digest = config.extra.get("weights_sha256")
-    if digest is not None and _sha256(path) != digest:
+    if digest is not None and file_sha256(path) != digest:
         raise ModelFormatError(f"{path} does not match the SHA-256 recorded in config.json (altered or truncated)")
     try:
         with safe_open(path, framework="pt", device="cpu") as weights:
@@ -179,9 +189,13 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype) if tensor.dtype != dtype else tensor
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_model(model: ShowAndTell, vocab: Vocabulary, out_dir: str | os.PathLike, card: str | None = None,
@@ -196,7 +210,7 @@ def save_model(model: ShowAndTell, vocab: Vocabulary, out_dir: str | os.PathLike
         tensors = {name: (t.to(dtype) if dtype and t.is_floating_point() else t).detach().cpu().contiguous()
                    for name, t in model.state_dict().items()}
         save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
-        extra = {**model.config.extra, "weights_sha256": _sha256(staging / "model.safetensors")}
+        extra = {**model.config.extra, "weights_sha256": file_sha256(staging / "model.safetensors")}
         config = ModelConfig(**{**model.config.__dict__, "vocab_size": len(vocab), "extra": extra})
         config.save(staging / "config.json")
         vocab.save(staging / "vocab.json")

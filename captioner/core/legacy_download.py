@@ -20,11 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import LegacyImportError, ModelFormatError
-from .legacy import import_legacy
-from .repository import load_model
+from captioner.core.errors import LegacyImportError, ModelFormatError
+from captioner.core.legacy import import_legacy
+from captioner.core.repository import load_model
 
-from .cli import MODEL_ZIP_URL, VOCAB_ZIP_URL
+MODEL_ZIP_URL = "https://www.dropbox.com/s/ne0ixz5d58ccbbz/pretrained_model.zip?dl=1"  # the tutorial's links
+VOCAB_ZIP_URL = "https://www.dropbox.com/s/26adb7y9m98uisa/vocap.zip?dl=1"
 MAX_DOWNLOAD_BYTES = 2 * 1024**3
 MAX_MEMBER_BYTES = 1024**3
 EXPECTED = {"model": ("encoder-5-3000.pkl", "decoder-5-3000.pkl"), "vocab": ("vocab.pkl",)}

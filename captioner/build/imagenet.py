@@ -1,7 +1,6 @@
 """The 1000 ImageNet-1k classes and what WordNet 3.0 knows about them.
 
-``imagenet_class_names`` is cheap (torchvision only) and is what run-time code uses to show
-top classes. The rest (synset ids, lemmas, hypernym chains) is for building training data: the
+The class names come from ``captioner.core.imagenet_classes``. The rest (synset ids, lemmas, hypernym chains) is for building training data: the
 synset ids come from timm's data files and the hierarchy from Debian's ``wordnet-base``
 database, read directly from ``data.noun`` (nltk's reader does not accept that layout).
 
@@ -11,47 +10,22 @@ a synset's offset is the byte position of its line, so one synset is one seek an
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.util
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from .errors import DatasetError
+from captioner.core.errors import DatasetError
+from captioner.core.imagenet_classes import imagenet_class_names
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 ENTITY = "n00001740"  # the root of WordNet's noun hierarchy
 
 # Index -> synset id pairs that must hold if the names and the ids are in the same order.
 _ORDER_CHECKS = {0: "n01440764", 281: "n02123045", 285: "n02124075", 967: "n07920052"}
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 human-readable class names in torchvision's (= the classifiers') order."""
-    return list(_torchvision_imagenet_categories())
-
-
-@functools.cache
-def _torchvision_imagenet_categories() -> tuple[str, ...]:
-    """torchvision's list, read from its ``models/_meta.py`` as a literal when torchvision is not
-    imported yet: importing the package costs seconds of start-up for one list of strings."""
-    meta = sys.modules.get("torchvision.models._meta")
-    if meta is not None:
-        return tuple(meta._IMAGENET_CATEGORIES)
-    spec = importlib.util.find_spec("torchvision")  # locates the package without importing it
-    try:
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("torchvision")
-        source = (Path(next(iter(spec.submodule_search_locations))) / "models" / "_meta.py").read_text()
-        names = next(ast.literal_eval(node.value) for node in ast.parse(source).body
-                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_IMAGENET_CATEGORIES")
-    except (OSError, StopIteration, SyntaxError, ValueError):  # a torchvision laid out differently
-        from torchvision.models._meta import _IMAGENET_CATEGORIES as names
-    return tuple(names)
 
 
 @functools.cache

@@ -22,9 +22,9 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from .errors import ImageError
-from .images import MAX_IMAGE_BYTES, load_image
-from .service import Captioner
+from captioner.core.errors import ImageError
+from captioner.core.images import MAX_IMAGE_BYTES, load_image
+from captioner.core.inference import Captioner
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .encoders import load_pretrained_weights
-from .model import ShowAndTell
-from .repository import BUNDLED_MODEL_DIR, load_model, save_model
-from .vocabulary import Vocabulary
+from captioner.core.encoders import load_pretrained_weights
+from captioner.core.model import ShowAndTell
+from captioner.core.repository import BUNDLED_MODEL_DIR, load_model, save_model
+from captioner.core.vocabulary import Vocabulary
 
 SPLITS = {"train": 0, "val": 1, "test": 2}  # generator seeds: (seed, split) and (seed, 0, epoch) for training
 # Probabilities, not log-probabilities: the projection of a distribution is then the
@@ -77,7 +77,7 @@ class QualityReport:
 
 def default_photos() -> dict[str, Path]:
     """The shipped examples plus other licensed real photos that scikit-image carries."""
-    root = Path(__file__).resolve().parent.parent / "examples"
+    root = Path(__file__).resolve().parents[2] / "examples"
     photos = {p.stem: p for p in sorted(root.glob("*.jpg"))}
     try:
         import skimage
@@ -94,7 +94,7 @@ def default_photos() -> dict[str, Path]:
 
 def grammar_captions(top_classes: list[int]) -> set[str]:
     """Every caption the grammar can write naming only these classes or their general words."""
-    from .synthetic import MAX_SLOTS, Mention, SceneSpec, caption_for, lexicon
+    from captioner.build.synthetic import MAX_SLOTS, Mention, SceneSpec, caption_for, lexicon
 
     lex = lexicon()
     mentions = {kind: [Mention(i, s) for i in top_classes for s in (True, False) if lex.classes[i].kind in kinds]
@@ -129,9 +129,9 @@ def agreement(model: ShowAndTell, vocab: Vocabulary, log_probs: torch.Tensor, ca
 
 def measure(model_dir: Path, test_log_probs: np.ndarray, test_captions: list[str],
             photos: dict[str, Path] | None = None, device: str = "cpu") -> QualityReport:
-    from .imagenet import imagenet_class_names
-    from .service import Captioner
-    from .synthetic import template_caption
+    from captioner.core.imagenet_classes import imagenet_class_names
+    from captioner.core.inference import Captioner
+    from captioner.build.synthetic import template_caption
 
     loaded = load_model(model_dir, device)
     features = _encoder_outputs(test_log_probs, loaded.config.encoder_output)
@@ -172,8 +172,8 @@ def _train_seed(settings: BuildSettings, epoch: int) -> tuple[int, int, int]:
 def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettings | None = None,
                   photos: dict[str, Path] | None = None) -> QualityReport:
     """Generate, train, measure and write the bundled model; returns the measurements."""
-    from .synthetic import generate_pairs, grammar_phrases
-    from .training import CHECKPOINT, build_config, fit_decoder, read_checkpoint
+    from captioner.build.synthetic import generate_pairs, grammar_phrases
+    from captioner.training.loop import CHECKPOINT, build_config, fit_decoder, read_checkpoint
 
     settings = settings or BuildSettings()
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from .encoders import optimize_for_inference
-from .images import ImageSource, build_preprocessor, load_image
-from .model import Hypothesis
-from .repository import LoadedModel, describe_source, load_model
-from .vocabulary import END_ID, PAD_ID, START_ID
+from captioner.core.encoders import optimize_for_inference
+from captioner.core.images import ImageSource, build_preprocessor, load_image
+from captioner.core.model import Hypothesis
+from captioner.core.repository import LoadedModel, describe_source, load_model
+from captioner.core.vocabulary import END_ID, PAD_ID, START_ID
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Captioner:
 
     def _top_classes(self, outputs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         if self._class_names is None:
-            from .imagenet import imagenet_class_names
+            from captioner.core.imagenet_classes import imagenet_class_names
 
             self._class_names = imagenet_class_names()
         probs = outputs.float() if self.config.encoder_output == "class_probs" else outputs.float().exp()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .imagenet import imagenet_classes
+from captioner.build.imagenet import imagenet_classes
 
 NUM_CLASSES = 1000
 MENTION_MIN = 0.12

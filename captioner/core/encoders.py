@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from .errors import ModelSourceError
+from captioner.core.errors import ModelSourceError
 
 _EFFICIENTNET_STD = 128 / 255  # EfficientNet-Lite reads (pixels - 127) / 128
 _EFFICIENTNET_MEAN = 127 / 255

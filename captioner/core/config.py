@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFormatError
+from captioner.core.errors import ModelFormatError
 
 ARCHITECTURE = "show-and-tell"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        from .encoders import BACKBONES  # late import: encoders imports torch
+        from captioner.core.encoders import BACKBONES  # late import: encoders imports torch
 
         if self.architecture != ARCHITECTURE:
             raise ModelFormatError(f"architecture must be {ARCHITECTURE!r}, got {self.architecture!r}")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
-from .errors import LegacyImportError
-from .model import ShowAndTell
-from .repository import save_model
-from .vocabulary import SPECIAL_TOKENS, Vocabulary
+from captioner.core.config import ModelConfig
+from captioner.core.errors import LegacyImportError
+from captioner.core.model import ShowAndTell
+from captioner.core.repository import save_model
+from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary
 
 MAX_VOCAB_PICKLE_BYTES = 64 * 1024 * 1024
 TUTORIAL_MAX_LENGTH = 20  # DecoderRNN's max_seq_length in the tutorial

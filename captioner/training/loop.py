@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .errors import CaptionerError
-from .features import ExtractedFeatures, extract_features, load_pixels, weights_fingerprint
-from .images import build_preprocessor
-from .model import ShowAndTell, packed_targets
-from .repository import save_model
-from .vocabulary import PAD_ID, Vocabulary
+from captioner.core.config import ModelConfig
+from captioner.core.errors import CaptionerError
+from captioner.training.features import ExtractedFeatures, extract_features, load_pixels, weights_fingerprint
+from captioner.core.images import build_preprocessor
+from captioner.core.model import ShowAndTell, packed_targets
+from captioner.core.repository import save_model
+from captioner.core.vocabulary import PAD_ID, Vocabulary
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -388,7 +388,7 @@ def _validation_loss(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, batch_si
 @torch.no_grad()
 def _validation_scores(model: ShowAndTell, vocab: Vocabulary, inputs: Inputs, captions: Sequence[Sequence[str]],
                        limit: int, batch_size: int) -> dict[str, float | None]:
-    from .evaluation import score_captions
+    from captioner.training.evaluation import score_captions
 
     model.eval()
     count = min(limit, len(inputs))
@@ -549,7 +549,7 @@ def build_config(vocab_size: int, backbone: str = "efficientnet-lite0", encoder_
                  embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1, max_length: int = 20,
                  image_size: int | None = None) -> ModelConfig:
     """A config with the backbone's own preprocessing; ``image_size`` scales its crop (and resize)."""
-    from .encoders import BACKBONES
+    from captioner.core.encoders import BACKBONES
 
     if backbone not in BACKBONES:
         raise CaptionerError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -595,7 +595,7 @@ def train_captioner(
     (``features.default_cache_dir()`` when None). On ``resume`` the vocabulary and architecture
     come from ``out_dir/checkpoint.pt``.
     """
-    from .encoders import load_pretrained_weights
+    from captioner.core.encoders import load_pretrained_weights
 
     device = torch.device(device) if device is not None else _default_device()
     if not items:
@@ -700,7 +700,7 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
     """
     from tqdm import tqdm
 
-    from .evaluation import score_captions
+    from captioner.training.evaluation import score_captions
 
     if not items:
         raise CaptionerError("there are no images to evaluate")

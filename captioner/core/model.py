@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .config import ModelConfig
-from .encoders import build_backbone, output_size
-from .vocabulary import END_ID, PAD_ID
+from captioner.core.config import ModelConfig
+from captioner.core.encoders import build_backbone, output_size
+from captioner.core.vocabulary import END_ID, PAD_ID
 
 
 class Encoder(nn.Module):

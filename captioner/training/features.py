@@ -32,9 +32,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .config import ModelConfig
-from .errors import ImageError
-from .images import Preprocessor, build_preprocessor, load_image
+from captioner.core.config import ModelConfig
+from captioner.core.repository import file_sha256
+from captioner.core.errors import ImageError
+from captioner.core.images import Preprocessor, build_preprocessor, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 def file_key(path: str | os.PathLike) -> str:
     """SHA-256 of the file's bytes."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    return file_sha256(path)
 
 
 class FeatureCache:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import CaptionerError
-from .images import ImageSource, load_image
-from .repository import BUNDLED_MODEL_DIR
-from .service import CaptionResult, Captioner, load_captioner
+from captioner.core.errors import CaptionerError
+from captioner.core.images import ImageSource, load_image
+from captioner.core.repository import BUNDLED_MODEL_DIR
+from captioner.core.inference import CaptionResult, Captioner, load_captioner
 
 
 @dataclass(frozen=True)

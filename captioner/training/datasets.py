@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from captioner.errors import DatasetError
+from captioner.core.errors import DatasetError
 
 FORMATS = ("coco", "karpathy", "flickr8k", "csv")
 KARPATHY_SPLITS = ("train", "val", "test")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from captioner.errors import ImageError
+from captioner.core.errors import ImageError
 
 MAX_IMAGE_PIXELS = 50_000_000  # about 8000 x 6000; far above any camera photo
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
