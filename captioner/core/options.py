@@ -1,0 +1,83 @@
+"""How to decode a caption, and the one place where decoding settings are checked.
+
+Settings arrive from Python callers, the command line, web forms and JSON bodies. Every front end
+builds a ``DecodeOptions`` and the core calls ``resolved`` on it, so a bad value gets the same
+message everywhere: it names the setting and the allowed range. Nothing is coerced silently:
+booleans, fractions, NaN, infinity and text are refused where a whole number is expected.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, replace
+from typing import Any
+
+MAX_BEAM_SIZE = 50
+MAX_LENGTH_RANGE = (2, 200)
+MAX_TOP_CLASSES = 20
+MAX_NO_REPEAT_NGRAM = 10
+LENGTH_PENALTY_RANGE = (0.0, 5.0)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode; ``beam_size=1`` is greedy. ``None`` fields take the model's defaults.
+
+    ``num_candidates``: captions kept per image (at most ``beam_size``; greedy keeps one).
+    ``length_penalty``: beam scores are log-probability sums divided by ``length ** length_penalty``.
+    ``top_classes``: ImageNet classes reported for class-probability encoders (0: none).
+    ``no_repeat_ngram``: forbid any n-gram of this many words from appearing twice in a caption (0: off).
+    """
+
+    beam_size: int = 3
+    num_candidates: int | None = None
+    max_length: int | None = None
+    length_penalty: float = 1.0
+    top_classes: int = 5
+    no_repeat_ngram: int = 0
+
+    def resolved(self, default_max_length: int) -> DecodeOptions:
+        """These options checked and with every default filled in, so equal requests compare equal.
+
+        Raises ``ValueError`` naming the setting and its allowed range.
+        """
+        beam = whole_number("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
+        if beam == 1:
+            candidates = 1 if self.num_candidates is None else whole_number("num_candidates", self.num_candidates,
+                                                                              1, 1, "greedy decoding keeps one caption")
+        else:
+            candidates = beam if self.num_candidates is None else whole_number(
+                "num_candidates", self.num_candidates, 1, beam, f"at most beam_size ({beam})")
+        length = default_max_length if self.max_length is None else whole_number("max_length", self.max_length,
+                                                                                  *MAX_LENGTH_RANGE)
+        return replace(self, beam_size=beam, num_candidates=candidates, max_length=length,
+                       length_penalty=real_number("length_penalty", self.length_penalty, *LENGTH_PENALTY_RANGE),
+                       top_classes=whole_number("top_classes", self.top_classes, 0, MAX_TOP_CLASSES),
+                       no_repeat_ngram=whole_number("no_repeat_ngram", self.no_repeat_ngram, 0, MAX_NO_REPEAT_NGRAM))
+
+
+def whole_number(name: str, value: Any, low: int, high: int, note: str = "") -> int:
+    """``value`` as an int in ``[low, high]``; an integral float (3.0, as web forms send) counts as whole."""
+    allowed = f"{name} must be a whole number from {low} to {high}" + (f" ({note})" if note else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{allowed}, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    elif math.isfinite(float(value)) and float(value).is_integer():
+        number = int(value)
+    else:
+        raise ValueError(f"{allowed}, got {value!r}")
+    if not low <= number <= high:
+        raise ValueError(f"{allowed}, got {number}")
+    return number
+
+
+def real_number(name: str, value: Any, low: float, high: float) -> float:
+    """``value`` as a finite float in ``[low, high]``."""
+    allowed = f"{name} must be a number from {low:g} to {high:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{allowed}, got {value!r}")
+    if not low <= float(value) <= high:
+        raise ValueError(f"{allowed}, got {value!r}")
+    return float(value)
