@@ -18,22 +18,20 @@ import argparse
 import base64
 import binascii
 import html
-import math
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
 from captioner.core.errors import ImageError
 from captioner.serving.gallery import list_examples
-from captioner.core.images import load_image
 from captioner.core.modelcard import summarize_card
 from captioner.core.repository import BUNDLED_MODEL_DIR
-from captioner.serving.batcher import DecodeOptions, SharedCaptioner, choose_model
+from captioner.core.options import DecodeOptions
+from captioner.serving.batcher import SharedCaptioner, choose_model
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
@@ -54,9 +52,10 @@ CSS = """
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="sky")
 
 
-def open_upload(payload: dict | None) -> Image.Image | None:
-    """An uploaded image (Gradio's raw file payload) opened by the captioner's safe loader, so a bad
-    file (not an image, truncated, a decompression bomb) is refused with the loader's own message.
+def open_upload(payload: dict | None) -> str | bytes | None:
+    """An uploaded image (Gradio's raw file payload) as the file path or bytes the captioner's safe
+    loader decodes, once, so a bad file (not an image, truncated, a decompression bomb) is refused
+    with the loader's own message.
 
     Caption events run with ``preprocess=False`` for this: Gradio's own Image preprocessing would open
     the file with PIL first and answer a bad one with a generic error. Gradio still checks that the
@@ -66,12 +65,10 @@ def open_upload(payload: dict | None) -> Image.Image | None:
         return None
     try:
         if payload.get("path"):
-            return load_image(payload["path"])
+            return payload["path"]
         url = payload.get("url") or ""
         if url.startswith("data:") and "," in url:
-            return load_image(base64.b64decode(url.split(",", 1)[1], validate=True))
-    except ImageError as error:
-        raise _user_error(error, "Unusable image") from None
+            return base64.b64decode(url.split(",", 1)[1], validate=True)
     except binascii.Error:
         raise gr.Error("The pasted image data is damaged.", title="Unusable image", print_exception=False) from None
     raise gr.Error("No image was received.", title="Unusable image", print_exception=False)
@@ -148,7 +145,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             colours[label] = "#16a34a" if probability >= 0.5 else "#f59e0b" if probability >= 0.2 else "#ef4444"
             words += [(" ", None)] if index else []
             words.append((word, label))
-        table = [[rank, _title_case(c.caption), f"{math.exp(c.score):.1%}", round(c.score, 4)]
+        table = [[rank, _title_case(c.caption), f"{c.confidence:.1%}", round(c.score, 4)]
                  for rank, c in enumerate(result.candidates, 1)]
         classes = {label: p for label, p in result.top_classes} if result.top_classes else None
         return (f'<h2 class="caption">{html.escape(caption)}</h2>',
@@ -169,10 +166,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                 default_length if max_length is None else int(max_length)))
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
-        data = result.to_dict()
-        for candidate in data["candidates"]:
-            candidate["confidence"] = math.exp(candidate["score"])
-        return data
+        return result.to_dict()
 
     def caption_batch(paths, search, beam_size, max_length, progress=gr.Progress()):
         model = require_model().captioner
@@ -184,14 +178,17 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         except ImageError as error:
             raise _user_error(error, "Batch refused") from None
         beam = 1 if search == GREEDY else max(2, int(beam_size))
-        rows = caption_inputs(model, inputs, beam_size=beam, max_length=int(max_length), batch_size=batch_size,
-                              progress=lambda done, total: progress((done, total), desc="Captioning",
-                                                                    unit="images"))
+        try:
+            rows = caption_inputs(model, inputs, DecodeOptions(beam, 1, int(max_length)), batch_size=batch_size,
+                                  progress=lambda done, total: progress((done, total), desc="Captioning",
+                                                                        unit="images"))
+        except ValueError as error:
+            raise _user_error(error, "Bad decoding settings") from None
         folder = Path(tempfile.mkdtemp(dir=downloads.name))
         csv_path, json_path = folder / "alt-text.csv", folder / "alt-text.json"
         csv_path.write_text(rows_to_csv(rows), encoding="utf-8")
         json_path.write_text(rows_to_json(rows), encoding="utf-8")
-        table = [[row.file, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error]
+        table = [[row.image, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error or ""]
                  for row in rows]
         failed = sum(1 for row in rows if row.error)
         summary = f"Captioned {len(rows) - failed} of {len(rows)} files" + (

@@ -26,37 +26,25 @@ def _positive(text: str) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from captioner.core.errors import ImageError
     from captioner.core.inference import load_captioner
+    from captioner.core.options import DecodeOptions
 
+    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
     captioner = load_captioner(args.model, args.device)
-    failures = 0
+    options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
+    with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
+              disable=len(args.images) <= args.batch_size) as bar:
+        results = captioner.caption_many(args.images, options, batch_size=args.batch_size,
+                                         progress=lambda done, total: bar.update(done - bar.n))
     show_names = len(args.images) > 1
-    for start in tqdm(range(0, len(args.images), args.batch_size), desc="captioning", unit="batch",
-                      disable=len(args.images) <= args.batch_size, file=sys.stderr):
-        names = args.images[start:start + args.batch_size]
-        try:  # one batched forward; on a bad image fall back to one by one to name it
-            results = captioner.caption(names, beam_size=args.beam_size, max_length=args.max_length,
-                                        num_candidates=args.num_candidates)
-        except ImageError:
-            results = []
-            for name in names:
-                try:
-                    results.append(captioner.caption(name, beam_size=args.beam_size, max_length=args.max_length,
-                                                     num_candidates=args.num_candidates))
-                except ImageError as error:
-                    results.append(error)
-        for name, result in zip(names, results):
-            if isinstance(result, Exception):
-                failures += 1
-                if args.json:
-                    print(json.dumps({"image": name, "error": str(result), "model": captioner.loaded.source}))
-                print(f"error: {name}: {result}", file=sys.stderr)
-            elif args.json:
-                print(json.dumps({"image": name, **result.to_dict()}, ensure_ascii=False))
-            else:
-                print(f"{name}: {result.caption}" if show_names else result.caption)
-    return 1 if failures else 0
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        elif result.error is None:
+            print(f"{result.image}: {result.caption}" if show_names else result.caption)
+        if result.error is not None:
+            print(f"error: {result.image}: {result.error}", file=sys.stderr)
+    return 1 if any(result.error is not None for result in results) else 0
 
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:

@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.core.devices import select_device
 from captioner.core.encoders import load_pretrained_weights
+from captioner.core.inference import caption_features
 from captioner.core.model import ShowAndTell
+from captioner.core.options import DecodeOptions
 from captioner.core.repository import BUNDLED_MODEL_DIR, load_model, save_model
 from captioner.core.vocabulary import Vocabulary
 
@@ -111,19 +114,13 @@ def grammar_captions(top_classes: list[int]) -> set[str]:
     return captions
 
 
-def agreement(model: ShowAndTell, vocab: Vocabulary, log_probs: torch.Tensor, captions: list[str],
+def agreement(model: ShowAndTell, vocab: Vocabulary, features: torch.Tensor, captions: list[str],
               beam_size: int = 1, batch_size: int = 1024) -> tuple[float, list[str]]:
     """Share of exact caption matches when the model decodes these classifier outputs."""
-    device = next(model.parameters()).device
+    options = DecodeOptions(beam_size=beam_size, num_candidates=1, top_classes=0)
     decoded = []
-    with torch.inference_mode():
-        for start in range(0, len(log_probs), batch_size):
-            embeddings = model.encoder.project(log_probs[start:start + batch_size].to(device))
-            if beam_size == 1:
-                hypotheses = model.greedy(embeddings, model.config.max_length)
-            else:
-                hypotheses = [hs[0] for hs in model.beam_search(embeddings, beam_size, model.config.max_length)]
-            decoded += [vocab.decode(h.tokens) for h in hypotheses]
+    for start in range(0, len(features), batch_size):
+        decoded += [r.caption for r in caption_features(model, vocab, features[start:start + batch_size], options)]
     return sum(d == c for d, c in zip(decoded, captions)) / len(captions), decoded
 
 
@@ -176,7 +173,7 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
     from captioner.training.loop import CHECKPOINT, build_config, fit_decoder, read_checkpoint
 
     settings = settings or BuildSettings()
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(settings.device)
     out_dir = Path(out_dir)
     val, test = (generate_pairs(getattr(settings, f"{split}_pairs"), (settings.seed, SPLITS[split]))
                  for split in ("val", "test"))

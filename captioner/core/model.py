@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from captioner.core.config import ModelConfig
+from captioner.core.options import DecodeOptions
 from captioner.core.encoders import build_backbone, output_size
 from captioner.core.vocabulary import END_ID, PAD_ID
 
@@ -95,6 +96,11 @@ class ShowAndTell(nn.Module):
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         return self.decoder(self.encoder(images), captions, lengths)
+
+    def generate(self, embeddings: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+        """Decode with resolved ``options``: the ``num_candidates`` best captions per image, best first."""
+        return self.beam_search(embeddings, options.beam_size, options.max_length, options.num_candidates,
+                                options.length_penalty)
 
     @torch.inference_mode()
     def greedy(self, embeddings: torch.Tensor, max_length: int, length_penalty: float = 1.0) -> list[Hypothesis]:

@@ -30,9 +30,12 @@ import torch
 from torch import nn
 
 from captioner.core.config import ModelConfig
+from captioner.core.devices import select_device
+from captioner.core.inference import caption_features
+from captioner.core.options import DecodeOptions
 from captioner.core.errors import CaptionerError
-from captioner.training.features import ExtractedFeatures, extract_features, load_pixels, weights_fingerprint
-from captioner.core.images import build_preprocessor
+from captioner.training.features import ExtractedFeatures, extract_features, weights_fingerprint
+from captioner.core.images import load_pixels, preprocessor_for
 from captioner.core.model import ShowAndTell, packed_targets
 from captioner.core.repository import save_model
 from captioner.core.vocabulary import PAD_ID, Vocabulary
@@ -103,6 +106,9 @@ class FeatureInputs:
         """(backbone outputs on the device, the rows they belong to)."""
         return self.features[rows.to(self.features.device)].to(self.device, non_blocking=True), rows
 
+    def features_of(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs
+
     def embed(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
         return model.encoder.project(inputs)
 
@@ -116,7 +122,7 @@ class ImageInputs:
     def __init__(self, paths: Sequence[str | os.PathLike], config: ModelConfig, device: torch.device,
                  workers: int = 2):
         self.paths = [str(p) for p in paths]
-        self.preprocess = build_preprocessor(config.resize, config.image_size, config.mean, config.std)
+        self.preprocess = preprocessor_for(config)
         self.device = device
         self.pool = ThreadPoolExecutor(max(1, workers))
         self.failures: dict[str, str] = {}
@@ -125,17 +131,22 @@ class ImageInputs:
         return len(self.paths)
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        pixels, kept, failures = load_pixels([self.paths[i] for i in rows.tolist()], self.preprocess, self.pool)
-        self.failures.update(failures)
+        paths = [self.paths[i] for i in rows.tolist()]
+        pixels, kept, failures = load_pixels(paths, self.preprocess, self.pool)
+        self.failures.update((paths[i], why) for i, why in failures)
         if pixels is None:
             return None, rows[:0]
         return pixels.to(self.device, non_blocking=True), rows[torch.tensor(kept, dtype=torch.long)]
+
+    def features_of(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
+        return model.encoder.backbone_features(inputs)
 
     def embed(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
         return model.encoder(inputs)
 
 
 Inputs = FeatureInputs | ImageInputs
+GREEDY = DecodeOptions(beam_size=1, top_classes=0)
 
 
 @dataclass
@@ -210,7 +221,7 @@ def fit_decoder(
     The saved model includes ``model``'s backbone: it must be the one that produced the features
     (e.g. ``load_pretrained_weights`` applied), or the saved model will not caption as validated.
     """
-    device = torch.device(device) if device is not None else _default_device()
+    device = select_device(device)
     out_dir = Path(out_dir)
     if len(train_captions) != len(train_inputs) or len(val_captions) != len(val_inputs):
         raise ValueError("each input row needs its list of captions")
@@ -289,10 +300,6 @@ def fit_decoder(
     if isinstance(train, ImageInputs):
         result.skipped_images = sorted({**train.failures, **getattr(val, "failures", {})}.items())
     return result
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _train_epoch(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, optimizer: torch.optim.Optimizer,
@@ -398,9 +405,9 @@ def _validation_scores(model: ShowAndTell, vocab: Vocabulary, inputs: Inputs, ca
         inputs_batch, kept_rows = inputs.batch(rows)
         if inputs_batch is None:
             continue
-        hypotheses = model.greedy(inputs.embed(model, inputs_batch), model.config.max_length)
-        for row, hypothesis in zip(kept_rows.tolist(), hypotheses):
-            predictions[str(row)] = vocab.decode(hypothesis.tokens)
+        results = caption_features(model, vocab, inputs.features_of(model, inputs_batch), GREEDY)
+        for row, result in zip(kept_rows.tolist(), results):
+            predictions[str(row)] = result.caption
             references[str(row)] = list(captions[row])
     if not predictions:
         return {}
@@ -597,7 +604,7 @@ def train_captioner(
     """
     from captioner.core.encoders import load_pretrained_weights
 
-    device = torch.device(device) if device is not None else _default_device()
+    device = select_device(device)
     if not items:
         raise CaptionerError("there are no training images")
     if not resume and (Path(out_dir) / CHECKPOINT).exists():
@@ -707,25 +714,20 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
     names = [decoding_name(k) for k in beam_sizes]
     captions: dict[str, dict[str, str]] = {name: {} for name in names}
     references, paths, skipped = {}, {}, []
-    model, config = captioner.model, captioner.config
-    max_length = max_length or config.max_length
+    model = captioner.model
     with ThreadPoolExecutor(2) as pool:
         for start in tqdm(range(0, len(items), batch_size), desc="captioning", unit="batch", disable=not progress,
                           file=sys.stderr):
             batch = items[start:start + batch_size]
             pixels, kept, failures = load_pixels([i.image_path for i in batch], captioner.preprocess, pool)
-            skipped += failures
+            skipped += [(str(batch[index].image_path), why) for index, why in failures]
             if pixels is None:
                 continue
-            with torch.inference_mode():
-                embeddings = model.encoder(pixels.to(captioner.device))
-                for name, beam in zip(names, beam_sizes):
-                    if beam == 1:
-                        best = model.greedy(embeddings, max_length)
-                    else:
-                        best = [h[0] for h in model.beam_search(embeddings, beam, max_length, 1)]
-                    for index, hypothesis in zip(kept, best):
-                        captions[name][batch[index].image_id] = captioner.vocab.decode(hypothesis.tokens)
+            features = captioner.backbone_features(pixels)  # encoded once, decoded with every beam size
+            for name, beam in zip(names, beam_sizes):
+                options = DecodeOptions(beam_size=beam, num_candidates=1, max_length=max_length, top_classes=0)
+                for index, result in zip(kept, caption_features(model, captioner.vocab, features, options)):
+                    captions[name][batch[index].image_id] = result.caption
             for index in kept:
                 item = batch[index]
                 references[item.image_id] = list(item.captions)
