@@ -26,7 +26,9 @@ from typing import Any
 import gradio as gr
 
 from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
-from captioner.core.errors import ImageError
+from captioner.core.devices import select_device
+from captioner.core.errors import CaptionerError, ImageError
+from captioner.core.onnx_backend import resolve_backend
 from captioner.serving.gallery import list_examples
 from captioner.core.modelcard import summarize_card
 from captioner.core.repository import BUNDLED_MODEL_DIR
@@ -96,12 +98,14 @@ def max_batch_size(value: int | str | None = None) -> int:
 
 
 def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR,
-               examples_dir: str | os.PathLike = EXAMPLES_DIR, batch_size: int | None = None) -> gr.Blocks:
+               examples_dir: str | os.PathLike = EXAMPLES_DIR, batch_size: int | None = None,
+               backend: str | None = None) -> gr.Blocks:
     """The app for ``source`` (None: ``$CAPTIONER_MODEL``, else the ``bundled`` model). When that
     model cannot be loaded, the bundled one is shown instead; when none can, the app still starts
-    and says why. ``batch_size``: images per forward pass (None: see ``max_batch_size``)."""
+    and says why. ``batch_size``: images per forward pass (None: see ``max_batch_size``). ``backend``:
+    auto, torch or onnx (None: ``$CAPTIONER_BACKEND``, else auto)."""
     batch_size = max_batch_size(batch_size)
-    choice = choose_model(source, bundled=bundled)
+    choice = choose_model(source, bundled=bundled, backend=backend)
     captioner = choice.captioner
     shared = SharedCaptioner(captioner, max_batch_size=batch_size) if captioner else None
     config = captioner.config if captioner else None
@@ -305,7 +309,7 @@ def _model_panel(captioner, notice: str | None) -> str:
              f"- **Source:** `{info['source']}`",
              f"- **Backbone:** {info['backbone']} (the encoder passes on {encoder})",
              f"- **Vocabulary:** {info['vocab_size']:,} tokens",
-             f"- **Device:** {info['device']}"]
+             f"- **Device:** {info['device']} ({info['backend']} backend)"]
     card = summarize_card(captioner.loaded.card)
     about = ["", "### About this model (from its model card)"]
     if card.title:
@@ -336,12 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, metavar="N",
                         help="concurrent requests' images per shared forward pass; 1 turns batching off "
                              f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                        help="auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)")
     args = parser.parse_args(argv)
     try:
         batch_size = max_batch_size(args.max_batch_size)
-    except ValueError as error:
+        resolve_backend(args.backend, select_device())  # e.g. onnx without onnxruntime: say so and stop
+    except (ValueError, CaptionerError) as error:
         parser.error(str(error))
-    build_demo(args.model, batch_size=batch_size).launch(**launch_options())
+    build_demo(args.model, batch_size=batch_size, backend=args.backend).launch(**launch_options())
 
 
 if __name__ == "__main__":

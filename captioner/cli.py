@@ -30,7 +30,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from captioner.core.options import DecodeOptions
 
     options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
-    captioner = load_captioner(args.model, args.device)
+    captioner = load_captioner(args.model, args.device, args.backend)
     options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
     with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
               disable=len(args.images) <= args.batch_size) as bar:
@@ -85,6 +85,8 @@ def _add_caption(sub) -> None:
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                   help="auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_caption)
 

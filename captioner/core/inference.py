@@ -6,8 +6,8 @@ or through ``Captioner``:
 
     sources --prepare--> pixels --backbone_features--> features --caption_features--> CaptionResult
 
-``Captioner.backbone_features`` is the one place a backend plugs in (torch here; ONNX Runtime
-replaces it); ``caption_features`` projects, decodes and builds the results for any model.
+``Captioner.backbone_features`` is the one place a backend plugs in (torch, or ONNX Runtime on CPU:
+``onnx_backend``); ``caption_features`` projects, decodes and builds the results for any model.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from captioner.core.encoders import optimize_for_inference
 from captioner.core.errors import ImageError
 from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
 from captioner.core.model import Hypothesis, ShowAndTell
+from captioner.core.onnx_backend import OnnxBackbone, resolve_backend
 from captioner.core.options import DecodeOptions
 from captioner.core.repository import LoadedModel, describe_source, load_model
 from captioner.core.results import CaptionResult, Candidate, failed
@@ -76,18 +77,20 @@ def _top_classes(outputs: torch.Tensor, encoder_output: str, names: Sequence[str
 class Captioner:
     """Captions images with one loaded model; thread-safe (inference only touches read-only state).
 
-    On CPU its encoder's backbone is optimised for inference when it is created
-    (``encoders.optimize_for_inference``: same outputs, faster), so ``model`` is for inference only
-    and its ``state_dict`` is no longer the model file's.
+    ``backend`` is ``"torch"``, ``"onnx"`` (the backbone runs in ONNX Runtime: ``onnx_backend``) or
+    ``"auto"`` (see ``onnx_backend.resolve_backend``). With torch on CPU its encoder's backbone is
+    optimised for inference when it is created (``encoders.optimize_for_inference``: same outputs,
+    faster), so ``model`` is for inference only and its ``state_dict`` is no longer the model file's.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device):
+    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch"):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
-        if device.type == "cpu":
+        self.backend = resolve_backend(backend, device)  # "torch" or "onnx"
+        self._onnx = OnnxBackbone(loaded) if self.backend == "onnx" else None
+        if device.type == "cpu" and self._onnx is None:
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
         self.preprocess = preprocessor_for(self.config)
-        self.backend = "torch"
         self._class_names: list[str] | None = None
 
     @property
@@ -116,7 +119,9 @@ class Captioner:
         return pixels
 
     def backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The backbone's outputs for a preprocessed batch ``(B, 3, H, W)``; a backend replaces this."""
+        """The backbone's outputs for a preprocessed batch ``(B, 3, H, W)``, from the chosen backend."""
+        if self._onnx is not None:
+            return self._onnx(pixels)
         with torch.inference_mode():
             return self.model.encoder.backbone_features(pixels.to(self.device))
 
@@ -183,16 +188,19 @@ def _name(source: ImageSource) -> str | None:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
 
 
-_cache: dict[tuple[str, str], Captioner] = {}
+_cache: dict[tuple[str, str, str], Captioner] = {}
 _cache_lock = threading.Lock()
 
 
-def load_captioner(source: str | os.PathLike | None = None, device: str | torch.device | None = None) -> Captioner:
+def load_captioner(source: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                   backend: str | None = None) -> Captioner:
     """The captioner for ``source`` (a directory, ``owner/name[@rev]``, or None for
-    ``$CAPTIONER_MODEL`` / the bundled model) on ``device``, loaded once and cached."""
+    ``$CAPTIONER_MODEL`` / the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or
+    ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached."""
     device = select_device(device)
-    key = (describe_source(source), str(device))
+    backend = resolve_backend(backend, device)
+    key = (describe_source(source), str(device), backend)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = Captioner(load_model(source, device), device)
+            _cache[key] = Captioner(load_model(source, device), device, backend)
         return _cache[key]
