@@ -1,0 +1,258 @@
+"""The ONNX Runtime backend: the same captions as torch, the export cache, shipped exports, the backend choice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, make_tiny_model
+from captioner.core.errors import CaptionerError
+from captioner.core.inference import Captioner, load_captioner
+from captioner.core.onnx_backend import (SHIPPED_EXPORT, BackendUnavailable, export_to_repo, onnxruntime_available,
+                                         resolve_backend)
+from captioner.core.repository import load_model, save_model
+from captioner.serving.batcher import SharedCaptioner
+
+needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def onnx_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def both_backends(model_dir) -> tuple[Captioner, Captioner]:
+    return (Captioner(load_model(model_dir, CPU), CPU, "torch"), Captioner(load_model(model_dir, CPU), CPU, "onnx"))
+
+
+def assert_same_results(reference, other, tolerance=1e-4):
+    assert other.caption == reference.caption
+    assert [c.caption for c in other.candidates] == [c.caption for c in reference.candidates]
+    for mine, theirs in zip(reference.candidates, other.candidates):
+        assert theirs.score == pytest.approx(mine.score, abs=tolerance)
+        assert [p for _, p in theirs.words] == pytest.approx([p for _, p in mine.words], abs=tolerance)
+    if reference.top_classes is None:
+        assert other.top_classes is None
+    else:
+        assert [label for label, _ in other.top_classes] == [label for label, _ in reference.top_classes]
+        assert [p for _, p in other.top_classes] == pytest.approx([p for _, p in reference.top_classes], abs=tolerance)
+
+
+def assert_backends_agree(model_dir, photos) -> None:
+    torch_captioner, onnx_captioner = both_backends(model_dir)
+    assert (torch_captioner.backend, onnx_captioner.backend) == ("torch", "onnx")
+    for beam in (1, 3):
+        expected = torch_captioner.caption(photos, beam_size=beam, num_candidates=beam)
+        for one, (reference, batched) in enumerate(zip(expected, onnx_captioner.caption(photos, beam_size=beam,
+                                                                                         num_candidates=beam))):
+            assert_same_results(reference, batched)
+            assert_same_results(reference, onnx_captioner.caption(photos[one], beam_size=beam, num_candidates=beam))
+
+
+@needs_onnxruntime
+def test_bundled_model_same_captions_on_the_examples(example_photos, onnx_cache):
+    assert_backends_agree(None, list(example_photos.values()))
+
+
+@needs_onnxruntime
+@pytest.mark.slow
+def test_resnet_model_same_captions_on_the_examples(example_photos, onnx_cache, tmp_path, one_thread):
+    model, vocab = make_tiny_model(seed=3, backbone="resnet152", end_bias=2.0)  # random ResNet-152, tiny decoder
+    assert_backends_agree(save_model(model, vocab, tmp_path / "resnet"), list(example_photos.values()))
+
+
+@needs_onnxruntime
+@pytest.mark.slow
+def test_same_captions_on_many_real_photos(onnx_cache):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from onnx_agreement import compare, real_photos
+
+    photos = real_photos()
+    assert len(photos) >= 56
+    differences, largest, compared = compare(None, photos)
+    assert compared == 2 * len(photos)
+    assert differences == []
+    assert largest < 1e-4
+
+
+def cache_files(cache: Path) -> list[Path]:
+    return sorted(cache.glob("*.onnx"))
+
+
+def intact(path: Path) -> bool:
+    return hashlib.sha256(path.read_bytes()).hexdigest() == path.stem.rsplit("-", 1)[1]
+
+
+@needs_onnxruntime
+def test_export_cache_is_written_reused_and_rebuilt_when_damaged(tiny_model_dir, onnx_cache, example_photos,
+                                                               one_thread):
+    photo = example_photos["coffee"]
+    reference = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch").caption(photo)
+
+    first = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
+    assert first._onnx.origin == "exported"
+    [path] = cache_files(onnx_cache)
+    assert first._onnx.path == path and intact(path)
+    written = path.stat().st_mtime_ns
+
+    second = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
+    assert second._onnx.origin == "cache" and second._onnx.path == path
+    assert cache_files(onnx_cache) == [path] and path.stat().st_mtime_ns == written
+    assert_same_results(reference, second.caption(photo))
+
+    for damage in (lambda data: data[:len(data) // 2],  # truncated
+                   lambda data: data[:-64] + bytes(64)):  # same size, last bytes zeroed
+        path.write_bytes(damage(path.read_bytes()))
+        rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
+        assert rebuilt._onnx.origin == "exported"
+        [path] = cache_files(onnx_cache)
+        assert intact(path)
+        assert_same_results(reference, rebuilt.caption(photo))
+
+
+@needs_onnxruntime
+def test_the_cache_key_holds_the_weights(tmp_path, onnx_cache, one_thread):
+    for seed in (0, 1):
+        model, vocab = make_tiny_model(seed=seed)
+        assert Captioner(load_model(save_model(model, vocab, tmp_path / f"m{seed}"), CPU), CPU,
+                         "onnx")._onnx.origin == "exported"
+    assert len(cache_files(onnx_cache)) == 2
+
+
+@needs_onnxruntime
+def test_a_shipped_export_is_used_only_for_its_own_weights(tiny_model_copy, tmp_path, onnx_cache, example_photos,
+                                                          one_thread):
+    shipped = export_to_repo(tiny_model_copy)
+    assert shipped == tiny_model_copy / SHIPPED_EXPORT
+    captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
+    assert captioner._onnx.origin == "shipped" and captioner._onnx.path == shipped
+    assert cache_files(onnx_cache) == []  # nothing exported
+
+    model, vocab = make_tiny_model(seed=7)  # other weights, the first model's export beside them
+    other = save_model(model, vocab, tmp_path / "other")
+    shutil.copytree(tiny_model_copy / "onnx", other / "onnx")
+    with pytest.warns(UserWarning, match=r"refusing .*encoder_model\.onnx: its recorded weights_sha256 do not match"):
+        refused = Captioner(load_model(other, CPU), CPU, "onnx")
+    assert refused._onnx.origin == "exported"
+    photo = example_photos["coffee"]
+    assert_same_results(Captioner(load_model(other, CPU), CPU, "torch").caption(photo, beam_size=3),
+                        refused.caption(photo, beam_size=3))
+
+    (other / SHIPPED_EXPORT).write_bytes(b"not an onnx file")
+    with pytest.warns(UserWarning, match="not a usable ONNX file"):
+        assert Captioner(load_model(other, CPU), CPU, "onnx")._onnx.origin == "cache"
+
+
+@needs_onnxruntime
+def test_backend_choice(tiny_model_dir, onnx_cache, monkeypatch):
+    monkeypatch.delenv("CAPTIONER_BACKEND", raising=False)
+    auto = load_captioner(tiny_model_dir, "cpu")
+    assert auto.backend == "onnx" and auto.info["backend"] == "onnx"  # auto on CPU with onnxruntime installed
+    assert load_captioner(tiny_model_dir, "cpu", "auto") is auto
+    assert load_captioner(tiny_model_dir, "cpu", "onnx") is auto
+    forced = load_captioner(tiny_model_dir, "cpu", "torch")
+    assert forced.backend == "torch" and forced is not auto
+    monkeypatch.setenv("CAPTIONER_BACKEND", "torch")
+    assert load_captioner(tiny_model_dir, "cpu") is forced
+    monkeypatch.setenv("CAPTIONER_BACKEND", "tensorrt")
+    with pytest.raises(CaptionerError, match="unknown backend 'tensorrt': use one of auto, torch, onnx"):
+        load_captioner(tiny_model_dir, "cpu")
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert resolve_backend("auto", torch.device("mps")) == "torch"
+    with pytest.raises(BackendUnavailable, match="runs on the CPU"):
+        resolve_backend("onnx", torch.device("cuda"))
+
+
+@needs_onnxruntime
+def test_one_session_shared_by_many_threads(tiny_model_dir, onnx_cache, example_photos):
+    captioner = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
+    assert captioner._onnx.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    photos = list(example_photos.values()) * 3
+    expected = [captioner.caption(photo) for photo in photos]
+    session = captioner._onnx.session
+    with ThreadPoolExecutor(8) as pool:
+        assert [r.caption for r in pool.map(captioner.caption, photos)] == [r.caption for r in expected]
+        shared = SharedCaptioner(captioner, max_batch_size=4)
+        found = list(pool.map(shared.caption, photos))
+    for reference, result in zip(expected, found):
+        assert_same_results(reference, result)
+    assert captioner._onnx.session is session
+
+
+HIDE_ONNXRUNTIME = textwrap.dedent("""
+    import sys
+
+    class HideOnnxRuntime:
+        def find_spec(self, name, path=None, target=None):
+            if name == "onnxruntime" or name.startswith("onnxruntime."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return None
+
+    sys.meta_path.insert(0, HideOnnxRuntime())
+""")
+
+
+def run_without_onnxruntime(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", HIDE_ONNXRUNTIME + textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**_env(), "CAPTIONER_CACHE": str(tmp_path / "cache")})
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key not in ("CAPTIONER_BACKEND", "CAPTIONER_DEVICE")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def test_without_onnxruntime_auto_uses_torch(tiny_model_dir, tmp_path):
+    done = run_without_onnxruntime(f"""
+        from captioner.core.inference import load_captioner
+        captioner = load_captioner({str(tiny_model_dir)!r}, "cpu")
+        print(captioner.backend, captioner.caption({str(ROOT / "examples" / "coffee.jpg")!r}).candidates[0].score < 0)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["torch", "True"]
+
+
+def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_dir, tmp_path):
+    done = run_without_onnxruntime(f"""
+        from captioner.cli import main
+        sys.exit(main(["caption", {str(ROOT / "examples" / "coffee.jpg")!r}, "--model", {str(tiny_model_dir)!r},
+                       "--backend", "onnx"]))
+    """, tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"]
+
+
+@needs_onnxruntime
+def test_cli_backend_flag(tiny_model_dir, tmp_path):
+    env = {**_env(), "CAPTIONER_CACHE": str(tmp_path / "cache")}
+    photo = str(ROOT / "examples" / "coffee.jpg")
+    captions = {}
+    for backend in ("torch", "onnx"):
+        done = subprocess.run([sys.executable, "-m", "captioner", "caption", photo, "--model", str(tiny_model_dir),
+                               "--backend", backend, "--json"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        captions[backend] = json.loads(done.stdout)
+    mine, theirs = captions["torch"], captions["onnx"]
+    assert theirs["caption"] == mine["caption"] and theirs["image"] == mine["image"] == photo
+    assert theirs["candidates"][0]["score"] == pytest.approx(mine["candidates"][0]["score"], abs=1e-4)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    done = subprocess.run([sys.executable, "-m", "captioner", "caption", photo, "--backend", "tvm"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2 and "invalid choice: 'tvm'" in done.stderr
