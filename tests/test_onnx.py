@@ -110,8 +110,8 @@ def test_same_captions_on_many_real_photos(onnx_cache):
     assert largest < 1e-4
 
 
-def cache_files(cache: Path) -> list[Path]:
-    return sorted(cache.glob("*.onnx"))
+def cache_files(cache: Path, graph: str = "efficientnet-lite0") -> list[Path]:
+    return sorted(cache.glob(f"{graph}-*.onnx"))
 
 
 def intact(path: Path) -> bool:
@@ -125,15 +125,20 @@ def test_export_cache_is_written_reused_and_rebuilt_when_damaged(tiny_model_dir,
     reference = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch").caption(photo)
 
     first = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    assert first._onnx.origin == "exported"
-    [path] = cache_files(onnx_cache)
-    assert first._onnx.path == path and intact(path)
+    assert (first._onnx.origin, first._onnx.step_origin) == ("exported", "exported")
+    [path], [step_path] = cache_files(onnx_cache), cache_files(onnx_cache, "decoder-step")
+    assert first._onnx.path == path and intact(path) and first._onnx.step_path == step_path and intact(step_path)
     written = path.stat().st_mtime_ns
 
     second = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    assert second._onnx.origin == "cache" and second._onnx.path == path
+    assert (second._onnx.origin, second._onnx.step_origin) == ("cache", "cache") and second._onnx.path == path
     assert cache_files(onnx_cache) == [path] and path.stat().st_mtime_ns == written
     assert_same_results(reference, second.caption(photo))
+
+    step_path.write_bytes(step_path.read_bytes()[:100])
+    rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
+    assert (rebuilt._onnx.origin, rebuilt._onnx.step_origin) == ("cache", "exported")
+    assert [intact(p) for p in cache_files(onnx_cache, "decoder-step")] == [True]
 
     for damage in (lambda data: data[:len(data) // 2],  # truncated
                    lambda data: data[:-64] + bytes(64)):  # same size, last bytes zeroed
@@ -143,6 +148,29 @@ def test_export_cache_is_written_reused_and_rebuilt_when_damaged(tiny_model_dir,
         [path] = cache_files(onnx_cache)
         assert intact(path)
         assert_same_results(reference, rebuilt.caption(photo))
+
+
+@needs_onnxruntime
+def test_the_decoder_step_runs_in_onnx_runtime_except_under_autograd(tiny_model_dir, onnx_cache, one_thread):
+    from captioner.core.onnx_backend import OnnxDecoderStep
+
+    reference = load_model(tiny_model_dir, CPU).model.decoder
+    decoder = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx").model.decoder
+    assert isinstance(decoder.step, OnnxDecoderStep)
+    torch.manual_seed(0)
+    inputs = torch.randn(3, reference.lstm.input_size)
+    with torch.inference_mode():
+        expected, (hidden, cell) = reference.step(inputs)
+        found, (found_hidden, found_cell) = decoder.step(inputs)
+        assert not found.requires_grad
+        for a, b in ((expected, found), (hidden, found_hidden), (cell, found_cell)):
+            assert torch.allclose(a, b, atol=1e-5)
+        again, _ = decoder.step(inputs, (hidden, cell))
+        assert torch.allclose(again, reference.step(inputs, (hidden, cell))[0], atol=1e-5)
+    wanting_gradients = inputs.clone().requires_grad_()
+    log_probs, _ = decoder.step(wanting_gradients)  # autograd on: the torch step, so gradients flow
+    log_probs[:, 5].sum().backward()
+    assert wanting_gradients.grad is not None and wanting_gradients.grad.abs().sum() > 0
 
 
 @needs_onnxruntime
@@ -161,7 +189,7 @@ def test_a_shipped_export_is_used_only_for_its_own_weights(tiny_model_copy, tmp_
     assert shipped == tiny_model_copy / SHIPPED_EXPORT
     captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
     assert captioner._onnx.origin == "shipped" and captioner._onnx.path == shipped
-    assert cache_files(onnx_cache) == []  # nothing exported
+    assert cache_files(onnx_cache) == []  # the backbone was not exported (the decoder step was)
 
     model, vocab = make_tiny_model(seed=7)  # other weights, the first model's export beside them
     other = save_model(model, vocab, tmp_path / "other")
@@ -201,7 +229,8 @@ def test_backend_choice(tiny_model_dir, onnx_cache, monkeypatch):
 @needs_onnxruntime
 def test_one_session_shared_by_many_threads(tiny_model_dir, onnx_cache, example_photos):
     captioner = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    assert captioner._onnx.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    for session in (captioner._onnx.session, captioner.model.decoder.step.session):
+        assert session.get_session_options().intra_op_num_threads == torch.get_num_threads()
     photos = list(example_photos.values()) * 3
     expected = [captioner.caption(photo) for photo in photos]
     session = captioner._onnx.session
@@ -276,7 +305,7 @@ def test_cli_backend_flag(tiny_model_dir, tmp_path):
     mine, theirs = captions["torch"], captions["onnx"]
     assert theirs["caption"] == mine["caption"] and theirs["image"] == mine["image"] == photo
     assert theirs["candidates"][0]["score"] == pytest.approx(mine["candidates"][0]["score"], abs=1e-4)
-    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert len(cache_files(tmp_path / "cache" / "onnx")) == len(cache_files(tmp_path / "cache" / "onnx", "decoder-step")) == 1
     done = subprocess.run([sys.executable, "-m", "captioner", "caption", photo, "--backend", "tvm"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "invalid choice: 'tvm'" in done.stderr

@@ -26,7 +26,7 @@ from captioner.core.encoders import optimize_for_inference
 from captioner.core.errors import ImageError
 from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
 from captioner.core.model import Hypothesis, ShowAndTell
-from captioner.core.onnx_backend import OnnxBackbone, resolve_backend
+from captioner.core.onnx_backend import OnnxBackend, resolve_backend
 from captioner.core.options import DecodeOptions
 from captioner.core.repository import LoadedModel, describe_source, load_model
 from captioner.core.results import CaptionResult, Candidate, failed
@@ -77,17 +77,18 @@ def _top_classes(outputs: torch.Tensor, encoder_output: str, names: Sequence[str
 class Captioner:
     """Captions images with one loaded model; thread-safe (inference only touches read-only state).
 
-    ``backend`` is ``"torch"``, ``"onnx"`` (the backbone runs in ONNX Runtime: ``onnx_backend``) or
-    ``"auto"`` (see ``onnx_backend.resolve_backend``). With torch on CPU its encoder's backbone is
-    optimised for inference when it is created (``encoders.optimize_for_inference``: same outputs,
-    faster), so ``model`` is for inference only and its ``state_dict`` is no longer the model file's.
+    ``backend`` is ``"torch"``, ``"onnx"`` (the backbone and the decoder step run in ONNX Runtime:
+    ``onnx_backend``) or ``"auto"`` (see ``onnx_backend.resolve_backend``). With torch on CPU its
+    encoder's backbone is optimised for inference when it is created (``encoders.optimize_for_inference``:
+    same outputs, faster), so ``model`` is for inference only and its ``state_dict`` is no longer the
+    model file's.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch"):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
         self.backend = resolve_backend(backend, device)  # "torch" or "onnx"
-        self._onnx = OnnxBackbone(loaded) if self.backend == "onnx" else None
+        self._onnx = OnnxBackend(loaded) if self.backend == "onnx" else None  # also takes the decoder step
         if device.type == "cpu" and self._onnx is None:
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
         self.preprocess = preprocessor_for(self.config)

@@ -1,10 +1,11 @@
-"""The ONNX Runtime backend: the model's backbone as an ONNX graph, run on CPU by onnxruntime.
+"""The ONNX Runtime backend: the model's backbone and decoder step as ONNX graphs, run on CPU by onnxruntime.
 
-Only the backbone (the CNN: most of a caption's time on a CPU) runs in ONNX Runtime; the projection,
-decoding and results stay in torch (``inference.caption_features``): one LSTM step is too small for
-an ONNX Runtime call to beat torch's (``benchmarks/onnx_decoder.py`` measures it).
+The backbone (the CNN) is most of a caption's time on a CPU; one decoder step (LSTM, output layer,
+log-softmax) is small, but ONNX Runtime runs it in a fraction of torch's time,
+which pays in beam search (``benchmarks/onnx_decoder.py`` measures both). The decoding loop, the
+projection and the results stay in torch (``inference.caption_features``).
 
-Where the graph comes from, in order:
+Where the backbone's graph comes from, in order (the decoder step's: 2 and 3):
 
 1. ``onnx/encoder_model.onnx`` in the model repository (the ``onnx/`` folder Hugging Face Optimum
    writes; ``export_to_repo`` makes it), used only when the SHA-256 of the weights it was exported
@@ -17,8 +18,8 @@ Where the graph comes from, in order:
 3. A fresh export of the loaded weights (``torch.onnx.export``, opset 17, dynamic batch; about a
    second for EfficientNet-Lite0), written to the cache atomically.
 
-Threads: one ``InferenceSession`` per loaded model, shared by every thread (its ``run`` is
-thread-safe); it uses as many intra-op threads as torch (``torch.get_num_threads()`` when the
+Threads: one ``InferenceSession`` per graph and loaded model, shared by every thread (its ``run`` is
+thread-safe); each uses as many intra-op threads as torch (``torch.get_num_threads()`` when the
 model is loaded: set ``OMP_NUM_THREADS`` or call ``torch.set_num_threads`` first).
 """
 
@@ -31,10 +32,12 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from captioner.core.config import ModelConfig
 from captioner.core.errors import CaptionerError
@@ -106,7 +109,7 @@ def weights_digest(model_dir: Path, config: ModelConfig) -> str:
 
 
 def export_settings(config: ModelConfig) -> dict[str, Any]:
-    """Everything besides the weights that decides the exported graph (part of the cache key)."""
+    """Everything besides the weights that decides the exported graphs (part of the cache key)."""
     import onnxruntime
 
     return {"export_version": EXPORT_VERSION, "opset": OPSET, "backbone": config.backbone,
@@ -114,20 +117,20 @@ def export_settings(config: ModelConfig) -> dict[str, Any]:
             "dynamic_axes": "batch", "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def export(backbone: torch.nn.Module, config: ModelConfig, metadata: dict[str, str] | None = None) -> bytes:
-    """The ONNX graph of an eval-mode ``backbone`` (opset 17, dynamic batch) as bytes; ``metadata``
-    goes into the model's metadata properties."""
+def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[list[str], list[str]],
+           batch_axes: dict[str, int], metadata: dict[str, str] | None = None) -> bytes:
+    """The ONNX graph of an eval-mode ``module`` (opset 17; ``batch_axes`` name each input's and output's
+    batch dimension, which stays dynamic) as bytes; ``metadata`` goes into its metadata properties."""
     try:
         import onnx
     except ImportError:
-        raise BackendUnavailable("exporting the backbone to ONNX needs the onnx package: pip install onnx "
+        raise BackendUnavailable("exporting to ONNX needs the onnx package: pip install onnx "
                                  "(or pip install 'captioner[onnx]')") from None
-    example = torch.zeros(1, 3, config.image_size, config.image_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on constant folding and deprecation
-        torch.onnx.export(backbone, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=OPSET, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        torch.onnx.export(module, inputs, buffer, input_names=names[0], output_names=names[1],
+                          opset_version=OPSET, dynamic_axes={name: {axis: "batch"} for name, axis in batch_axes.items()},
                           do_constant_folding=True, dynamo=False)
     if not metadata:
         return buffer.getvalue()
@@ -135,6 +138,43 @@ def export(backbone: torch.nn.Module, config: ModelConfig, metadata: dict[str, s
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph.SerializeToString()
+
+
+def export_backbone(backbone: nn.Module, config: ModelConfig, metadata: dict[str, str] | None = None) -> bytes:
+    """The backbone: ``pixels`` (B, 3, S, S) -> ``features`` (B, D)."""
+    example = torch.zeros(1, 3, config.image_size, config.image_size)
+    return export(backbone, (example,), ([INPUT_NAME], [OUTPUT_NAME]), {INPUT_NAME: 0, OUTPUT_NAME: 0}, metadata)
+
+
+class DecoderStep(nn.Module):
+    """``Decoder.step`` as one graph: inputs (B, E), hidden and cell (L, B, H) -> log-probabilities (B, V),
+    hidden, cell. The LSTM cell is written out (the arithmetic of ``torch.lstm_cell``, gates i, f, g, o)."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor):
+        hiddens, cells = [], []
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.decoder.lstm.all_weights):
+            gates = inputs @ w_ih.t() + b_ih + hidden[layer] @ w_hh.t() + b_hh
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * cell[layer] + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hiddens.append(h)
+            cells.append(c)
+            inputs = h
+        return torch.log_softmax(self.decoder.linear(inputs), dim=1), torch.stack(hiddens), torch.stack(cells)
+
+
+STEP_NAMES = (["inputs", "hidden", "cell"], ["log_probs", "hidden_out", "cell_out"])
+
+
+def export_decoder_step(decoder: nn.Module, metadata: dict[str, str] | None = None) -> bytes:
+    lstm = decoder.lstm
+    state = torch.zeros(lstm.num_layers, 1, lstm.hidden_size)
+    return export(DecoderStep(decoder).eval(), (torch.zeros(1, lstm.input_size), state, state), STEP_NAMES,
+                  {"inputs": 0, "hidden": 1, "cell": 1, "log_probs": 0, "hidden_out": 1, "cell_out": 1}, metadata)
 
 
 def export_to_repo(model_dir: str | os.PathLike) -> Path:
@@ -145,9 +185,10 @@ def export_to_repo(model_dir: str | os.PathLike) -> Path:
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, "cpu")
     digest = weights_digest(loaded.path, loaded.config)
-    data = export(loaded.model.encoder.backbone, loaded.config,
-                  {"weights_sha256": digest, "backbone": loaded.config.backbone,
-                   "encoder_output": loaded.config.encoder_output, "exporter": f"captioner (torch {torch.__version__})"})
+    data = export_backbone(loaded.model.encoder.backbone, loaded.config,
+                           {"weights_sha256": digest, "backbone": loaded.config.backbone,
+                            "encoder_output": loaded.config.encoder_output,
+                            "exporter": f"captioner (torch {torch.__version__})"})
     _write_atomic(model_dir / SHIPPED_EXPORT, data)
     return model_dir / SHIPPED_EXPORT
 
@@ -179,11 +220,14 @@ def _session(data: bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-class OnnxBackbone:
-    """A loaded model's backbone in ONNX Runtime: ``backbone(pixels) -> features``, like the torch one.
+class OnnxBackend:
+    """A loaded model's backbone and decoder step in ONNX Runtime.
 
-    ``origin`` says where its graph came from: ``"shipped"`` (the repository's ``onnx/`` export),
-    ``"cache"`` or ``"exported"`` (exported now and cached); ``path`` is that file.
+    ``backend(pixels) -> features`` replaces the torch backbone. The decoder's ``step`` is replaced
+    on ``loaded.model`` (the decoding loop itself stays in torch), except where autograd is on: there
+    the torch step runs, so gradients still flow. ``origin`` says where the backbone's graph came from:
+    ``"shipped"`` (the repository's ``onnx/`` export), ``"cache"`` or ``"exported"`` (exported now and
+    cached); ``path`` is that file; ``step_origin`` and ``step_path`` the same for the decoder step.
     """
 
     def __init__(self, loaded: Any, cache: str | os.PathLike | None = None):
@@ -191,9 +235,19 @@ class OnnxBackbone:
 
         self.config: ModelConfig = loaded.config
         self.weights_sha256 = weights_digest(loaded.path, self.config)
+        cache = Path(cache or cache_dir())
+        settings = {"weights_sha256": self.weights_sha256, **export_settings(self.config)}
+        metadata = {"weights_sha256": self.weights_sha256, "backbone": self.config.backbone,
+                    "encoder_output": self.config.encoder_output}
+        model = loaded.model
         self.session = self._shipped(loaded.path)
         if self.session is None:
-            self.session = self._cached_or_exported(loaded.model.encoder.backbone, Path(cache or cache_dir()))
+            self.session, self.origin, self.path = _cached_session(
+                cache, self.config.backbone, settings, lambda: export_backbone(model.encoder.backbone, self.config,
+                                                                             metadata))
+        step_session, self.step_origin, self.step_path = _cached_session(
+            cache, "decoder-step", settings, lambda: export_decoder_step(model.decoder, metadata))
+        model.decoder.step = OnnxDecoderStep(step_session, model.decoder)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         array = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -209,7 +263,7 @@ class OnnxBackbone:
             recorded = session.get_modelmeta().custom_metadata_map
         except Exception as error:  # onnxruntime raises its own types for a malformed graph
             warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); exporting the "
-                          "backbone from model.safetensors instead", stacklevel=3)
+                          "backbone from model.safetensors instead", stacklevel=4)
             return None
         expected = {"weights_sha256": self.weights_sha256, "backbone": self.config.backbone,
                     "encoder_output": self.config.encoder_output}
@@ -218,33 +272,48 @@ class OnnxBackbone:
             warnings.warn(f"refusing {path}: its recorded {', '.join(wrong)} do not match this model's "
                           f"(weights SHA-256 {self.weights_sha256[:12]}..., recorded "
                           f"{str(recorded.get('weights_sha256'))[:12]}...); exporting the backbone from "
-                          "model.safetensors instead", stacklevel=3)
+                          "model.safetensors instead", stacklevel=4)
             return None
         self.origin, self.path = "shipped", path
         return session
 
-    def _cached_or_exported(self, backbone: torch.nn.Module, cache: Path):
-        settings = {"weights_sha256": self.weights_sha256, **export_settings(self.config)}
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
-        stem = f"{self.config.backbone}-{key}"
-        for path in sorted(cache.glob(f"{stem}-*.onnx")):
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() == path.stem[len(stem) + 1:]:
-                try:
-                    session = _session(data)
-                except Exception:  # intact bytes that onnxruntime refuses (should not happen): rebuild
-                    session = None
-                if session is not None:
-                    self.origin, self.path = "cache", path
-                    return session
-            path.unlink(missing_ok=True)  # damaged: never trusted, rebuilt below
-        data = export(backbone, self.config, {"weights_sha256": self.weights_sha256,
-                                              "backbone": self.config.backbone,
-                                              "encoder_output": self.config.encoder_output})
-        self.path = cache / f"{stem}-{hashlib.sha256(data).hexdigest()}.onnx"
-        try:
-            _write_atomic(self.path, data)
-        except OSError as error:  # a read-only cache still gives a working (uncached) backend
-            warnings.warn(f"could not cache the ONNX export in {cache}: {error}", stacklevel=3)
-        self.origin = "exported"
-        return _session(data)
+
+class OnnxDecoderStep:
+    """``Decoder.step(inputs, state)`` run by an ONNX Runtime session (the torch step where autograd is on)."""
+
+    def __init__(self, session: Any, decoder: nn.Module):
+        self.session, self.decoder = session, decoder
+
+    def __call__(self, inputs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if torch.is_grad_enabled() or inputs.device.type != "cpu":
+            return type(self.decoder).step(self.decoder, inputs, state)
+        if state is None:
+            zeros = inputs.new_zeros(self.decoder.lstm.num_layers, inputs.size(0), self.decoder.lstm.hidden_size)
+            state = (zeros, zeros)
+        feeds = {name: tensor.float().contiguous().numpy()
+                 for name, tensor in zip(STEP_NAMES[0], (inputs, *state))}
+        log_probs, hidden, cell = self.session.run(None, feeds)
+        return torch.from_numpy(log_probs), (torch.from_numpy(hidden), torch.from_numpy(cell))
+
+
+def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Callable[[], bytes]):
+    """(session, origin, path) for the graph ``make`` exports, from the cache when an intact entry for
+    these ``settings`` is there, else exported now and cached atomically. An entry's name ends with the
+    SHA-256 of its bytes, checked on every load: a damaged entry is deleted and rebuilt, never used."""
+    key = hashlib.sha256(json.dumps({"graph": name, **settings}, sort_keys=True).encode()).hexdigest()[:32]
+    stem = f"{name}-{key}"
+    for path in sorted(cache.glob(f"{stem}-*.onnx")):
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == path.stem[len(stem) + 1:]:
+            try:
+                return _session(data), "cache", path
+            except Exception:  # noqa: BLE001 - intact bytes that onnxruntime refuses: rebuilt below
+                pass
+        path.unlink(missing_ok=True)
+    data = make()
+    path = cache / f"{stem}-{hashlib.sha256(data).hexdigest()}.onnx"
+    try:
+        _write_atomic(path, data)
+    except OSError as error:  # a read-only cache still gives a working (uncached) backend
+        warnings.warn(f"could not cache the ONNX export in {cache}: {error}", stacklevel=4)
+    return _session(data), "exported", path
