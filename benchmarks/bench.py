@@ -171,9 +171,9 @@ def load_both(source: str | None, table: Table, name: str) -> dict[str, Captione
     for backend in ("torch", "onnx") if onnxruntime_available() else ("torch",):
         seconds = []
         for _ in range(2):
-            start = time.perf_counter()
+            start = clock()
             captioners[backend] = fresh_captioner(source, backend)
-            seconds.append(time.perf_counter() - start)
+            seconds.append(clock() - start)
         table.rows.append([name, backend, round(seconds[0], 2), round(seconds[1], 2)])
     return captioners
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CAPTIONER_CACHE"] = str(tmp / "cache-in-process")  # ONNX exports: fresh, and not the user's
         env["CAPTIONER_CACHE"] = str(tmp / "cache-cli")
         source, description = bundled_or_stand_in(args.model, tmp)
-        loads = Table("Loading a model in-process: `Captioner(load_model(dir), cpu, backend)`",
+        loads = Table("Loading a model in-process: `Captioner(load_model(dir), cpu, backend)` (in-process clock)",
                       ["model", "backend", "first load s (ONNX: exports)", "next load s (ONNX: cached export)"])
         lite_models = load_both(source, loads, "efficientnet-lite0")
         name = f"{lite_models['torch'].config.backbone}, {description}"
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         report(warm)
         times = warm.times
         backbone = lite_models["torch"].config.backbone
-        for backend in lite_models:
+        for backend in ("torch",):  # the library's own targets, set before the ONNX backend existed
             floor = times[backend, "floor"]
             greedy_ratio, beam_ratio = times[backend, "greedy"] / floor, times[backend, "beam3"] / floor
             greedy12, beam12 = times[backend, "greedy12"] / floor, times[backend, "beam3_12"] / floor

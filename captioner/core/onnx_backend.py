@@ -208,7 +208,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _session(data: bytes):
+def _session(graph: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -217,7 +217,7 @@ def _session(data: bytes):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxBackend:
@@ -259,7 +259,7 @@ class OnnxBackend:
         if not path.is_file():
             return None
         try:
-            session = _session(path.read_bytes())
+            session = _session(path)
             recorded = session.get_modelmeta().custom_metadata_map
         except Exception as error:  # onnxruntime raises its own types for a malformed graph
             warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); exporting the "
@@ -302,11 +302,12 @@ def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Call
     SHA-256 of its bytes, checked on every load: a damaged entry is deleted and rebuilt, never used."""
     key = hashlib.sha256(json.dumps({"graph": name, **settings}, sort_keys=True).encode()).hexdigest()[:32]
     stem = f"{name}-{key}"
+    from captioner.core.repository import file_sha256
+
     for path in sorted(cache.glob(f"{stem}-*.onnx")):
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() == path.stem[len(stem) + 1:]:
+        if file_sha256(path) == path.stem[len(stem) + 1:]:  # entries are replaced whole, never rewritten
             try:
-                return _session(data), "cache", path
+                return _session(path), "cache", path
             except Exception:  # noqa: BLE001 - intact bytes that onnxruntime refuses: rebuilt below
                 pass
         path.unlink(missing_ok=True)
@@ -314,6 +315,10 @@ def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Call
     path = cache / f"{stem}-{hashlib.sha256(data).hexdigest()}.onnx"
     try:
         _write_atomic(path, data)
-    except OSError as error:  # a read-only cache still gives a working (uncached) backend
+    except OSError as error:  # a read-only cache: the graph goes to a temporary file, used once
         warnings.warn(f"could not cache the ONNX export in {cache}: {error}", stacklevel=4)
-    return _session(data), "exported", path
+        with tempfile.TemporaryDirectory(prefix="captioner-onnx-") as folder:
+            path = Path(folder) / path.name
+            path.write_bytes(data)
+            return _session(path), "exported", path
+    return _session(path), "exported", path
