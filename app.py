@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="concurrent requests' images per shared forward pass; 1 turns batching off "
                              f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                        help="auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)")
+                        help="auto: ONNX Runtime on CPU when installed, else torch "
+                             "(default: $CAPTIONER_BACKEND or auto)")
     args = parser.parse_args(argv)
     try:
         batch_size = max_batch_size(args.max_batch_size)

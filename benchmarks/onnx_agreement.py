@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{compared} captions per backend, {len(differences)} differ; largest difference of the best "
           f"caption's score: {largest:.2e}\n")
     if differences:
-        print("| photo | decoding | torch caption | torch score | onnx caption | onnx score |\n|---|---|---|---|---|---|")
+        print("| photo | decoding | torch caption | torch score | onnx caption | onnx score |\n"
+              "|---|---|---|---|---|---|")
         for row in differences:
             print("| " + " | ".join(str(cell) for cell in row) + " |")
     return 0

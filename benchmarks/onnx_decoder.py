@@ -52,7 +52,8 @@ def session_for(step: TokenStep, layers: int, hidden_size: int):
     import onnxruntime as ort
 
     buffer = io.BytesIO()
-    example = (torch.zeros(1, dtype=torch.long), torch.zeros(layers, 1, hidden_size), torch.zeros(layers, 1, hidden_size))
+    state = torch.zeros(layers, 1, hidden_size)
+    example = (torch.zeros(1, dtype=torch.long), state, state)
     torch.onnx.export(step, example, buffer, input_names=["tokens", "hidden", "cell"],
                       output_names=["log_probs", "hidden_out", "cell_out"], opset_version=17, dynamo=False,
                       dynamic_axes={"tokens": {0: "b"}, "hidden": {1: "b"}, "cell": {1: "b"}, "log_probs": {0: "b"},

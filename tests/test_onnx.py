@@ -135,6 +135,13 @@ def test_export_cache_is_written_reused_and_rebuilt_when_damaged(tiny_model_dir,
     assert cache_files(onnx_cache) == [path] and path.stat().st_mtime_ns == written
     assert_same_results(reference, second.caption(photo))
 
+    garbage = b"not an ONNX graph, but named with its own SHA-256"  # intact, yet onnxruntime refuses it
+    forged = path.with_name(f"{path.stem.rsplit('-', 1)[0]}-{hashlib.sha256(garbage).hexdigest()}.onnx")
+    path.unlink()
+    forged.write_bytes(garbage)
+    assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")._onnx.origin == "exported"
+    assert not forged.exists() and [intact(p) for p in cache_files(onnx_cache)] == [True]
+
     step_path.write_bytes(step_path.read_bytes()[:100])
     rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
     assert (rebuilt._onnx.origin, rebuilt._onnx.step_origin) == ("cache", "exported")
@@ -243,21 +250,21 @@ def test_one_session_shared_by_many_threads(tiny_model_dir, onnx_cache, example_
     assert captioner._onnx.session is session
 
 
-HIDE_ONNXRUNTIME = textwrap.dedent("""
+HIDE = textwrap.dedent("""
     import sys
 
-    class HideOnnxRuntime:
+    class Hide:  # as if the package were not installed
         def find_spec(self, name, path=None, target=None):
-            if name == "onnxruntime" or name.startswith("onnxruntime."):
+            if name == HIDDEN or name.startswith(HIDDEN + "."):
                 raise ModuleNotFoundError(f"No module named {name!r}")
             return None
 
-    sys.meta_path.insert(0, HideOnnxRuntime())
+    sys.meta_path.insert(0, Hide())
 """)
 
 
-def run_without_onnxruntime(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", HIDE_ONNXRUNTIME + textwrap.dedent(code)], cwd=ROOT,
+def run_without(package: str, code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", f"HIDDEN = {package!r}\n" + HIDE + textwrap.dedent(code)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**_env(), "CAPTIONER_CACHE": str(tmp_path / "cache")})
 
@@ -269,8 +276,9 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
-def test_without_onnxruntime_auto_uses_torch(tiny_model_dir, tmp_path):
-    done = run_without_onnxruntime(f"""
+@pytest.mark.parametrize("package", ["onnxruntime", "onnx"])
+def test_without_onnxruntime_or_the_exporter_auto_uses_torch(package, tiny_model_dir, tmp_path):
+    done = run_without(package, f"""
         from captioner.core.inference import load_captioner
         captioner = load_captioner({str(tiny_model_dir)!r}, "cpu")
         print(captioner.backend, captioner.caption({str(ROOT / "examples" / "coffee.jpg")!r}).candidates[0].score < 0)
@@ -280,7 +288,7 @@ def test_without_onnxruntime_auto_uses_torch(tiny_model_dir, tmp_path):
 
 
 def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_dir, tmp_path):
-    done = run_without_onnxruntime(f"""
+    done = run_without("onnxruntime", f"""
         from captioner.cli import main
         sys.exit(main(["caption", {str(ROOT / "examples" / "coffee.jpg")!r}, "--model", {str(tiny_model_dir)!r},
                        "--backend", "onnx"]))
@@ -305,7 +313,8 @@ def test_cli_backend_flag(tiny_model_dir, tmp_path):
     mine, theirs = captions["torch"], captions["onnx"]
     assert theirs["caption"] == mine["caption"] and theirs["image"] == mine["image"] == photo
     assert theirs["candidates"][0]["score"] == pytest.approx(mine["candidates"][0]["score"], abs=1e-4)
-    assert len(cache_files(tmp_path / "cache" / "onnx")) == len(cache_files(tmp_path / "cache" / "onnx", "decoder-step")) == 1
+    cache = tmp_path / "cache" / "onnx"
+    assert len(cache_files(cache)) == len(cache_files(cache, "decoder-step")) == 1
     done = subprocess.run([sys.executable, "-m", "captioner", "caption", photo, "--backend", "tvm"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "invalid choice: 'tvm'" in done.stderr

@@ -26,7 +26,7 @@ from captioner.core.encoders import optimize_for_inference
 from captioner.core.errors import ImageError
 from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
 from captioner.core.model import Hypothesis, ShowAndTell
-from captioner.core.onnx_backend import OnnxBackend, resolve_backend
+from captioner.core import onnx_backend
 from captioner.core.options import DecodeOptions
 from captioner.core.repository import LoadedModel, describe_source, load_model
 from captioner.core.results import CaptionResult, Candidate, failed
@@ -87,8 +87,8 @@ class Captioner:
     def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch"):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
-        self.backend = resolve_backend(backend, device)  # "torch" or "onnx"
-        self._onnx = OnnxBackend(loaded) if self.backend == "onnx" else None  # also takes the decoder step
+        self._onnx = onnx_backend.start(loaded, backend, device)  # None: torch; else it takes the decoder step
+        self.backend = "onnx" if self._onnx is not None else "torch"
         if device.type == "cpu" and self._onnx is None:
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
         self.preprocess = preprocessor_for(self.config)
@@ -199,8 +199,8 @@ def load_captioner(source: str | os.PathLike | None = None, device: str | torch.
     ``$CAPTIONER_MODEL`` / the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or
     ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached."""
     device = select_device(device)
-    backend = resolve_backend(backend, device)
-    key = (describe_source(source), str(device), backend)
+    backend = onnx_backend.requested_backend(backend)
+    key = (describe_source(source), str(device), onnx_backend.resolve_backend(backend, device))
     with _cache_lock:
         if key not in _cache:
             _cache[key] = Captioner(load_model(source, device), device, backend)

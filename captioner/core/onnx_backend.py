@@ -71,14 +71,20 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def _exporter_available() -> bool:
+    try:
+        return importlib.util.find_spec("onnx") is not None
+    except ImportError:
+        return False
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """``"torch"`` or ``"onnx"`` for a model on ``device``. ``auto``: ONNX Runtime on CPU when onnxruntime
     (and onnx) are installed, else torch (always torch on CUDA and MPS). Raises ``BackendUnavailable`` when
     ``onnx`` is asked for and cannot run."""
     name = requested_backend(backend)
     if name == "auto":  # onnx (the exporter) is needed too, unless the graph is shipped or cached
-        usable = onnxruntime_available() and importlib.util.find_spec("onnx") is not None
-        return "onnx" if device.type == "cpu" and usable else "torch"
+        return "onnx" if device.type == "cpu" and onnxruntime_available() and _exporter_available() else "torch"
     if name == "onnx":
         if device.type != "cpu":
             raise BackendUnavailable(f"the onnx backend runs on the CPU, not {device}: use --device cpu "
@@ -86,6 +92,22 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         if not onnxruntime_available():
             raise BackendUnavailable(INSTALL_HINT)
     return name
+
+
+def start(loaded: Any, backend: str | None, device: torch.device) -> OnnxBackend | None:
+    """The ONNX Runtime backend for ``loaded`` when ``backend`` resolves to it, else None (torch).
+    Under ``auto`` a model whose graph cannot be exported or loaded falls back to torch with a
+    warning; when ``onnx`` was asked for, the error is raised."""
+    if resolve_backend(backend, device) != "onnx":
+        return None
+    if requested_backend(backend) == "onnx":
+        return OnnxBackend(loaded)
+    try:
+        return OnnxBackend(loaded)
+    except Exception as error:  # noqa: BLE001 - the exporter and onnxruntime raise many types
+        warnings.warn(f"the ONNX Runtime backend could not start ({type(error).__name__}: {error}); "
+                      "using torch", stacklevel=3)
+        return None
 
 
 def cache_dir() -> Path:
@@ -129,8 +151,8 @@ def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[lis
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on constant folding and deprecation
-        torch.onnx.export(module, inputs, buffer, input_names=names[0], output_names=names[1],
-                          opset_version=OPSET, dynamic_axes={name: {axis: "batch"} for name, axis in batch_axes.items()},
+        torch.onnx.export(module, inputs, buffer, input_names=names[0], output_names=names[1], opset_version=OPSET,
+                          dynamic_axes={name: {axis: "batch"} for name, axis in batch_axes.items()},
                           do_constant_folding=True, dynamo=False)
     if not metadata:
         return buffer.getvalue()
