@@ -74,6 +74,27 @@ def test_resnet_model_same_captions_on_the_examples(example_photos, onnx_cache, 
     assert_backends_agree(model_dir, photos)
 
 
+@needs_onnxruntime
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone, output", [("efficientnet-lite1", "class_log_probs"),
+                                              ("efficientnet-lite2", "class_probs")])
+def test_other_efficientnet_encoders(backbone, output, example_photos, onnx_cache, tmp_path, one_thread):
+    from captioner.core.encoders import load_pretrained_weights
+
+    model, vocab = make_tiny_model(seed=5, backbone=backbone, encoder_output=output)
+    try:
+        load_pretrained_weights(model.encoder.backbone, backbone)
+    except CaptionerError as error:  # the weights package is a dev requirement
+        pytest.skip(str(error))
+    photos = [example_photos["coffee"], example_photos["rocket"]]
+    model_dir = save_model(model, vocab, tmp_path / backbone)
+    torch_captioner, onnx_captioner = both_backends(model_dir)
+    pixels = torch.stack([torch_captioner.prepare(photo) for photo in photos])
+    assert torch.allclose(onnx_captioner.backbone_features(pixels), torch_captioner.backbone_features(pixels),
+                          atol=1e-5)
+    assert_backends_agree(model_dir, photos)
+
+
 def random_resnet_model(photos):
     """The tutorial's architecture (ResNet-152 pooled features) with random weights and a tiny decoder,
     tamed so that different photos get different captions: each residual branch is scaled down (a
