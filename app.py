@@ -30,7 +30,7 @@ from captioner.core.errors import ImageError
 from captioner.serving.gallery import list_examples
 from captioner.core.modelcard import summarize_card
 from captioner.core.repository import BUNDLED_MODEL_DIR
-from captioner.core.options import DecodeOptions
+from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.serving.batcher import SharedCaptioner, choose_model
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -154,16 +154,17 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     def caption_api(image, beam_size, num_candidates, max_length) -> dict:
         """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
         words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
-        beam_size 1 is greedy decoding; score is the mean log-probability per word."""
+        beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
+        beam_size; score is the mean log-probability per word."""
         model = require_model()
         if not image:
             raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
         image = open_upload(image)
-        beam = DEFAULT_BEAM if beam_size is None else int(beam_size)
         try:
-            result = model.caption(image, DecodeOptions(
-                beam, beam if num_candidates is None else int(num_candidates),
-                default_length if max_length is None else int(max_length)))
+            beam = whole_number("beam_size", DEFAULT_BEAM if beam_size is None else beam_size, 1, MAX_BEAM_SIZE)
+            wanted = beam if num_candidates is None else whole_number("num_candidates", num_candidates, 1,
+                                                                      MAX_BEAM_SIZE)
+            result = model.caption(image, DecodeOptions(beam, min(wanted, beam), max_length))
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
         return result.to_dict()

