@@ -113,6 +113,9 @@ def _add_push(sub) -> None:
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("build", "timm", "skimage", "pycocoevalcap", purpose="build-default")
     from captioner.build.pipeline import BuildSettings, build_default, default_photos, summary
     from captioner.core.repository import BUNDLED_MODEL_DIR
 
@@ -140,6 +143,10 @@ def _add_build_default(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    if args.metric.lower() != "none":
+        require_extra("train", "pycocoevalcap", purpose=f"training with the {args.metric} validation metric")
     from captioner.training.loop import CardInfo, train_captioner
 
     train_items, val_items, reports, how = _training_data(args)
@@ -210,6 +217,9 @@ def _training_data(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("train", "pycocoevalcap", purpose="evaluate (BLEU, METEOR, ROUGE-L, CIDEr)")
     from captioner.training.datasets import read_dataset
     from captioner.training.evaluation import format_scores
     from captioner.core.inference import load_captioner

@@ -7,7 +7,6 @@ from safetensors, checked against the architecture the config describes before u
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -135,30 +134,14 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
 def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.device) -> LoadedModel:
     config = ModelConfig.load(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
-    with _skip_random_init():
-        model = ShowAndTell(config)
+    # Built as usual, then its weights replaced. The meta device would skip the random initialisation,
+    # but its first use costs seconds per process, more than the initialisation (benchmarks/model_init.py).
+    model = ShowAndTell(config)
     model.load_state_dict(read_weights(path / "model.safetensors", model, config), strict=True, assign=True)
     model.to(device).eval()
     card_path = path / "README.md"
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     return LoadedModel(model, vocab, config, card, describe_source(source), path)
-
-
-@contextlib.contextmanager
-def _skip_random_init():
-    """Module constructors fill their weights at random; skip that when the weights are loaded next.
-
-    (Building on the ``meta`` device would do the same, but its first use costs seconds of imports.)
-    """
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    for name in names:
-        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(torch.nn.init, name, function)
 
 
 def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig) -> dict[str, torch.Tensor]:
