@@ -270,6 +270,7 @@ class StandInSpaces(types.ModuleType):
         super().__init__("spaces")
         self.decorated: list[tuple[str, object]] = []  # (function name, duration)
         self.calls = 0
+        self.requests: list[object] = []  # the Gradio request each call runs for (what ZeroGPU bills)
         self.inside = threading.local()
         self._lock = threading.Lock()
 
@@ -280,8 +281,11 @@ class StandInSpaces(types.ModuleType):
 
         @functools.wraps(task)
         def on_gpu(*args, **kwargs):
+            from gradio.context import LocalContext  # where spaces.GPU looks for the visitor's request
+
             with self._lock:
                 self.calls += 1
+                self.requests.append(LocalContext.request.get(None))
             args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
             self.inside.now = True
             try:
@@ -324,6 +328,7 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     assert shared.forward_passes >= 1
     assert stand_in_spaces.calls == shared.forward_passes == len(runs)
     assert all(runs)
+    assert all(request is not None for request in stand_in_spaces.requests)  # billed to a visitor's request
 
     # The batch tab's passes go through spaces.GPU too.
     model = zerogpu.wrap_captioner(shared.captioner, zerogpu.gpu_wrapper())
@@ -385,3 +390,9 @@ def test_model_panel_says_where_the_weights_came_from(tiny_model_dir, monkeypatc
     panel = app._model_panel(load_captioner(tiny_model_dir, "cpu"), None)
     assert f"**Weights:** local folder `{tiny_model_dir}`" in panel
     assert re.search(r"\*\*Hardware:\*\* CPU", panel)
+
+
+def test_the_repository_readme_front_matter_matches_what_is_staged():
+    card = SpaceCard.load(ROOT / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    assert card.data.python_version == "3.10" and card.data.sdk_version == metadata.version("gradio")

@@ -320,7 +320,7 @@ def deploy(repo_id: str, *, model: str | os.PathLike | None = None, bundle_model
     if isinstance(source, HubModel):
         source = check_hub_model(source)
     with tempfile.TemporaryDirectory(prefix="captioner-space-") as tmp:
-        staged = stage_space(Path(tmp) / "space", repo_id, model=source if source is not None else None,
+        staged = stage_space(Path(tmp) / "space", repo_id, model=source,
                              bundle_model=bundle_model, hardware=hardware)
         if progress is not None:
             progress(staged)
