@@ -3,6 +3,7 @@ Hub-compatible server, and the ZeroGPU hook around every forward pass."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -79,7 +81,7 @@ def test_dry_run_stages_a_space_that_pulls_its_weights_from_the_hub(tmp_path):
     assert card.data.app_file == "app.py"
     assert card.data.models == ["someone/captioner"]
     # a branch or tag cannot be pinned there (the Hub takes a commit); the app downloads v2 itself
-    assert card.data.to_dict()["preload_from_hub"] == ["someone/captioner config.json,model.safetensors,vocab.json"]
+    assert card.data.to_dict()["preload_from_hub"] == [f"someone/captioner {','.join(MODEL_FILES)}"]
     assert "someone/captioner@v2" in card.text
 
     files = staged_files(out)
@@ -100,8 +102,7 @@ def test_dry_run_pins_the_commit_to_preload_when_the_revision_is_one(tmp_path):
     result = deploy_space("me/demo", "--model", f"someone/captioner@{commit}", "--dry-run", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
     card = SpaceCard.load(tmp_path / "s" / "README.md")
-    assert card.data.to_dict()["preload_from_hub"] == [f"someone/captioner config.json,model.safetensors,vocab.json "
-                                                       f"{commit}"]
+    assert card.data.to_dict()["preload_from_hub"] == [f"someone/captioner {','.join(MODEL_FILES)} {commit}"]
 
 
 def test_zerogpu_requirements_pin_a_torch_the_hardware_supports(tmp_path):
@@ -139,32 +140,21 @@ def test_refuses_to_stage_into_a_folder_in_use(tmp_path):
     assert "not an empty folder" in line and (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.slow
-def test_staged_space_with_the_bundled_model_starts_and_answers_caption(tmp_path):
-    out = tmp_path / "space"
-    result = deploy_space("me/demo", "--bundle-model", "--dry-run", str(out))
-    assert result.returncode == 0, result.stderr
-    weights = out / "models/default/model.safetensors"
-    assert weights.read_bytes() == (BUNDLED_MODEL_DIR / "model.safetensors").read_bytes()
-    big = [name for name, data in staged_files(out).items() if len(data) > TEN_MB]
-    assert big == ["models/default/model.safetensors"]
-    assert lfs_filter(out, "models/default/model.safetensors") == "lfs"  # git itself reads .gitattributes
-    assert lfs_filter(out, "examples/coffee.jpg") == "lfs"
-    assert lfs_filter(out, "app.py") == "unspecified"
-    card = SpaceCard.load(out / "README.md")
-    assert card.data.models is None and "preload_from_hub" not in card.data.to_dict()
-    shutil.rmtree(out / ".git")
-
-    # Started the way a Space starts it: `python app.py` in the folder, nothing from the network.
+@contextlib.contextmanager
+def running_space(folder: Path, tmp_path: Path, **env_vars: str) -> Iterator[str]:
+    """Start a staged Space the way the Hub does, ``python app.py`` in its folder, with no network
+    (``HF_HUB_OFFLINE=1``) and the default Hugging Face cache under ``tmp_path/hf-home``; yields its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CAPTIONER_", "PYTHONPATH"))}
     env |= {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "GRADIO_SERVER_NAME": "127.0.0.1",
-            "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    which = subprocess.run([sys.executable, "-c", "import captioner; print(captioner.__file__)"], cwd=out, env=env,
+            "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env_vars}
+    which = subprocess.run([sys.executable, "-c", "import captioner; print(captioner.__file__)"], cwd=folder, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(which) == out / "captioner" / "__init__.py"  # the staged package, not the checkout's
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    assert Path(which) == folder / "captioner" / "__init__.py"  # the staged package, not the checkout's
+    log = tmp_path / "space.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 240
@@ -174,18 +164,55 @@ def test_staged_space_with_the_bundled_model_starts_and_answers_caption(tmp_path
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        assert process.poll() is None, process.stdout.read()
-        answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / "coffee.jpg"), 3, 3, 20,
-                                                    api_name="/caption")
-        assert answer["caption"] and answer["candidates"]
-        assert Path(answer["model"]) == out / "models" / "default"  # the staged copy of the bundled model
-        assert answer["top_classes"][0]["label"] in ("espresso", "cup", "coffee mug")
+        assert process.poll() is None, log.read_text()
+        yield url
     finally:
         process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.mark.slow
+def test_staged_space_with_the_bundled_model_starts_and_answers_caption(tmp_path):
+    out = tmp_path / "space"
+    result = deploy_space("me/demo", "--bundle-model", "--dry-run", str(out))
+    assert result.returncode == 0, result.stderr
+    weights = out / "models/default/model.safetensors"
+    assert weights.read_bytes() == (BUNDLED_MODEL_DIR / "model.safetensors").read_bytes()
+    big = [name for name, data in staged_files(out).items() if len(data) > TEN_MB]
+    assert big == ["models/default/model.safetensors"]  # staged on purpose ...
+    assert lfs_filter(out, "models/default/model.safetensors") == "lfs"  # ... and stored with LFS, says git
+    assert lfs_filter(out, "examples/coffee.jpg") == "lfs"
+    assert lfs_filter(out, "app.py") == "unspecified"
+    card = SpaceCard.load(out / "README.md")
+    assert card.data.models is None and "preload_from_hub" not in card.data.to_dict()
+    shutil.rmtree(out / ".git")
+
+    with running_space(out, tmp_path) as url:
+        answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / "coffee.jpg"), 3, 3, 20,
+                                                    api_name="/caption")
+    assert answer["caption"] and answer["candidates"]
+    assert Path(answer["model"]) == out / "models" / "default"  # the staged copy of the bundled model
+    assert answer["top_classes"][0]["label"] in ("espresso", "cup", "coffee mug")
+
+
+@pytest.mark.slow
+def test_staged_space_loads_the_hub_model_its_card_preloads(tmp_path, tiny_model_dir):
+    out = tmp_path / "space"
+    result = deploy_space("me/demo", "--model", "someone/captioner", "--dry-run", str(out))
+    assert result.returncode == 0, result.stderr
+    # What the Hub does at build time: download the preload_from_hub entry into the default cache.
+    repo, files = SpaceCard.load(out / "README.md").data.to_dict()["preload_from_hub"][0].split(" ")[:2]
+    with HubServer() as server:
+        server.add_repo("someone/captioner", {name: (tiny_model_dir / name).read_bytes() for name in MODEL_FILES})
+        snapshot_download(repo, allow_patterns=files.split(","), cache_dir=tmp_path / "hf-home" / "hub",
+                          endpoint=server.endpoint, token=False)
+    with running_space(out, tmp_path, CAPTIONER_MODEL="someone/captioner") as url:  # the Space variable
+        answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / "coffee.jpg"), 2, 2, 8,
+                                                    api_name="/caption")
+    assert answer["model"] == "someone/captioner" and answer["candidates"]
 
 
 # -- deploying to a Hub-compatible server -------------------------------------------------------------

@@ -52,7 +52,8 @@ class HubModel:
     repo: str
     revision: str | None = None
     commit: str | None = None
-    files: tuple[str, ...] = REQUIRED_MODEL_FILES
+    # all four: the app's snapshot_download asks for the card too, and offline it needs every file cached
+    files: tuple[str, ...] = MODEL_FILES
 
     @property
     def source(self) -> str:
