@@ -352,7 +352,8 @@ def _add_deploy_space(sub) -> None:
                    help="upload the bundled model (models/default) with the Space; used when --model is not given")
     p.add_argument("--hardware", default="cpu-basic",
                    help="cpu-basic (default), zerogpu (= zero-a10g), or a GPU flavour such as t4-small")
-    p.add_argument("--private", action="store_true", help="create the Space as private")
+    p.add_argument("--private", action="store_true", help="create the Space as private (an existing one keeps its "
+                                                          "visibility)")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--dry-run", metavar="DIR", default=None,
                    help="stage the Space into DIR (new or empty) and stop: nothing is uploaded")
