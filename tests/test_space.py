@@ -25,6 +25,7 @@ from gradio_client import Client, handle_file
 from huggingface_hub import SpaceCard, snapshot_download
 
 from app_fixtures import ROOT, app, free_port, serve
+from captioner.core.options import DecodeOptions
 from captioner.core.repository import BUNDLED_MODEL_DIR, MODEL_FILES
 from captioner.serving import provenance, zerogpu
 from captioner.serving.batch import caption_inputs, collect_inputs
@@ -360,8 +361,9 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     # The batch tab's passes go through spaces.GPU too.
     model = zerogpu.wrap_captioner(shared.captioner, zerogpu.gpu_wrapper())
     before = stand_in_spaces.calls
-    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), beam_size=2, batch_size=4)
-    assert not any(row.error for row in rows)
+    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(2, 1),
+                          batch_size=4)
+    assert [row.error for row in rows] == [None] * len(PHOTOS) and [row.image for row in rows] == PHOTOS
     assert stand_in_spaces.calls - before == 2 and len(runs) == shared.forward_passes + 2 and all(runs)
 
 
