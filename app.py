@@ -32,6 +32,8 @@ from captioner.core.modelcard import summarize_card
 from captioner.core.repository import BUNDLED_MODEL_DIR
 from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.serving.batcher import SharedCaptioner, choose_model
+from captioner.serving.provenance import hardware_summary, weights_origin
+from captioner.serving.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
@@ -103,7 +105,9 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     batch_size = max_batch_size(batch_size)
     choice = choose_model(source, bundled=bundled)
     captioner = choice.captioner
-    shared = SharedCaptioner(captioner, max_batch_size=batch_size) if captioner else None
+    # On ZeroGPU every forward pass runs inside spaces.GPU (CUDA exists only there); elsewhere as is.
+    on_gpu = gpu_wrapper()
+    shared = SharedCaptioner(captioner, max_batch_size=batch_size, run_forward=on_gpu) if captioner else None
     config = captioner.config if captioner else None
     default_length = config.max_length if config else 20
     shows_classes = bool(config and config.emits_classes)
@@ -114,7 +118,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         beam = 1 if search == GREEDY else max(2, int(beam_size))
         return DecodeOptions(beam, min(int(candidates), beam), int(max_length))
 
-    if shared is not None and examples:  # so that clicking an example answers at once
+    if shared is not None and examples and not is_zero_gpu():  # so that clicking an example answers at once
+        # (not on ZeroGPU: there each pass asks for a GPU, which is for visitors' requests)
         problems = shared.warm(examples, options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length))
         for path, problem in zip(examples, problems):
             if problem:
@@ -170,7 +175,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         return result.to_dict()
 
     def caption_batch(paths, search, beam_size, max_length, progress=gr.Progress()):
-        model = require_model().captioner
+        model = wrap_captioner(require_model().captioner, on_gpu)
         if not paths:
             raise gr.Error("Add some images or a .zip archive first.", title="Nothing to caption",
                            print_exception=False)
@@ -304,6 +309,8 @@ def _model_panel(captioner, notice: str | None) -> str:
                "class_log_probs": "ImageNet class log-probabilities"}[info["encoder_output"]]
     lines = ["### Loaded model",
              f"- **Source:** `{info['source']}`",
+             f"- **Weights:** {weights_origin(info['source'], info['path'])}",
+             f"- **Hardware:** {hardware_summary(info['device'])}",
              f"- **Backbone:** {info['backbone']} (the encoder passes on {encoder})",
              f"- **Vocabulary:** {info['vocab_size']:,} tokens",
              f"- **Device:** {info['device']}"]

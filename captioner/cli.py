@@ -324,8 +324,44 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def cmd_deploy_space(args: argparse.Namespace) -> int:
+    from captioner.serving.space import deploy, print_staged, stage_space
+
+    if args.dry_run:
+        staged = stage_space(args.dry_run, args.space_id, model=args.model, bundle_model=args.bundle_model,
+                             hardware=args.hardware)
+        print_staged(staged)
+        print("dry run: nothing was uploaded")
+        return 0
+    _, url = deploy(args.space_id, model=args.model, bundle_model=args.bundle_model, hardware=args.hardware,
+                    private=args.private, commit_message=args.message, progress=print_staged)
+    print(url)
+    return 0
+
+
+def _add_deploy_space(sub) -> None:
+    p = sub.add_parser("deploy-space", help="create or update a Hugging Face Space running the demo",
+                       description="Stage the app for a Hugging Face Space (app.py, the package, requirements, "
+                                   "examples, README front matter) and create or update the Space: files, the "
+                                   "CAPTIONER_MODEL variable, hardware. The token comes from `hf auth login` or "
+                                   "HF_TOKEN. Publish a model first with `push`, then name it with --model.")
+    p.add_argument("space_id", metavar="OWNER/NAME", help="the Space to create or update")
+    p.add_argument("--model", default=None, help="owner/name[@revision]: a Hub model the Space downloads at build "
+                                                 "time; or a local model folder, uploaded with the Space")
+    p.add_argument("--bundle-model", action="store_true",
+                   help="upload the bundled model (models/default) with the Space; used when --model is not given")
+    p.add_argument("--hardware", default="cpu-basic",
+                   help="cpu-basic (default), zerogpu (= zero-a10g), or a GPU flavour such as t4-small")
+    p.add_argument("--private", action="store_true", help="create the Space as private (an existing one keeps its "
+                                                          "visibility)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--dry-run", metavar="DIR", default=None,
+                   help="stage the Space into DIR (new or empty) and stop: nothing is uploaded")
+    p.set_defaults(func=cmd_deploy_space)
+
+
 PARSERS: list[Callable] = [_add_caption, _add_import_legacy, _add_push, _add_build_default, _add_train,
-                           _add_evaluate]
+                           _add_evaluate, _add_deploy_space]
 
 
 def build_parser() -> argparse.ArgumentParser:
