@@ -154,10 +154,17 @@ def plan_steps(pairs: int, *, batch_size: int | None, epochs: int | None, max_ep
 def check_dependencies(metric: str | None) -> None:
     """A one-line error naming the ``train`` extra when what training needs is not installed."""
     wanted = {name: use for name, use in TRAIN_EXTRA.items() if metric is not None or name != "pycocoevalcap"}
-    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    missing = [name for name in wanted if not _installed(name)]
     if missing:
         raise CaptionerError(f"training needs the 'train' extra: pip install 'captioner[train]' "
                              f"(missing: {', '.join(f'{name} for {wanted[name]}' for name in missing)})")
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules
+        return False
 
 
 def check_output_folder(out_dir: str | os.PathLike, resume: bool) -> None:
