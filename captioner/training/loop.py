@@ -871,6 +871,10 @@ def train_captioner(
         skipped = train_found.failures + val_found.failures
         train_inputs, train_caps = train_found.features, _captions_of(items, train_found)
         val_inputs, val_caps = val_found.features, _captions_of(val_items, val_found)
+        for found, total, which in ((train_found, len(items), "training"), (val_found, len(val_items), "validation")):
+            if not found.kept:
+                path, why = found.failures[0] if found.failures else ("?", "unknown")
+                raise CaptionerError(f"none of the {total} {which} images could be read (e.g. {path}: {why})")
         for path, reason in skipped[:10]:
             say(f"skipped {path}: {reason}")
         if len(skipped) > 10:
