@@ -519,7 +519,8 @@ def _train_epoch(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, step: _Train
         pairs_seen += len(rows)
     bar.close()
     if losses:
-        total = float(sum(loss.float() * count for loss, count in losses))
+        values = torch.stack([loss for loss, _ in losses]).float().cpu().tolist()
+        total = sum(value * count for value, (_, count) in zip(values, losses))
     return total / max(tokens_seen, 1), pairs_seen
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from captioner.core.errors import CaptionerError
 from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary, tokenize
+from captioner.training.schedule import PLATEAU_EPOCHS
 
 TARGET_COVERAGE = 0.97  # an automatic threshold keeps at least this share of the training caption tokens
 UNK_WARNING = 0.03  # warn when <unk> would stand for more than this share of the tokens
@@ -128,7 +129,8 @@ class StepPlan:
         stop = (f"early stopping after {self.patience} epochs without a better {by}, at most {self.max_epochs} "
                 f"epochs ({self.max_epochs * self.steps_per_epoch:,} steps)" if self.patience is not None else
                 f"{self.max_epochs} epochs ({self.max_epochs * self.steps_per_epoch:,} steps), no early stopping")
-        schedule = ("halved after each half-patience without a better score" if self.lr_schedule == "plateau"
+        every = max(1, self.patience // 2) if self.patience else PLATEAU_EPOCHS
+        schedule = (f"halved after every {every} epochs without a better score" if self.lr_schedule == "plateau"
                     else "constant")
         return (f"steps: batch size {self.batch_size} ({self.batch_why}), {self.steps_per_epoch} steps per epoch; "
                 f"{stop}\nlearning rate: {self.lr:g}, warm-up over {self.warmup_steps} steps, then {schedule}")

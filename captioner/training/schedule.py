@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 LR_SCHEDULES = ("plateau", "constant")
+PLATEAU_EPOCHS = 5  # without early stopping, "plateau" halves the rate after this many epochs without progress
 
 
 @dataclass
@@ -18,8 +19,9 @@ class Schedule:
 
     ``warmup_steps``: the factor rises linearly from ``1 / warmup_steps`` to 1 over the first steps.
     ``lr_schedule``: ``"plateau"`` halves the factor after every ``max(1, patience // 2)`` epochs
-    without a better validation score; ``"constant"`` keeps it. ``patience``: stop after that
-    many epochs without a better score (None: run every epoch asked for).
+    (without a patience: ``PLATEAU_EPOCHS``) without a better validation score; ``"constant"``
+    keeps it. ``patience``: stop after that many epochs without a better score (None: run every
+    epoch asked for).
     """
 
     warmup_steps: int = 0
@@ -49,7 +51,8 @@ class Schedule:
     def epoch_done(self, improved: bool) -> None:
         """Record an epoch's outcome: reset or spend patience, halve the rate on a plateau, maybe stop."""
         self.stale = 0 if improved else self.stale + 1
-        if self.lr_schedule == "plateau" and self.stale and self.stale % max(1, (self.patience or 2) // 2) == 0:
+        every = max(1, self.patience // 2) if self.patience else PLATEAU_EPOCHS
+        if self.lr_schedule == "plateau" and self.stale and self.stale % every == 0:
             self.scale *= 0.5
         if self.patience is not None and self.stale >= self.patience:
             self.stopped = True
