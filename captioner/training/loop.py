@@ -3,11 +3,14 @@
 ``fit_decoder`` is the core: it trains the decoder and the encoder's projection from
 precomputed backbone outputs (an ``N x D`` matrix, several captions per row) or, when the
 backbone is fine-tuned, from the images themselves. Teacher forcing over packed sequences,
-Adam, gradient clipping; after every epoch the validation loss and (optionally) a caption
-metric on greedy captions of validation images; the best epoch is saved as a model
-directory, and ``checkpoint.pt`` in that directory holds what ``resume`` needs.
+batches from a ``DataLoader``, Adam with a warm-up and a plateau schedule (``schedule.py``),
+mixed precision on CUDA, gradient clipping; after every epoch the validation loss and
+(optionally) a caption metric on greedy captions of validation images, with early stopping
+when the metric stops improving. The best epoch is saved as a model directory with
+``training.png``, and ``checkpoint.pt`` in that directory holds what ``resume`` needs.
 
-``train_captioner`` is the whole job for an image data set: vocabulary, model, feature
+``train_captioner`` is the whole job for an image data set: settings chosen from the data
+(``plan.py``), vocabulary and model (new, or from a trained one: ``finetune.py``), feature
 cache (``features.py``), ``fit_decoder``, model card. ``evaluate_captioner`` captions a data
 set with one or more decodings and scores each with ``evaluation.score_captions``.
 """
