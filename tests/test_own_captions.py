@@ -223,3 +223,34 @@ def test_the_caption_set_is_plain_coco(images):
         assert {"images", "annotations"} <= set(data)
         for image in data["images"]:
             assert (images / image["file_name"]).is_file(), image["file_name"]
+
+
+def test_the_vocabulary_threshold_keeps_the_words_and_warns_about_unk(items):
+    from captioner.training.plan import choose_vocabulary
+
+    train, val = items
+    texts = [c for i in train for c in i.captions]
+    chosen = choose_vocabulary(texts, [c for i in val for c in i.captions])
+    assert chosen.min_count == 1 and chosen.coverage == 1.0 and chosen.warning is None
+    assert 0.5 < chosen.val_coverage < 1.0
+    tutorial = choose_vocabulary(texts, min_count=4)  # the tutorial's threshold on 34 captions
+    assert tutorial.why == "as asked" and tutorial.coverage < 0.7
+    assert "<unk> would stand for" in tutorial.warning and "--min-word-count" in tutorial.warning
+    # many captions: rare words are a small share, so a higher threshold keeps 97% of the tokens
+    many = texts * 10 + ["a zebra", "a quokka"]
+    bigger = choose_vocabulary(many)
+    assert bigger.min_count == 5 and "zebra" not in bigger.vocab and bigger.coverage >= 0.97
+
+
+def test_the_batch_size_gives_enough_steps_per_epoch():
+    from captioner.training.plan import choose_batch_size, plan_steps
+
+    assert choose_batch_size(34)[0] == 8 and choose_batch_size(5)[0] == 5
+    assert choose_batch_size(400_000)[0] == 128 and choose_batch_size(1000)[0] == 32
+    assert choose_batch_size(1000, 128) == (128, "as asked")
+    plan = plan_steps(1000, batch_size=None, epochs=None, max_epochs=None, patience=None, warmup_steps=None,
+                      lr=1e-3, lr_schedule="plateau", metric="CIDEr")
+    assert (plan.steps_per_epoch, plan.patience, plan.max_epochs, plan.warmup_steps) == (32, 10, 200, 64)
+    fixed = plan_steps(400_000, batch_size=128, epochs=5, max_epochs=None, patience=None, warmup_steps=0, lr=1e-3,
+                       lr_schedule="constant", metric="CIDEr")
+    assert fixed.patience is None and fixed.max_epochs == 5 and "no early stopping" in fixed.report()
