@@ -166,9 +166,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         report=lambda line: print(line, flush=True))
     best = result.best
     if best is None and any(e.epoch > 0 for e in result.history):
-        print(f"error: no epoch's validation captions ended properly (at least 90% must reach <end> within "
-              f"--max-length), so no model was written; train longer (--resume with more epochs) or raise "
-              f"--max-length", file=sys.stderr)
+        print("error: no epoch's validation captions ended properly (at least 90% must reach <end> within "
+              "--max-length), so no model was written; train longer (--resume with more epochs) or raise "
+              "--max-length", file=sys.stderr)
         return 1
     if best is None:
         done = result.history[-1].epoch if result.history else 0

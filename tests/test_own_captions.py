@@ -207,7 +207,7 @@ def test_schedule_warms_up_halves_on_plateaus_and_stops():
 
 def test_a_missing_train_extra_is_named_before_any_work(images, tmp_path):
     code = ("import sys; sys.modules['pycocoevalcap'] = None; from captioner.cli import main; "
-            f"sys.exit(main(sys.argv[1:]))")
+            "sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, "train", "--format", "coco", "--annotations",
                            str(DATA / "captions_train.json"), "--images", str(images), "--out", str(tmp_path / "m")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
