@@ -148,7 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.metric.lower() != "none":
         require_extra("train", "pycocoevalcap", purpose=f"training with the {args.metric} validation metric")
     from captioner.training.loop import CardInfo, train_captioner
+    from captioner.training.plan import check_dependencies
 
+    metric = None if args.metric.lower() == "none" else args.metric
+    check_dependencies(metric)  # before the data is read or an image encoded
     train_items, val_items, reports, how = _training_data(args)
     for report in reports:
         print(report.summary())
@@ -158,24 +161,35 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{sum(len(i.captions) for i in train_items)} captions; validation on {len(val_items)} images ({how}).")
     result = train_captioner(
         train_items, val_items, args.out, backbone=args.backbone, encoder_output=args.encoder_output,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
+        epochs=args.epochs, max_epochs=args.max_epochs, patience=args.patience, warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
         min_word_count=args.min_word_count, embed_size=args.embed_size, hidden_size=args.hidden_size,
         num_layers=args.num_layers, max_length=args.max_length, image_size=args.image_size,
         train_backbone=args.train_backbone, backbone_lr=args.backbone_lr, device=args.device,
         cache_dir=args.cache_dir, extraction_batch_size=args.extraction_batch_size,
-        metric=None if args.metric.lower() == "none" else args.metric, metric_images=args.metric_images,
-        card=CardInfo(data=data, datasets=names, license=args.license))
+        metric=metric, metric_images=args.metric_images, init_from=args.init_from, new_words=args.new_words,
+        precision=args.precision, compile=args.compile, workers=args.workers,
+        card=CardInfo(data=data, datasets=names, license=args.license),
+        report=lambda line: print(line, flush=True))
     best = result.best
+    if best is None and any(e.epoch > 0 for e in result.history):
+        print("error: no epoch's validation captions ended properly (at least 90% must reach <end> within "
+              "--max-length), so no model was written; train longer (--resume with more epochs) or raise "
+              "--max-length", file=sys.stderr)
+        return 1
     if best is None:
-        print(f"nothing to do: {args.out} already has {args.epochs} epochs (raise --epochs to train more)")
+        done = result.history[-1].epoch if result.history else 0
+        print(f"nothing to do: {args.out} already has {done} epochs"
+              + ("" if result.stopped_early else " (raise --epochs or --max-epochs to train more)"))
         return 0
     scores = ", ".join(f"{name} {value:.4f}" for name, value in best.scores.items() if value is not None)
-    print(f"best epoch {best.epoch} of {result.history[-1].epoch}: val loss {best.val_loss:.4f}"
-          f"{', ' + scores if scores else ''}")
+    print(f"best epoch {best.epoch} of {result.history[-1].epoch}"
+          f"{' (stopped early: no better score for the patience allowed)' if result.stopped_early else ''}: "
+          f"val loss {best.val_loss:.4f}{', ' + scores if scores else ''}")
     if result.skipped_images:
         print(f"skipped {len(result.skipped_images)} unusable images (e.g. {result.skipped_images[0][0]}: "
               f"{result.skipped_images[0][1]})")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (training.png: the losses and {metric or 'validation loss'} per epoch)")
     return 0
 
 
@@ -262,7 +276,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a caption data set",
                        description="Train a Show-and-Tell model. Validation images: --val-annotations, else the "
                                    "data's own val split (karpathy, flickr8k lists, a csv split column), else a "
-                                   "held-out --val-fraction of the training images.")
+                                   "held-out --val-fraction of the training images. Unset settings are chosen "
+                                   "from the data and reported. The tutorial's settings: --epochs 5 --batch-size "
+                                   "128 --min-word-count 4 --lr 0.001 --warmup-steps 0 --lr-schedule constant.")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--annotations", required=True, help="captions file (COCO json, Karpathy json, Flickr8k "
                                                         "token file, or csv/jsonl)")
@@ -277,12 +293,31 @@ def _add_train(sub) -> None:
     p.add_argument("--encoder-output", default="features", choices=ENCODER_OUTPUTS,
                    help="what the backbone hands the decoder (default: pooled features)")
     p.add_argument("--image-size", type=_positive, default=None, help="input crop (default: the backbone's)")
-    p.add_argument("--epochs", type=_positive, default=10, help="epochs in all (with --resume: including done ones)")
-    p.add_argument("--batch-size", type=_positive, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="train exactly this many epochs, without early stopping (with --resume: in all; "
+                        "the tutorial: 5)")
+    p.add_argument("--max-epochs", type=_positive, default=None,
+                   help="with early stopping (the default): the most epochs (default 200)")
+    p.add_argument("--patience", type=_positive, default=None,
+                   help="stop after this many epochs without a better validation score "
+                        "(default: about 2,000 steps, 3 to 10 epochs)")
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help="default: chosen from the data, at most 128 (the tutorial: 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default and the tutorial: 0.001)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up of the learning rate (default: two epochs, at most 500; the tutorial: 0)")
+    p.add_argument("--lr-schedule", choices=("plateau", "constant"), default="plateau",
+                   help="plateau (default): halve the rate after half the patience without a better score; "
+                        "constant (the tutorial)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--min-word-count", type=_positive, default=4, help="vocabulary threshold (default 4)")
+    p.add_argument("--min-word-count", type=_positive, default=None,
+                   help="vocabulary threshold (default: chosen to keep 97%% of the caption words; the tutorial: 4)")
+    p.add_argument("--init-from", default=None, metavar="SRC",
+                   help="start from a trained model: a model folder (e.g. an imported tutorial model), "
+                        "owner/name[@revision] on the Hub, or 'bundled'")
+    p.add_argument("--new-words", choices=("add", "report"), default="add",
+                   help="with --init-from: add the data's new words to the vocabulary (default) or only report them")
     p.add_argument("--embed-size", type=_positive, default=256)
     p.add_argument("--hidden-size", type=_positive, default=512)
     p.add_argument("--num-layers", type=_positive, default=1)
@@ -297,6 +332,11 @@ def _add_train(sub) -> None:
     p.add_argument("--metric", default="CIDEr", help="validation metric choosing the best epoch: CIDEr (default), "
                                                      "BLEU-1..4, ROUGE-L, or none (validation loss)")
     p.add_argument("--metric-images", type=_positive, default=500, help="validation images captioned per epoch")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a gradient scaler)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder's training step")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 0 for cached features, up to 4 for images)")
     p.add_argument("--dataset-name", action="append", help="for the model card's datasets field (repeatable)")
     p.add_argument("--license", default="apache-2.0", help="for the model card")
     p.set_defaults(func=cmd_train)
