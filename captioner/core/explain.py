@@ -77,7 +77,7 @@ def encode_caption(vocab: Vocabulary, caption: str) -> tuple[list[str], list[int
 
 
 def word_log_probs(model: ShowAndTell, embeddings: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
-    """Teacher forcing through ``Decoder.forward``: ``(B, len(ids) - 1)`` log-probabilities of every
+    """Teacher forcing through ``Decoder.forward``: ``(B, len(ids) - 1)`` float64 log-probabilities of every
     token after ``<start>`` (the words, then ``<end>``), one row per image embedding."""
     batch, length = embeddings.size(0), len(ids)
     device = embeddings.device
@@ -86,7 +86,8 @@ def word_log_probs(model: ShowAndTell, embeddings: torch.Tensor, ids: Sequence[i
     logits = model.decoder(embeddings, captions, lengths)  # packed, time-major
     rows = packed_targets(torch.arange(batch, device=device).view(-1, 1).expand(batch, length), lengths)
     steps = packed_targets(torch.arange(length, device=device).expand(batch, length), lengths)
-    chosen = torch.log_softmax(logits, 1).gather(1, packed_targets(captions, lengths).view(-1, 1)).squeeze(1)
+    # float64 for the last step: a word the model is sure of keeps a probability distinguishable from 1
+    chosen = torch.log_softmax(logits.double(), 1).gather(1, packed_targets(captions, lengths).view(-1, 1)).squeeze(1)
     return chosen.new_zeros(batch, length).index_put((rows, steps), chosen)[:, 1:]
 
 
@@ -146,6 +147,15 @@ def explain(captioner, image: ImageSource, caption: str | None = None, *, beam_s
     explained = tuple(ExplainedWord(word, float(np.exp(lp)), _to_image(grid, picture.size, geometry))
                       for word, lp, grid in zip(words, own.detach().double().cpu().tolist(), maps))
     return Explanation(caption, explained, picture)
+
+
+def visible_mask(size: tuple[int, int], config) -> np.ndarray:
+    """``(H, W)`` booleans: the pixels of a ``size`` (width, height) image that the model's input shows
+    (the rest is cropped away by preprocessing, so every heatmap is zero there)."""
+    crop, x_axis, y_axis = _geometry(size, config)
+    rows = _axis(size[1], *y_axis, crop, 1)[:, 0] > 0
+    columns = _axis(size[0], *x_axis, crop, 1)[:, 0] > 0
+    return rows[:, None] & columns[None, :]
 
 
 # --- from the feature map's grid back to the original image ----------------------------------------
