@@ -125,7 +125,7 @@ def tables(rows: list[dict]) -> list[Table]:
     return [deletion, randomisation]
 
 
-def draw_grid(rows: list[dict], path: Path, height: int = 150, per_row: int = 4) -> None:
+def draw_grid(rows: list[dict], path: Path, height: int = 120, per_row: int = 4) -> None:
     """Each example photo, then up to ``per_row`` of its words' maps, then the randomised model's map of
     its last content word; labelled with the word and its probability."""
     chosen = [r for r in rows if "(" not in r["name"] and (ROOT / "examples" / f"{r['name']}.jpg").exists()]
@@ -154,7 +154,7 @@ def draw_grid(rows: list[dict], path: Path, height: int = 150, per_row: int = 4)
             draw.text((x + 2, y + 2), text, fill="black")
             x += tile.width + 4
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path, optimize=True)
+    grid.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -409,22 +409,21 @@ def _explain_results(captioner, results, args: argparse.Namespace) -> dict[int, 
     ``overlays`` entry ([{word, probability, path}]) its JSON line gets."""
     from tqdm import tqdm
 
-    from captioner.core.overlays import overlay, overlay_name
+    from captioner.core.overlays import write_overlays
 
-    folder = Path(args.explain)
-    folder.mkdir(parents=True, exist_ok=True)
     done, stems = {}, set()
-    captioned = [(i, r) for i, r in enumerate(results) if r.error is None and r.caption]
+    captioned = [(i, r) for i, r in enumerate(results) if r.error is None]
     for index, result in tqdm(captioned, desc="explaining", unit="img", file=sys.stderr, disable=len(captioned) < 2):
+        if not result.caption.split():  # an empty caption has no words to explain
+            done[index] = {"overlays": []}
+            continue
         explanation = captioner.explain(args.images[index], result.caption)
         stem = Path(args.images[index]).stem
         stem = stem if stem not in stems else f"{stem}-{index + 1}"  # two photos with one name
         stems.add(stem)
-        entries = []
-        for number, word in enumerate(explanation.words, 1):
-            path = folder / overlay_name(stem, number, word.word)
-            overlay(explanation.image, word.heatmap).save(path)
-            entries.append({"word": word.word, "probability": word.probability, "path": str(path)})
+        paths = write_overlays(explanation, args.explain, stem)
+        entries = [{"word": w.word, "probability": w.probability, "path": str(p)}
+                   for w, p in zip(explanation.words, paths)]
         done[index] = {"overlays": entries}
     return done
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -50,3 +52,15 @@ def overlay_name(stem: str, index: int, word: str) -> str:
     """``NAME.NN-WORD.png`` (``index`` counts from 1), with characters unsafe in file names replaced."""
     safe = re.sub(r"[^\w'-]+", "_", word).strip("_") or "word"
     return f"{stem}.{index:02d}-{safe}.png"
+
+
+def write_overlays(explanation, folder: str | os.PathLike, stem: str, *, max_side: int | None = None) -> list[Path]:
+    """Each word's overlay of ``explanation`` as ``folder/STEM.NN-WORD.png``; the paths, in word order."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, word in enumerate(explanation.words, 1):
+        path = folder / overlay_name(stem, number, word.word)
+        overlay(explanation.image, word.heatmap, max_side=max_side).save(path)
+        paths.append(path)
+    return paths
