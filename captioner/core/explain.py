@@ -10,7 +10,9 @@ to [0, 1] and laid back onto the original image (undoing the preprocessing's cro
 feature map is computed once; the rest of the model (the backbone's pooling and classifier head, the
 projection, the decoder) runs on one copy of it per word, so a single backward pass gives every
 word its own gradient: rows of a batch do not interact. On CUDA that pass runs without cuDNN, whose
-LSTM has no backward pass in eval mode; the model is never switched to training mode.
+LSTM has no backward pass in eval mode (``torch.backends.cudnn.flags`` is process-wide, so work on
+other threads meanwhile runs on PyTorch's own kernels too); the model is never switched to training
+mode, so dropout and BatchNorm behave exactly as when captioning.
 """
 
 from __future__ import annotations
