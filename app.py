@@ -110,6 +110,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     # On ZeroGPU every forward pass runs inside spaces.GPU (CUDA exists only there); elsewhere as is.
     on_gpu = gpu_wrapper()
     shared = SharedCaptioner(captioner, max_batch_size=batch_size, run_forward=on_gpu) if captioner else None
+    explain_on_device = on_gpu(captioner.explain) if captioner else None  # word heatmaps, likewise
     config = captioner.config if captioner else None
     default_length = config.max_length if config else 20
     shows_classes = bool(config and config.emits_classes)
@@ -171,9 +172,10 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             return gr.Image(value=None, visible=False), "", explained
         key = [upload.get("path") or upload.get("url"), caption]
         if not explained or explained["key"] != key:
-            model, image = require_model(), open_upload(upload)
+            require_model()
+            image = open_upload(upload)
             try:
-                explanation = model.captioner.explain(image, caption)
+                explanation = explain_on_device(image, caption)
             except (ImageError, ValueError) as error:
                 raise _user_error(error, "Cannot explain this caption") from None
             paths = write_overlays(explanation, tempfile.mkdtemp(dir=downloads.name), "word", max_side=OVERLAY_SIDE)
@@ -193,7 +195,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
         image = open_upload(image)
         try:
-            explanation = model.captioner.explain(
+            explanation = explain_on_device(
                 image, caption or None, beam_size=DEFAULT_BEAM if beam_size is None else int(beam_size),
                 max_length=None if max_length is None else int(max_length))
         except (ImageError, ValueError) as error:
