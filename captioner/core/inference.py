@@ -172,7 +172,6 @@ class Captioner:
                     progress(min(start + batch_size, len(sources)), len(sources))
         return results  # type: ignore[return-value]
 
-
     def score(self, images: ImageSource | Sequence[ImageSource], caption: str) -> list:
         """Each word of ``caption`` (and ``<end>``) with its probability, per image (``explain.score``)."""
         from captioner.core.explain import score
