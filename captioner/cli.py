@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,9 +38,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
         results = captioner.caption_many(args.images, options, batch_size=args.batch_size,
                                          progress=lambda done, total: bar.update(done - bar.n))
     show_names = len(args.images) > 1
-    for result in results:
+    overlays = _explain_results(captioner, results, args) if args.explain else {}
+    for index, result in enumerate(results):
         if args.json:
-            print(json.dumps(result.to_dict(), ensure_ascii=False))
+            print(json.dumps({**result.to_dict(), **overlays.get(index, {})}, ensure_ascii=False))
         elif result.error is None:
             print(f"{result.image}: {result.caption}" if show_names else result.caption)
         if result.error is not None:
@@ -86,6 +88,8 @@ def _add_caption(sub) -> None:
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--explain", metavar="DIR", default=None,
+                   help="write each word's heatmap over the photo to DIR/NAME.NN-WORD.png (listed in --json)")
     p.set_defaults(func=cmd_caption)
 
 
@@ -400,8 +404,60 @@ def _add_deploy_space(sub) -> None:
     p.set_defaults(func=cmd_deploy_space)
 
 
+def _explain_results(captioner, results, args: argparse.Namespace) -> dict[int, dict]:
+    """Write the word heatmaps of every captioned image into ``args.explain``; per result index, the
+    ``overlays`` entry ([{word, probability, path}]) its JSON line gets."""
+    from tqdm import tqdm
+
+    from captioner.core.overlays import write_overlays
+
+    done, stems = {}, set()
+    captioned = [(i, r) for i, r in enumerate(results) if r.error is None]
+    for index, result in tqdm(captioned, desc="explaining", unit="img", file=sys.stderr, disable=len(captioned) < 2):
+        if not result.caption.split():  # an empty caption has no words to explain
+            done[index] = {"overlays": []}
+            continue
+        explanation = captioner.explain(args.images[index], result.caption)
+        stem = Path(args.images[index]).stem
+        stem = stem if stem not in stems else f"{stem}-{index + 1}"  # two photos with one name
+        stems.add(stem)
+        paths = write_overlays(explanation, args.explain, stem)
+        entries = [{"word": w.word, "probability": w.probability, "path": str(p)}
+                   for w, p in zip(explanation.words, paths)]
+        done[index] = {"overlays": entries}
+    return done
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from captioner.core.inference import load_captioner
+
+    captioner = load_captioner(args.model, args.device)
+    scores = captioner.score(args.image, args.caption)
+    log_probability = sum(math.log(max(s.probability, 1e-300)) for s in scores)
+    if args.json:
+        print(json.dumps({"image": args.image, "caption": " ".join(s.word for s in scores[:-1]),
+                          "words": [s.to_dict() for s in scores], "log_probability": log_probability,
+                          "model": captioner.loaded.source}, ensure_ascii=False))
+        return 0
+    for s in scores:
+        print(f"{s.word}\t{s.probability:.4f}" + ("" if s.known else "\t(not in the vocabulary: scored as <unk>)"))
+    print(f"log-probability {log_probability:.4f} (mean per token {log_probability / len(scores):.4f})")
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="the probability the model gives each word of a caption for an image")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("caption", metavar="CAPTION", help='the caption to score, e.g. "a cat on a sofa"')
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
+                                   "else the bundled model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
+    p.add_argument("--json", action="store_true", help="one JSON object: words with probabilities, log_probability")
+    p.set_defaults(func=cmd_score)
+
+
 PARSERS: list[Callable] = [_add_caption, _add_import_legacy, _add_push, _add_build_default, _add_train,
-                           _add_evaluate, _add_deploy_space]
+                           _add_evaluate, _add_deploy_space, _add_score]
 
 
 def build_parser() -> argparse.ArgumentParser:
