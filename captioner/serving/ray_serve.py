@@ -191,7 +191,8 @@ def build_http_app(service: CaptionService) -> FastAPI:
 
 async def read_image(request: Request, limit: int) -> bytes:
     """The image in a request (raw body or multipart field), refused above ``limit`` bytes before it is
-    all read (HTTP 413), or when there is none (HTTP 400)."""
+    all read (HTTP 413), or when a multipart form holds none (HTTP 400). An empty image is left to the
+    loader, which refuses it with its own message."""
     multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
     cap = limit + (MULTIPART_SLACK if multipart else 0)
     declared = request.headers.get("content-length")
@@ -212,8 +213,6 @@ async def read_image(request: Request, limit: int) -> bytes:
         data = await upload.read(limit + 1)
     else:
         data = bytes(body)
-    if not data:
-        raise RequestError("no image was received: the request body is empty")
     if len(data) > limit:
         raise RequestError(f"upload too large (limit {limit / 2 ** 20:.1f} MB)", 413)
     return data
