@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +23,9 @@ EXAMPLES = ROOT / "examples"
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason='needs Ray: pip install "captioner[ray]"')
 pytestmark = pytest.mark.slow
+# The test cluster's own token, not the machine's shared ~/.ray/auth_token: set before any test uses
+# Ray (a process reads its token once), and handed to the drivers the tests start.
+os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex})
 
 
 def _env() -> dict[str, str]:
@@ -98,12 +102,6 @@ def cluster() -> str:
     """A local 2-CPU Ray cluster for this module; always shut down (Serve included). Yields its address."""
     if not HAS_RAY:
         pytest.skip('needs Ray: pip install "captioner[ray]"')
-    import uuid
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # A token of the cluster's own (not the shared ~/.ray/auth_token): drivers started by the tests get it too.
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex})
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
@@ -117,8 +115,6 @@ def cluster() -> str:
             serve.shutdown()
         finally:
             ray.shutdown()
-            for name, value in saved.items():
-                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
@@ -185,6 +181,7 @@ def test_a_killed_job_resumed_ends_with_every_input_once(cluster, photos, cli_re
 
     run = caption_dataset(root, out, resume=True, workers=1)
     assert run.skipped == len(before) and run.captioned == 43 - len(before)
+    assert all(path.name.startswith("part-") for path in out.iterdir())  # half-written parts are gone
     rows = read_results(out)
     assert sorted(row["path"] for row in rows) == sorted(str(path) for path in good + broken)  # each exactly once
     for row in rows:
@@ -216,6 +213,21 @@ def test_a_table_of_paths_and_clear_refusals(cluster, photos, cli_results, tmp_p
     assert sorted(rows) == sorted([*map(str, chosen), str(root / "examples" / "missing.jpg")])
     assert rows[str(root / "examples" / "missing.jpg")]["error"].startswith("file not found")
     assert all(rows[str(path)]["caption"] == cli_results[str(path)]["caption"] for path in chosen)
+
+
+@needs_ray
+def test_serve_settings_are_checked():
+    from captioner.serving.ray_serve import build_app, decode_options
+
+    with pytest.raises(ValueError, match="min_replicas"):
+        build_app(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError, match="unknown setting 'replica'"):
+        build_app(replica=2)
+    with pytest.raises(ValueError, match="max_batch_size must be a number of at least 1"):
+        build_app(max_batch_size=0)
+    assert decode_options({"beam_size": "1", "length_penalty": "0.5"}).beam_size == 1
+    with pytest.raises(Exception, match="unknown query parameter 'beam'"):
+        decode_options({"beam": "2"})
 
 
 # --- the Serve application --------------------------------------------------------------------
@@ -277,6 +289,11 @@ def test_bad_requests_get_the_librarys_message_and_the_next_one_succeeds(service
         answer = httpx.post(f"{service}/v1/caption", files={"image": (path.name, path.read_bytes())}, timeout=60)
         assert answer.status_code == 400, answer.text
         assert answer.json() == {"error": str(raised.value)}
+    two = {"image": ("a.jpg", good[0].read_bytes()), "file": ("b.jpg", good[1].read_bytes())}
+    answer = httpx.post(f"{service}/v1/caption", files=two, timeout=60)
+    assert answer.status_code == 400, answer.text
+    answer = httpx.post(f"{service}/v1/caption", files={"note": (None, "no file")}, timeout=60)
+    assert answer.status_code == 400 and "no image was received" in answer.json()["error"]
     answer = httpx.post(f"{service}/v1/caption?beam_size=0", content=good[0].read_bytes(), timeout=60)
     assert answer.status_code == 422 and "beam_size must be a whole number from 1 to 50" in answer.json()["error"]
     answer = httpx.post(f"{service}/v1/caption", content=b"\xff\xd8\xff" + bytes(3 * 2 ** 20), timeout=60)

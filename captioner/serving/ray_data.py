@@ -203,6 +203,15 @@ class PartWriter:
         """The complete part files in OUT."""
         return _parts(self.fs, self.root, self.fmt)
 
+    def remove_temporary(self) -> int:
+        """Delete the unfinished parts a stopped job left behind; returns how many there were."""
+        listing = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        stale = [item.path for item in listing if item.type == pafs.FileType.File
+                 and posixpath.basename(item.path).startswith(".tmp-part-")]
+        for path in stale:
+            self.fs.delete_file(path)
+        return len(stale)
+
     def done_paths(self) -> set[str]:
         """The ``path`` of every row in OUT's complete parts."""
         done: set[str] = set()
@@ -333,6 +342,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
     if done and not resume:
         raise CaptionerError(f"{out} already holds results ({len(done)} rows); pass --resume to caption only "
                              f"the inputs not in it, or choose another folder")
+    if resume:
+        writer.remove_temporary()  # a resumed job is OUT's only writer: what a stopped one left half-written goes
     todo = [path for path in inputs if path not in done]
     if not todo:  # nothing left: no cluster, no model
         return DatasetRun(out, len(inputs), len(inputs), 0, 0, 0, 0, 0.0, 0.0, time.perf_counter() - started)
