@@ -44,6 +44,7 @@ TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "
                   ".pq": "parquet"}
 FORMATS = ("parquet", "jsonl")
 ROWS_PER_PART = 1000
+MAX_BLOCKS = 100_000  # input blocks; a block is a whole number of batches
 
 _WORD = pa.struct([("word", pa.string()), ("probability", pa.float64())])
 _CANDIDATE = pa.struct([("caption", pa.string()), ("score", pa.float64()), ("confidence", pa.float64()),
@@ -362,8 +363,10 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
                                  f"use --gpus-per-worker 0 to caption on CPUs")
         count = workers or max(1, int(gpus_there // gpus) if gpus else int(cpus_there // cpus_per_worker))
         count = min(count, math.ceil(len(todo) / batch_size))
-        blocks = max(1, math.ceil(len(todo) / batch_size))
-        dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=blocks)
+        # Blocks of whole batches (at most MAX_BLOCKS of them), as Arrow slices: cheap for millions of paths.
+        block_rows = batch_size * max(1, math.ceil(len(todo) / batch_size / MAX_BLOCKS))
+        paths = pa.table({"path": pa.array(todo, pa.string())})
+        dataset = ray.data.from_arrow([paths.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
         dataset = dataset.map_batches(
             CaptionWorker, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=count), num_cpus=cpus_per_worker, num_gpus=gpus or None,
