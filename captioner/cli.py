@@ -360,13 +360,6 @@ def _add_deploy_space(sub) -> None:
     p.set_defaults(func=cmd_deploy_space)
 
 
-RAY_HINT = 'this command needs Ray: pip install "captioner[ray]" (that is, "ray[data,serve]>=2.51,<3")'
-
-
-def _ray_missing(error: ImportError) -> bool:
-    return (error.name or "").split(".")[0] in ("ray", "pyarrow")
-
-
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -382,14 +375,11 @@ def _above_zero(text: str) -> float:
 
 
 def cmd_caption_dataset(args: argparse.Namespace) -> int:
-    try:
-        from captioner.serving.ray_data import caption_dataset
-    except ImportError as error:
-        if not _ray_missing(error):
-            raise
-        print(f"error: {RAY_HINT}", file=sys.stderr)
-        return 1
+    from captioner.core.extras import require_extra
+
+    require_extra("ray", "ray.data", "pyarrow", purpose="caption-dataset (Ray Data)")
     from captioner.core.options import DecodeOptions
+    from captioner.serving.ray_data import caption_dataset
 
     options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
     run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
@@ -431,17 +421,15 @@ def _add_caption_dataset(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import ray
-        from ray import serve
+    from captioner.core.extras import require_extra
 
-        from captioner.serving.ray_serve import build_app
-    except ImportError as error:
-        if not _ray_missing(error):
-            raise
-        print(f"error: {RAY_HINT}", file=sys.stderr)
-        return 1
+    require_extra("ray", "ray.serve", purpose="serve (Ray Serve)")
     import time
+
+    import ray
+    from ray import serve
+
+    from captioner.serving.ray_serve import build_app
 
     own_cluster = not ray.is_initialized()
     if own_cluster:
