@@ -456,8 +456,128 @@ def _add_score(sub) -> None:
     p.set_defaults(func=cmd_score)
 
 
-PARSERS: list[Callable] = [_add_caption, _add_import_legacy, _add_push, _add_build_default, _add_train,
-                           _add_evaluate, _add_deploy_space, _add_score]
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _above_zero(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def cmd_caption_dataset(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("ray", "ray.data", "pyarrow", purpose="caption-dataset (Ray Data)")
+    from captioner.core.options import DecodeOptions
+    from captioner.serving.ray_data import caption_dataset
+
+    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
+    run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
+                          gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                          batch_size=args.batch_size, model=args.model, options=options, resume=args.resume,
+                          path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part)
+    print(run.summary())
+    return 0
+
+
+def _add_caption_dataset(sub) -> None:
+    p = sub.add_parser("caption-dataset", help="caption a whole collection on a Ray cluster (Ray Data)",
+                       description="Caption every image of a folder (recursive), a glob pattern or a CSV / JSON "
+                                   "Lines / Parquet table of paths, on a Ray cluster, into Parquet or JSON Lines "
+                                   "parts in OUT: one row per input (path, caption, score, confidence, candidates, "
+                                   "words, top_classes, model, error). Paths may be on any filesystem pyarrow "
+                                   "knows (s3://, gs://, abfs://, hdfs://). Needs: pip install \"captioner[ray]\".")
+    p.add_argument("source", metavar="SOURCE", help="folder, glob pattern, or table (.csv, .jsonl, .parquet)")
+    p.add_argument("--out", required=True, help="output folder (its parts: part-*.parquet, or *.jsonl)")
+    p.add_argument("--format", choices=("parquet", "jsonl"), default=None,
+                   help="output format (default: jsonl when OUT ends in .jsonl, else parquet)")
+    p.add_argument("--path-column", default="path", help="the table column holding image paths (default: path)")
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster (ray://host:10001, or auto); default: start a local one")
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="model workers, each loading the model once (default: the cluster's GPUs, else CPUs)")
+    p.add_argument("--gpus-per-worker", type=_non_negative, default=None,
+                   help="default: 1 when the cluster has GPUs, else 0")
+    p.add_argument("--cpus-per-worker", type=_above_zero, default=1.0, help="default: 1")
+    p.add_argument("--batch-size", type=_positive, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--rows-per-part", type=_positive, default=1000, help="rows per output part file (default 1000)")
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
+                                   "else the bundled model); every worker must be able to load it")
+    p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
+    p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
+    p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
+    p.add_argument("--resume", action="store_true", help="skip the inputs already in OUT (after a stopped job)")
+    p.set_defaults(func=cmd_caption_dataset)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("ray", "ray.serve", purpose="serve (Ray Serve)")
+    import time
+
+    import ray
+    from ray import serve
+
+    from captioner.serving.ray_serve import build_app
+
+    own_cluster = not ray.is_initialized()
+    if own_cluster:
+        ray.init(address=args.address, **({} if args.address else {"include_dashboard": False}))
+    try:
+        settings = {name: getattr(args, name) for name in (
+            "model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
+            "max_batch_size", "batch_wait_ms", "max_upload_mb") if getattr(args, name) is not None}
+        application = build_app(settings, ui=not args.no_ui)
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(application, name="captioner", route_prefix="/")
+        print(f"serving on http://{args.host}:{args.port}/ (POST /v1/caption, GET /healthz"
+              f"{'' if args.no_ui else ', the web UI at /'}); Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.delete("captioner")
+    finally:
+        if own_cluster:
+            ray.shutdown()
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve captions over HTTP on Ray Serve (REST API and the web UI)",
+                       description="Run the caption service on Ray Serve: POST /v1/caption (an image as the body "
+                                   "or a multipart field 'image'; decoding settings as query parameters), "
+                                   "GET /healthz, and the Gradio app at /. Needs: pip install \"captioner[ray]\".")
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
+                                   "else the bundled model)")
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster (ray://host:10001, or auto); default: start a local one")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=_positive, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=_positive, default=None, help="a fixed number of replicas (default 1)")
+    p.add_argument("--min-replicas", type=int, default=None, help="autoscaling: fewest replicas")
+    p.add_argument("--max-replicas", type=_positive, default=None, help="autoscaling: most replicas")
+    p.add_argument("--gpus-per-replica", type=_non_negative, default=None,
+                   help="default: 1 when the cluster has GPUs, else 0")
+    p.add_argument("--cpus-per-replica", type=_above_zero, default=None, help="default: 1")
+    p.add_argument("--max-batch-size", type=_positive, default=None,
+                   help="concurrent requests per forward pass (default 8)")
+    p.add_argument("--batch-wait-ms", type=_non_negative, default=None,
+                   help="how long a request waits for others to share its pass (default 10)")
+    p.add_argument("--max-upload-mb", type=_above_zero, default=None, help="largest image accepted (default 50)")
+    p.add_argument("--no-ui", action="store_true", help="the REST API only, without the Gradio app at /")
+    p.set_defaults(func=cmd_serve)
+
+
+PARSERS: list[Callable] = [_add_caption, _add_score, _add_import_legacy, _add_push, _add_build_default, _add_train,
+                           _add_evaluate, _add_caption_dataset, _add_serve, _add_deploy_space]
 
 
 def build_parser() -> argparse.ArgumentParser:
