@@ -37,6 +37,7 @@ def _bundled_model_dir() -> Path:
 
 BUNDLED_MODEL_DIR = _bundled_model_dir()
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md")
+CARD_FILES = ("training.png",)  # pictures a model card may show, published with the model when present
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
 
 
@@ -238,7 +239,7 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
     load_model(model_dir)  # refuse to publish something that does not load
     try:
         create_repo(repo_id, private=private, exist_ok=True)
-        info = upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=list(MODEL_FILES),
+        info = upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=[*MODEL_FILES, *CARD_FILES],
                              revision=revision, commit_message=commit_message or "Upload captioner model")
     except Exception as error:
         raise ModelSourceError(f"could not push {model_dir} to {repo_id!r}: {_hub_reason(error)}") from None
