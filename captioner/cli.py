@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
+from captioner.core.options import DecodeOptions
 
 
 
@@ -28,9 +29,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from captioner.core.inference import load_captioner
-    from captioner.core.options import DecodeOptions
 
-    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
+    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length,
+                            no_repeat_ngram=args.no_repeat_ngram)
     captioner = load_captioner(args.model, args.device)
     options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
     with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
@@ -84,6 +85,8 @@ def _add_caption(sub) -> None:
                                    "else the bundled model)")
     p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
     p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
+    p.add_argument("--no-repeat-ngram", type=int, default=DecodeOptions.no_repeat_ngram, metavar="N",
+                   help=f"no n-gram of N words twice in a caption; 0 turns it off (default {DecodeOptions.no_repeat_ngram})")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
@@ -474,7 +477,6 @@ def cmd_caption_dataset(args: argparse.Namespace) -> int:
     from captioner.core.extras import require_extra
 
     require_extra("ray", "ray.data", "pyarrow", purpose="caption-dataset (Ray Data)")
-    from captioner.core.options import DecodeOptions
     from captioner.serving.ray_data import caption_dataset
 
     options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
