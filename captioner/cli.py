@@ -17,7 +17,6 @@ from captioner.core.errors import CaptionerError
 from captioner.core.options import DecodeOptions
 
 
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
