@@ -29,11 +29,14 @@ from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv,
 from captioner.core.devices import select_device
 from captioner.core.errors import CaptionerError, ImageError
 from captioner.core.onnx_backend import resolve_backend
+from captioner.core.overlays import write_overlays
 from captioner.serving.gallery import list_examples
 from captioner.core.modelcard import summarize_card
 from captioner.core.repository import BUNDLED_MODEL_DIR
-from captioner.core.options import DecodeOptions
+from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.serving.batcher import SharedCaptioner, choose_model
+from captioner.serving.provenance import hardware_summary, weights_origin
+from captioner.serving.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
@@ -41,6 +44,7 @@ CAPTION_CONCURRENCY = 8  # caption calls in flight at once; their model work sha
 QUEUE_SIZE = 64  # waiting requests beyond this are turned away ("queue is full")
 MAX_UPLOAD = "100mb"  # per file; zips of many photos need room, single images are capped lower by the loader
 DEFAULT_BEAM = 3
+OVERLAY_SIDE = 1024  # longest side of the heatmap overlays the app and the explain endpoint return
 BEAM, GREEDY = "Beam search", "Greedy"
 
 CSS = """
@@ -107,7 +111,10 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     batch_size = max_batch_size(batch_size)
     choice = choose_model(source, bundled=bundled, backend=backend)
     captioner = choice.captioner
-    shared = SharedCaptioner(captioner, max_batch_size=batch_size) if captioner else None
+    # On ZeroGPU every forward pass runs inside spaces.GPU (CUDA exists only there); elsewhere as is.
+    on_gpu = gpu_wrapper()
+    shared = SharedCaptioner(captioner, max_batch_size=batch_size, run_forward=on_gpu) if captioner else None
+    explain_on_device = on_gpu(captioner.explain) if captioner else None  # word heatmaps, likewise
     config = captioner.config if captioner else None
     default_length = config.max_length if config else 20
     shows_classes = bool(config and config.emits_classes)
@@ -118,7 +125,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         beam = 1 if search == GREEDY else max(2, int(beam_size))
         return DecodeOptions(beam, min(int(candidates), beam), int(max_length))
 
-    if shared is not None and examples:  # so that clicking an example answers at once
+    if shared is not None and examples and not is_zero_gpu():  # so that clicking an example answers at once
+        # (not on ZeroGPU: there each pass asks for a GPU, which is for visitors' requests)
         problems = shared.warm(examples, options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length))
         for path, problem in zip(examples, problems):
             if problem:
@@ -133,7 +141,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
 
     def caption_photo(upload, search, beam_size, candidates, max_length):
         if not upload:
-            return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None
+            return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None, ""
         model, image = require_model(), open_upload(upload)
         try:
             result = model.caption(image, options(search, beam_size, candidates, max_length))
@@ -153,27 +161,73 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                  for rank, c in enumerate(result.candidates, 1)]
         classes = {label: p for label, p in result.top_classes} if result.top_classes else None
         return (f'<h2 class="caption">{html.escape(caption)}</h2>',
-                gr.HighlightedText(value=words, color_map=colours), table, classes)
+                gr.HighlightedText(value=words, color_map=colours), table, classes, result.caption)
 
-    def caption_api(image, beam_size, num_candidates, max_length) -> dict:
-        """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
-        words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
-        beam_size 1 is greedy decoding; score is the mean log-probability per word."""
+    def word_choices(caption: str):
+        """The word picker for a new caption (nothing picked, no map shown)."""
+        words = caption.split()
+        return (gr.Radio(choices=[(word, index) for index, word in enumerate(words)], value=None,
+                         visible=bool(words)), gr.Image(value=None, visible=False), "", None)
+
+    def explain_word(upload, index, caption, explained):
+        """The picked word's heatmap over the photo. The first pick of a caption explains all its words
+        at once (one backward pass); later picks reuse those overlays."""
+        if index is None or not upload or not caption:
+            return gr.Image(value=None, visible=False), "", explained
+        key = [upload.get("path") or upload.get("url"), caption]
+        if not explained or explained["key"] != key:
+            require_model()
+            image = open_upload(upload)
+            try:
+                explanation = explain_on_device(image, caption)
+            except (ImageError, ValueError) as error:
+                raise _user_error(error, "Cannot explain this caption") from None
+            paths = write_overlays(explanation, tempfile.mkdtemp(dir=downloads.name), "word", max_side=OVERLAY_SIDE)
+            explained = {"key": key, "paths": [str(path) for path in paths],
+                         "words": [(word.word, word.probability) for word in explanation.words]}
+        word, probability = explained["words"][int(index)]
+        note = (f"**{html.escape(word)}**: probability {probability:.1%} given the photo and the words before it. "
+                "Warm colours mark the parts of the photo that raised it most (Grad-CAM).")
+        return gr.Image(value=explained["paths"][int(index)], visible=True), note, explained
+
+    def explain_api(image, caption, beam_size, max_length):
+        """Per-word heatmaps of a caption (empty: the model's own). Returns {caption, words: [{word,
+        probability}], model} and one PNG overlay per word (the word as its caption), at most
+        OVERLAY_SIDE pixels on the longer side."""
         model = require_model()
         if not image:
             raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
         image = open_upload(image)
-        beam = DEFAULT_BEAM if beam_size is None else int(beam_size)
         try:
-            result = model.caption(image, DecodeOptions(
-                beam, beam if num_candidates is None else int(num_candidates),
-                default_length if max_length is None else int(max_length)))
+            explanation = explain_on_device(
+                image, caption or None, beam_size=DEFAULT_BEAM if beam_size is None else int(beam_size),
+                max_length=None if max_length is None else int(max_length))
+        except (ImageError, ValueError) as error:
+            raise _user_error(error, "Bad request") from None
+        paths = write_overlays(explanation, tempfile.mkdtemp(dir=downloads.name), "word", max_side=OVERLAY_SIDE)
+        data = {**explanation.to_dict(), "model": model.captioner.loaded.source}
+        return data, [(str(path), word.word) for path, word in zip(paths, explanation.words)]
+
+    def caption_api(image, beam_size, num_candidates, max_length) -> dict:
+        """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
+        words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
+        beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
+        beam_size; score is the mean log-probability per word."""
+        model = require_model()
+        if not image:
+            raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
+        image = open_upload(image)
+        try:
+            beam = whole_number("beam_size", DEFAULT_BEAM if beam_size is None else beam_size, 1, MAX_BEAM_SIZE)
+            wanted = beam if num_candidates is None else whole_number("num_candidates", num_candidates, 1,
+                                                                      MAX_BEAM_SIZE)
+            result = model.caption(image, DecodeOptions(beam, min(wanted, beam), max_length))
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
         return result.to_dict()
 
     def caption_batch(paths, search, beam_size, max_length, progress=gr.Progress()):
-        model = require_model().captioner
+        model = wrap_captioner(require_model().captioner, on_gpu)
         if not paths:
             raise gr.Error("Add some images or a .zip archive first.", title="Nothing to caption",
                            print_exception=False)
@@ -229,6 +283,12 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                                                                 "below."), elem_id="caption-text")
                         words_view = gr.HighlightedText(label="How sure the model is of each word",
                                                         show_legend=False, elem_id="words")
+                        explain_words = gr.Radio([], label="Where did a word come from? Pick one to see its "
+                                                 "heatmap", visible=False, elem_id="explain-words")
+                        explain_note = gr.Markdown(elem_id="explain-note")
+                        explain_view = gr.Image(label="Heatmap of the picked word", interactive=False,
+                                                visible=False, elem_id="explain-image", height=380)
+                        shown_caption, explained = gr.State(""), gr.State(None)
                         candidates_view = gr.Dataframe(headers=["#", "Candidate", "Confidence", "Score"],
                                                        datatype=["number", "str", "str", "number"],
                                                        interactive=False, wrap=True, label="Beam candidates",
@@ -267,12 +327,25 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             api_length = gr.Number(default_length, precision=0, label="max_length")
             api_result = gr.JSON(label="result")
             api_trigger = gr.Button()
+            api_caption = gr.Textbox("", label="caption")
+            api_explanation = gr.JSON(label="explanation")
+            api_overlays = gr.Gallery(label="overlays", type="filepath")
+            api_explain = gr.Button()
 
         controls = [search, beam_size, candidates, max_length]
         gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
-              caption_photo, [photo, *controls], [caption_view, words_view, candidates_view, classes_view],
+              caption_photo, [photo, *controls],
+              [caption_view, words_view, candidates_view, classes_view, shown_caption],
               preprocess=False, api_visibility="private", concurrency_limit=CAPTION_CONCURRENCY,
-              concurrency_id="caption")
+              concurrency_id="caption").success(word_choices, shown_caption,
+                                                [explain_words, explain_view, explain_note, explained],
+                                                api_visibility="private")
+        explain_words.input(explain_word, [photo, explain_words, shown_caption, explained],
+                            [explain_view, explain_note, explained], preprocess=False, api_visibility="private",
+                            concurrency_limit=2, concurrency_id="explain")
+        api_explain.click(explain_api, [api_image, api_caption, api_beam, api_length],
+                          [api_explanation, api_overlays], api_name="explain", preprocess=False,
+                          concurrency_limit=2, concurrency_id="explain")
         # Not batch=True: Gradio fails a whole batch when one request fails. Each call decodes its
         # own image (so a bad one fails alone) and SharedCaptioner merges the model work instead.
         api_trigger.click(caption_api, [api_image, api_beam, api_candidates, api_length], api_result,
@@ -307,6 +380,8 @@ def _model_panel(captioner, notice: str | None) -> str:
                "class_log_probs": "ImageNet class log-probabilities"}[info["encoder_output"]]
     lines = ["### Loaded model",
              f"- **Source:** `{info['source']}`",
+             f"- **Weights:** {weights_origin(info['source'], info['path'])}",
+             f"- **Hardware:** {hardware_summary(info['device'])}",
              f"- **Backbone:** {info['backbone']} (the encoder passes on {encoder})",
              f"- **Vocabulary:** {info['vocab_size']:,} tokens",
              f"- **Device:** {info['device']} ({info['backend']} backend)"]

@@ -285,10 +285,3 @@ def load_pixels(sources: Sequence[ImageSource], preprocess: Preprocessor, pool: 
     kept = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     failures = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
     return (torch.stack([results[i] for i in kept]) if kept else None), kept, failures
-
-
-def preprocess_batch(images: Sequence[Image.Image], preprocessor: Preprocessor) -> torch.Tensor:
-    """Stack preprocessed images into one N x 3 x crop x crop tensor."""
-    if not images:
-        raise ImageError("no images given")
-    return torch.stack([preprocessor(image) for image in images])

@@ -178,6 +178,19 @@ class Captioner:
                     progress(min(start + batch_size, len(sources)), len(sources))
         return results  # type: ignore[return-value]
 
+    def score(self, images: ImageSource | Sequence[ImageSource], caption: str) -> list:
+        """Each word of ``caption`` (and ``<end>``) with its probability, per image (``explain.score``)."""
+        from captioner.core.explain import score
+
+        return score(self, images, caption)
+
+    def explain(self, image: ImageSource, caption: str | None = None, *, beam_size: int = 3,
+                max_length: int | None = None):
+        """Per-word Grad-CAM heatmaps of ``caption`` or of the model's own caption (``explain.explain``)."""
+        from captioner.core.explain import explain
+
+        return explain(self, image, caption, beam_size=beam_size, max_length=max_length)
+
 
 def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeOptions:
     if options is not None and settings:

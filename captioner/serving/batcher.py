@@ -11,14 +11,15 @@ the one asked for cannot be loaded, and says what happened in words fit for a us
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ class _Request:
     pixels: torch.Tensor
     options: DecodeOptions
     future: Future
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)  # the caller's (a Gradio request's)
 
 
 _STOP = object()
@@ -44,10 +46,15 @@ _STOP = object()
 class SharedCaptioner:
     """Thread-safe single-image captioning that batches concurrent calls into shared forward passes."""
 
-    def __init__(self, captioner: Captioner, max_batch_size: int = 8, memo_size: int = 256):
+    def __init__(self, captioner: Captioner, max_batch_size: int = 8, memo_size: int = 256,
+                 run_forward: Callable[[Callable], Callable] | None = None):
+        """``run_forward`` wraps the model call that every forward pass goes through (e.g. ``spaces.GPU``
+        on ZeroGPU hardware, where CUDA exists only inside the wrapped call); its arguments (a pixel
+        batch and the options) and results are plain data, so the wrapper may run it in another process."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.captioner, self.max_batch_size, self.memo_size = captioner, max_batch_size, memo_size
+        self._model_call = run_forward(self._call_model) if run_forward is not None else self._call_model
         self.forward_passes = 0  # batched model calls so far
         self.batch_sizes: list[int] = []  # size of each forward pass, most recent last (up to 1000)
         self._memo: OrderedDict[tuple, CaptionResult] = OrderedDict()
@@ -130,9 +137,13 @@ class SharedCaptioner:
             if stop:
                 return
 
+    def _call_model(self, pixels: torch.Tensor, options: DecodeOptions) -> list[CaptionResult]:
+        return self.captioner.caption_pixels(pixels, options)
+
     def _forward(self, options: DecodeOptions, requests: list[_Request]) -> None:
         try:
-            results = self.captioner.caption_pixels(torch.stack([request.pixels for request in requests]), options)
+            pixels = torch.stack([request.pixels for request in requests])
+            results = requests[0].context.run(self._model_call, pixels, options)  # e.g. ZeroGPU quota: first caller's
         except BaseException as error:  # noqa: BLE001 - handed to the callers, who re-raise it
             for request in requests:
                 request.future.set_exception(error)
