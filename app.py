@@ -109,6 +109,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     and says why. ``batch_size``: images per forward pass (None: see ``max_batch_size``). ``backend``:
     auto, torch or onnx (None: ``$CAPTIONER_BACKEND``, else auto)."""
     batch_size = max_batch_size(batch_size)
+    if backend is None and not os.environ.get("CAPTIONER_BACKEND") and is_zero_gpu():
+        backend = "torch"  # ZeroGPU: forward passes go to the GPU inside spaces.GPU, not to ONNX Runtime on CPU
     choice = choose_model(source, bundled=bundled, backend=backend)
     captioner = choice.captioner
     # On ZeroGPU every forward pass runs inside spaces.GPU (CUDA exists only there); elsewhere as is.
