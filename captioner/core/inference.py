@@ -92,7 +92,7 @@ class Captioner:
         batch = [images] if single else list(images)
         if not batch:
             return []
-        pixels = torch.stack([self.preprocess(load_image(image)) for image in batch])
+        pixels = torch.stack([self.preprocess(load_image(image, min_side=2 * self.config.resize)) for image in batch])
         results = self.caption_tensor(pixels, beam_size=beam_size, num_candidates=num_candidates,
                                       max_length=max_length, length_penalty=length_penalty,
                                       top_classes=top_classes)

@@ -74,7 +74,7 @@ class SharedCaptioner:
     def caption(self, image: ImageSource, options: DecodeOptions = DecodeOptions()) -> CaptionResult:
         """Caption one image. Raises ``ImageError`` for an unusable image, ``ValueError`` for bad options."""
         options = self._normalise(options)
-        pixels = self.captioner.preprocess(load_image(image))
+        pixels = self.captioner.preprocess(load_image(image, min_side=2 * self.captioner.config.resize))
         key = (hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).digest(), options)
         with self._memo_lock:
             if key in self._memo:
