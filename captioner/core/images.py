@@ -125,6 +125,16 @@ def load_image(
     return _bounded_decode(image, min_side, owned=True)
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from an image's header (nothing is decoded), or None when the header
+    is not one of an accepted format."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - load_image says what is wrong with it
+        return None
+
+
 def decoded_bytes(size: tuple[int, int], mode: str, *, reduced: bool = False) -> int:
     """Pixel memory that decoding an image of this size and mode holds at its peak, about.
 

@@ -4,8 +4,10 @@ one row per image out, as a table or as CSV / JSON files.
 Zip archives are read in memory, member by member: nothing is extracted to disk, so member
 names (``../../etc/passwd``) are only labels. The number of members and the total size they
 unpack to are capped, and each member is read with a byte limit, so a zip bomb costs no more
-than the limits allow. A file that cannot be read or captioned becomes a row with an error;
-it never stops the batch.
+than the limits allow. Decoding is bounded too: every image, loose or zipped, is held to the
+loader's pixel cap, and the images of one batch together to ``MAX_BATCH_PIXELS`` (read from
+their headers before decoding). A file that cannot be read or captioned becomes a row with an
+error; it never stops the batch.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from captioner.core.errors import ImageError
-from captioner.core.images import MAX_IMAGE_BYTES, load_image
+from captioner.core.images import MAX_IMAGE_BYTES, image_size, load_image
 from captioner.core.inference import Captioner
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together
+MAX_BATCH_PIXELS = 1_000_000_000  # what the images of one batch may hold together (20 images at the 50 MP cap)
 _SKIPPED_NAMES = {"thumbs.db", "desktop.ini"}  # files that operating systems add to folders
 
 
@@ -119,22 +122,43 @@ def _member_error(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def total_bytes(paths: Iterable[str | os.PathLike]) -> int:
+    """The size of the files at ``paths`` together (as stored: zip archives count compressed)."""
+    total = 0
+    for path in paths:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass  # collect_inputs reports it
+    return total
+
+
 def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], *, beam_size: int = 3,
                    max_length: int | None = None, batch_size: int = 8,
-                   progress: Callable[[int, int], None] | None = None) -> list[BatchRow]:
+                   progress: Callable[[int, int], None] | None = None,
+                   max_pixels: int = MAX_BATCH_PIXELS) -> list[BatchRow]:
     """Caption every input, ``batch_size`` images per forward pass; one row per input, in order.
 
-    ``progress(done, total)`` is called after each pass. Unreadable inputs become rows with an error.
+    ``progress(done, total)`` is called after each pass. Unreadable inputs become rows with an error,
+    and so do the images beyond ``max_pixels`` in all (counted from headers, before decoding).
     """
     rows = [BatchRow(item.name) for item in inputs]
     total = len(inputs)
+    used = 0
     if progress:
         progress(0, total)
     for start in range(0, total, batch_size):
         ready: list[tuple[int, torch.Tensor]] = []
         for index in range(start, min(start + batch_size, total)):
             try:
-                ready.append((index, captioner.preprocess(load_image(inputs[index].read()))))
+                data = inputs[index].read()
+                width, height = image_size(data) or (0, 0)
+                if used + width * height > max_pixels:
+                    raise ImageError(f"this batch's images exceed {max_pixels // 1_000_000} megapixels together; "
+                                     "caption this file in another batch")
+                used += width * height
+                image = load_image(data, min_side=2 * captioner.config.resize)
+                ready.append((index, captioner.preprocess(image)))
             except ImageError as error:
                 rows[index].error = str(error)
         if ready:
