@@ -65,13 +65,27 @@ THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="sky")
 
 def image_source(payload: Any) -> str | bytes:
     """The image a caption request carries: a file Gradio stored in its upload folder for this
-    request, or the bytes of a ``data:`` URL. Caption events run with ``preprocess=False`` so that the
-    captioner's own loader reports a bad file; this check stands in for Gradio's upload-folder check,
-    which raw payloads (a file dict without ``meta``, a string) would otherwise skip."""
+    request, or the bytes of a ``data:`` URL. Caption and batch events run with ``preprocess=False``
+    so that the captioner's loader reports a bad file and ``DecodeOptions`` a bad setting, each with
+    its own message; this check stands in for Gradio's upload-folder check, which raw payloads (a
+    file dict without ``meta``) would otherwise skip."""
     try:
         return upload_source(payload, get_upload_folder())
     except InputRefused as error:
         raise _user_error(error, "Unusable image") from None
+
+
+def batch_sources(payload: Any) -> list[str]:
+    """The files of a batch request (raw Gradio file payloads), each checked like ``image_source``;
+    batches take uploaded files only."""
+    payloads = [] if payload is None else payload if isinstance(payload, list) else [payload]
+    paths = []
+    for item in payloads:
+        source = image_source(item)
+        if not isinstance(source, str):
+            raise gr.Error("Batches take uploaded files only.", title="Batch refused", print_exception=False)
+        paths.append(source)
+    return paths
 
 
 def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
@@ -209,12 +223,13 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             candidate["confidence"] = math.exp(candidate["score"])
         return data
 
-    def caption_batch(paths, search, beam_size, max_length, progress=gr.Progress()):
+    def caption_batch(files, search, beam_size, max_length, progress=gr.Progress()):
         model = require_model().captioner
         try:
             options = ui_options(search, beam_size, 1, max_length, default_length)
         except ValueError as error:
             raise _user_error(error, "Bad decoding settings") from None
+        paths = batch_sources(files)
         if not paths:
             raise gr.Error("Add some images or a .zip archive first.", title="Nothing to caption",
                            print_exception=False)
@@ -249,7 +264,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     def guard_api(image, beam_size, num_candidates, max_length, request: gr.Request):
         return check_queue(demo, "caption", request, 4, CAPTIONS_PER_CLIENT)
 
-    def guard_batch(paths, search, beam_size, max_length, request: gr.Request):
+    def guard_batch(files, search, beam_size, max_length, request: gr.Request):
         return check_queue(demo, "batch", request, 4, BATCHES_PER_CLIENT, BATCHES_QUEUED)
 
     with gr.Blocks(title="Show and Tell: image captioner", analytics_enabled=False,
@@ -332,7 +347,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                           concurrency_id="caption", validator=guard_api)
         run_batch.click(caption_batch, [files, search, beam_size, max_length],
                         [batch_table, batch_summary, csv_button, json_button], api_visibility="private",
-                        concurrency_limit=1, concurrency_id="batch", validator=guard_batch)
+                        preprocess=False, concurrency_limit=1, concurrency_id="batch", validator=guard_batch)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
     demo.shared_captioner = shared  # for tests and monitoring
     return demo
