@@ -42,7 +42,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
 CAPTION_CONCURRENCY = 8  # caption calls in flight at once; their model work shares forward passes
 QUEUE_SIZE = 64  # waiting requests beyond this are turned away ("queue is full")
-CAPTIONS_PER_CLIENT = 4  # one client's caption calls waiting or running at once (half the workers)
+CAPTIONS_PER_CLIENT = 16  # one client's caption calls waiting or running at once (a quarter of the queue)
 BATCHES_PER_CLIENT = 2  # one client's batch jobs waiting or running at once
 BATCHES_QUEUED = 8  # batch jobs of all clients together, so batches never fill the shared queue
 MAX_UPLOAD = "100mb"  # per file; zips of many photos need room, single images are capped lower by the loader
@@ -202,10 +202,11 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         return (f'<h2 class="caption">{html.escape(caption)}</h2>',
                 gr.HighlightedText(value=words, color_map=colours), table, classes)
 
-    def caption_api(image, beam_size, num_candidates, max_length) -> dict:
+    def caption_api(image, beam_size=None, num_candidates=None, max_length=None) -> dict:
         """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
         words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
-        beam_size 1 is greedy decoding; score is the mean log-probability per word."""
+        beam_size 1 is greedy decoding; num_candidates defaults to beam_size; score is the mean
+        log-probability per word. Bad settings are refused with a message naming them."""
         model = require_model()
         try:
             options = api_options(beam_size, num_candidates, max_length, default_length)
@@ -330,7 +331,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         with gr.Row(visible=False):  # the inputs and output of the API-only `caption` endpoint
             api_image = gr.Image(type="filepath", label="image")
             api_beam = gr.Number(DEFAULT_BEAM, precision=0, label="beam_size")
-            api_candidates = gr.Number(DEFAULT_BEAM, precision=0, label="num_candidates")
+            api_candidates = gr.Number(None, precision=0, label="num_candidates")  # None: as many as beam_size
             api_length = gr.Number(default_length, precision=0, label="max_length")
             api_result = gr.JSON(label="result")
             api_trigger = gr.Button()
