@@ -35,8 +35,8 @@ from captioner.core.repository import BUNDLED_MODEL_DIR
 from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
 from captioner.serving.batcher import SharedCaptioner, choose_model
 from captioner.serving.gallery import list_examples
-from captioner.serving.webguard import (InputRefused, RequestSizeLimit, prune_folder, queued_events,
-                                        client_host, upload_source)
+from captioner.serving.webguard import (InFlight, InputRefused, RequestSizeLimit, client_host, prune_folder,
+                                        queued_events, upload_source)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
@@ -159,6 +159,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     shows_classes = bool(config and config.emits_classes)
     examples = list_examples(examples_dir)
     downloads = tempfile.TemporaryDirectory(prefix="captioner-app-")  # removed when the demo is collected
+    in_flight = InFlight()  # memory is handed back when the last request in flight ends
 
     if shared is not None and examples:  # so that clicking an example answers at once
         problems = shared.warm(examples, ui_options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length, default_length))
@@ -183,7 +184,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             raise _user_error(error, "Bad decoding settings") from None
         source = image_source(upload)
         try:
-            result = model.caption(source, options)
+            with in_flight:
+                result = model.caption(source, options)
         except ImageError as error:
             raise _user_error(error, "Unusable image") from None
         except ValueError as error:
@@ -216,7 +218,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
         source = image_source(image)
         try:
-            result = model.caption(source, options)
+            with in_flight:
+                result = model.caption(source, options)
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
         data = result.to_dict()
@@ -242,9 +245,11 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             inputs = collect_inputs(paths)
         except ImageError as error:
             raise _user_error(error, "Batch refused") from None
-        rows = caption_inputs(model, inputs, beam_size=options.beam_size, max_length=options.max_length,
-                              batch_size=batch_size,
-                              progress=lambda done, total: progress((done, total), desc="Captioning", unit="images"))
+        with in_flight:
+            rows = caption_inputs(model, inputs, beam_size=options.beam_size, max_length=options.max_length,
+                                  batch_size=batch_size,
+                                  progress=lambda done, total: progress((done, total), desc="Captioning",
+                                                                        unit="images"))
         prune_folder(downloads.name, max_age_s=DOWNLOAD_MAX_AGE_S, max_bytes=DOWNLOAD_MAX_BYTES)
         folder = Path(tempfile.mkdtemp(dir=downloads.name))
         csv_path, json_path = folder / "alt-text.csv", folder / "alt-text.json"

@@ -9,8 +9,12 @@ Memory is bounded by design. With ``min_side`` a large image is decoded at reduc
 the format allows (JPEG's DCT scaling through ``Image.draft``) and otherwise reduced right after
 decoding, before 16-bit scaling, transparency or EXIF rotation make full-size copies. The
 decoded pixel memory of all calls in flight, across threads, is capped by ``DECODE_MEMORY`` (a
-semaphore counted in bytes), and after a large decode freed memory is handed back to the
-operating system (``malloc_trim`` on glibc), so a burst of huge images leaves no lasting growth.
+semaphore counted in bytes), and freed pixel memory goes back to the operating system. glibc
+keeps freed blocks of up to 32 MB in the arena of the thread that used them (``malloc_trim`` does
+not empty other threads' arenas), so from the first large decode on Pillow allocates pixels in
+blocks of ``PILLOW_BLOCK_BYTES`` (64 MB, which glibc always maps on its own and unmaps when
+freed), reduction works in small bands, and ``malloc_trim`` runs after each large decode. A burst
+of huge images decoded on many threads leaves no lasting growth.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ MAX_ASPECT = 4.0  # see _limit_aspect
 # Decoded pixel memory that all load_image calls may hold at once (CAPTIONER_DECODE_BUDGET_MB).
 DECODE_BUDGET_BYTES = int(os.environ.get("CAPTIONER_DECODE_BUDGET_MB") or 512) * 1024 * 1024
 TRIM_AFTER_BYTES = 32 * 1024 * 1024  # decodes at least this large hand freed memory back afterwards
+PILLOW_BLOCK_BYTES = 64 * 1024 * 1024  # Pillow's pixel blocks from the first large decode on (see above)
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 Preprocessor = Callable[[Image.Image], torch.Tensor]
@@ -158,6 +163,8 @@ def _bounded_decode(image: Image.Image, min_side: int | None, owned: bool) -> Im
             pass
         reduces = min(image.size) >= 2 * min_side
     need = decoded_bytes(image.size, image.mode, reduced=reduces)
+    if need >= TRIM_AFTER_BYTES:
+        _use_large_pixel_blocks()
     try:
         with DECODE_MEMORY.hold(need):
             _load(image)
@@ -173,7 +180,7 @@ def _bounded_decode(image: Image.Image, min_side: int | None, owned: bool) -> Im
             release_free_memory()
 
 
-_REDUCE_BAND_BYTES = 8 * 1024 * 1024  # pixels converted at once while reducing
+_REDUCE_BAND_BYTES = 2 * 1024 * 1024  # pixels converted at once while reducing (small: see the module notes)
 
 
 def _reduce(image: Image.Image, min_side: int) -> Image.Image:
@@ -213,25 +220,41 @@ def _reducible(image: Image.Image) -> Image.Image:
     return image
 
 
-_TRIM: Callable[[int], int] | None | bool = False  # False: not looked up yet; None: not available
+_LIBC: ctypes.CDLL | None | bool = False  # False: not looked up yet; None: not glibc
+_LARGE_BLOCKS = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _LIBC
+    if _LIBC is False:
+        _LIBC = None
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+                _LIBC = libc
+            except (OSError, AttributeError):
+                _LIBC = None
+    return _LIBC
 
 
 def release_free_memory() -> bool:
     """Hand memory that the C allocator keeps after frees back to the system (glibc's
     ``malloc_trim``). Returns False where that is not available (other C libraries)."""
-    global _TRIM
-    if _TRIM is False:
-        _TRIM = None
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            try:
-                _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-                _TRIM.argtypes, _TRIM.restype = [ctypes.c_size_t], ctypes.c_int
-            except (OSError, AttributeError):
-                _TRIM = None
-    if _TRIM is None:
+    libc = _glibc()
+    if libc is None:
         return False
-    _TRIM(0)
+    libc.malloc_trim(0)
     return True
+
+
+def _use_large_pixel_blocks() -> None:
+    """Allocate Pillow's pixel memory in blocks of ``PILLOW_BLOCK_BYTES`` (once per process)."""
+    global _LARGE_BLOCKS
+    if not _LARGE_BLOCKS:
+        _LARGE_BLOCKS = True
+        if Image.core.get_block_size() < PILLOW_BLOCK_BYTES:
+            Image.core.set_block_size(PILLOW_BLOCK_BYTES)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:

@@ -11,6 +11,8 @@
 - ``queued_events``: how many of one client's events wait or run in a Gradio queue, for
   per-client limits.
 - ``prune_folder``: drop old files from a folder and keep it under a size cap.
+- ``InFlight``: counts the requests being served and, when the last one ends, hands memory that the
+  C allocator keeps back to the system (what large decodes and batched forward passes freed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
+
+from captioner.core.images import release_free_memory
 
 MB = 1024 * 1024
 MAX_INLINE_IMAGE_BYTES = 10 * MB  # an image sent inside a JSON body (data: URL), decoded size
@@ -231,3 +235,24 @@ def client_host(request: Any) -> str | None:
     """The client's address of a Gradio or Starlette request, or None."""
     client = getattr(request, "client", None)
     return getattr(client, "host", None) if client is not None else None
+
+
+class InFlight:
+    """``with in_flight:`` around each request; when the last request in flight ends, memory freed
+    by all of them is handed back to the system (``release_free_memory``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> InFlight:
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+            last = self.count == 0
+        if last:
+            release_free_memory()
