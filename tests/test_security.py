@@ -482,3 +482,25 @@ def test_prune_folder_drops_old_entries_then_the_oldest_over_the_cap(tmp_path):
         os.utime(entry, (now - age, now - age))
     prune_folder(tmp_path, max_age_s=3600, max_bytes=2500)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch2", "batch3"]
+
+
+def test_batch_pixels_are_capped_per_request_and_per_zip_member(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from captioner.core.inference import load_captioner
+    from captioner.serving.batch import caption_inputs, collect_inputs
+
+    archive = tmp_path / "album.zip"
+    photo = io.BytesIO()
+    Image.new("RGB", (100, 100), "gray").save(photo, "PNG")
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, "PNG")  # 81 megapixels in a few KB
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.png", bomb.getvalue())
+        for i in range(3):
+            zf.writestr(f"photo{i}.png", photo.getvalue())
+    rows = caption_inputs(load_captioner(tiny_model_dir, "cpu"), collect_inputs([archive]), batch_size=2,
+                          max_pixels=25_000)
+    assert "image is too large" in rows[0].error  # the member's own cap, before decoding
+    assert [row.error == "" and row.score is not None for row in rows[1:]] == [True, True, False]
+    assert "exceed 0.025 megapixels together" in rows[3].error and "another batch" in rows[3].error

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from captioner.core.errors import ImageError
-from captioner.core.images import MAX_IMAGE_BYTES, image_size, load_image
+from captioner.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size, load_image
 from captioner.core.inference import Captioner
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
@@ -153,10 +153,11 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], *, beam_s
             try:
                 data = inputs[index].read()
                 width, height = image_size(data) or (0, 0)
-                if used + width * height > max_pixels:
-                    raise ImageError(f"this batch's images exceed {max_pixels // 1_000_000} megapixels together; "
+                pixels = width * height if width * height <= MAX_IMAGE_PIXELS else 0  # else load_image refuses it
+                if used + pixels > max_pixels:
+                    raise ImageError(f"this batch's images exceed {max_pixels / 1e6:g} megapixels together; "
                                      "caption this file in another batch")
-                used += width * height
+                used += pixels
                 image = load_image(data, min_side=2 * captioner.config.resize)
                 ready.append((index, captioner.preprocess(image)))
             except ImageError as error:
