@@ -6,7 +6,8 @@ bands, ``malloc_trim``). Every case runs under the byte semaphore. Prints one ta
     python benchmarks/decode_memory.py [--threads 16] [--side 7000]
 
 Each configuration runs in its own process so that one cannot inherit another's heap. The first
-configuration (full size, memory kept: the behaviour before bounded decoding) peaks near 13 GB with
+configuration (full size, memory kept: as before bounded decoding, except that the semaphore runs
+one decode at a time) peaks near 13 GB with
 16 threads; use --threads 4 on a smaller machine.
 """
 
