@@ -244,7 +244,8 @@ def test_web_addresses_are_not_fetched(server):
 
 # ---- 4. every limit applies to every input path ------------------------------------------------------
 
-def _raw_post(port: int, path: str, headers: dict[str, str], body_chunks, chunked: bool = False) -> tuple[int, str, int]:
+def _raw_post(port: int, path: str, headers: dict[str, str], body_chunks,
+              chunked: bool = False) -> tuple[int, str, int]:
     """POST over a raw socket, sending ``body_chunks`` until the server answers; returns
     (status, body, bytes of body sent). The server may answer and close before the body is sent."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)

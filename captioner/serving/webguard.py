@@ -200,7 +200,8 @@ def prune_folder(folder: str | os.PathLike, *, max_age_s: float, max_bytes: int)
     entries = []
     for entry in Path(folder).iterdir():
         try:
-            entries.append((entry.stat().st_mtime, entry, folder_bytes(entry) if entry.is_dir() else entry.stat().st_size))
+            size = folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
+            entries.append((entry.stat().st_mtime, entry, size))
         except OSError:
             continue
     entries.sort()
