@@ -156,7 +156,7 @@ def _bounded_decode(image: Image.Image, min_side: int | None, owned: bool) -> Im
     """Decode under ``DECODE_MEMORY``: reduced early when ``min_side`` allows, then RGB.
     ``owned``: the image was opened here, so its full-size pixels are freed as soon as possible."""
     reduces = min_side is not None and min(image.size) >= 2 * min_side
-    if reduces and image.format == "JPEG" and getattr(image, "tile", None):
+    if reduces and owned and image.format in ("JPEG", "MPO") and getattr(image, "tile", None):
         try:
             image.draft(image.mode, (min_side, min_side))  # DCT scaling, never below min_side
         except (OSError, ValueError):
