@@ -450,6 +450,18 @@ def test_a_client_filling_the_batch_queue_does_not_hold_up_captions(server, huge
     assert waiting >= 5  # answered while the batches still queued, not after them
 
 
+def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server, huge_png):
+    headers = {"X-Forwarded-For": "10.6.0.1"}
+    image = server.upload(huge_png, "huge.png", headers)
+    with ThreadPoolExecutor(20) as pool:  # slow images (seconds each), so that all 20 arrive while 16 wait or run
+        answers = list(pool.map(lambda i: server.call([image, 1, 1, 30 + i], headers=headers), range(20)))
+    refused = [message for status, message in answers if status == "error"]
+    assert refused and all("Too many requests" in message and "limit 16" in message for message in refused)
+    assert sum(status == "ok" for status, _ in answers) >= 16
+    status, result = server.call([image, 1, 1, 20], headers={"X-Forwarded-For": "10.6.0.2"})
+    assert status == "ok" and result["caption"]
+
+
 # ---- unit checks of the guards -----------------------------------------------------------------------
 
 def test_upload_source_accepts_only_files_inside_the_upload_folder(tmp_path):
