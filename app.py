@@ -18,7 +18,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import argparse
 import html
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -28,28 +27,33 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
-from captioner.core.errors import ImageError
-from captioner.core.modelcard import summarize_card
-from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
-from captioner.core.repository import BUNDLED_MODEL_DIR
 from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
-from captioner.serving.batcher import SharedCaptioner, choose_model
+from captioner.core.errors import ImageError
+from captioner.core.overlays import write_overlays
 from captioner.serving.gallery import list_examples
+from captioner.core.modelcard import summarize_card
+from captioner.core.repository import BUNDLED_MODEL_DIR
+from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
+from captioner.serving.batcher import SharedCaptioner, choose_model
+from captioner.serving.provenance import hardware_summary, weights_origin
 from captioner.serving.webguard import (InFlight, InputRefused, RequestSizeLimit, client_host, prune_folder,
                                         queued_events, upload_source)
+from captioner.serving.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
 CAPTION_CONCURRENCY = 8  # caption calls in flight at once; their model work shares forward passes
 QUEUE_SIZE = 64  # waiting requests beyond this are turned away ("queue is full")
 CAPTIONS_PER_CLIENT = 16  # one client's caption calls waiting or running at once (a quarter of the queue)
+EXPLAINS_PER_CLIENT = 4  # one client's heatmap requests waiting or running at once
 BATCHES_PER_CLIENT = 2  # one client's batch jobs waiting or running at once
 BATCHES_QUEUED = 8  # batch jobs of all clients together, so batches never fill the shared queue
 MAX_UPLOAD = "100mb"  # per file; zips of many photos need room, single images are capped lower by the loader
 MAX_BATCH_UPLOAD_BYTES = 500 * 1024 * 1024  # all files of one batch together
-DOWNLOAD_MAX_AGE_S = 3600  # batch downloads (CSV / JSON) are removed after this
+DOWNLOAD_MAX_AGE_S = 3600  # batch downloads and heatmap overlays are removed after this
 DOWNLOAD_MAX_BYTES = 256 * 1024 * 1024  # and the oldest go first when they hold more than this
 DEFAULT_BEAM = 3
+OVERLAY_SIDE = 1024  # longest side of the heatmap overlays the app and the explain endpoint return
 BEAM, GREEDY = "Beam search", "Greedy"
 
 CSS = """
@@ -153,7 +157,10 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     batch_size = max_batch_size(batch_size)
     choice = choose_model(source, bundled=bundled)
     captioner = choice.captioner
-    shared = SharedCaptioner(captioner, max_batch_size=batch_size) if captioner else None
+    # On ZeroGPU every forward pass runs inside spaces.GPU (CUDA exists only there); elsewhere as is.
+    on_gpu = gpu_wrapper()
+    shared = SharedCaptioner(captioner, max_batch_size=batch_size, run_forward=on_gpu) if captioner else None
+    explain_on_device = on_gpu(captioner.explain) if captioner else None  # word heatmaps, likewise
     config = captioner.config if captioner else None
     default_length = config.max_length if config else 20
     shows_classes = bool(config and config.emits_classes)
@@ -161,7 +168,13 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     downloads = tempfile.TemporaryDirectory(prefix="captioner-app-")  # removed when the demo is collected
     in_flight = InFlight()  # memory is handed back when the last request in flight ends
 
-    if shared is not None and examples:  # so that clicking an example answers at once
+    def scratch_folder() -> str:
+        """A new folder for a request's files (downloads, overlays); old ones are pruned first."""
+        prune_folder(downloads.name, max_age_s=DOWNLOAD_MAX_AGE_S, max_bytes=DOWNLOAD_MAX_BYTES)
+        return tempfile.mkdtemp(dir=downloads.name)
+
+    if shared is not None and examples and not is_zero_gpu():  # so that clicking an example answers at once
+        # (not on ZeroGPU: there each pass asks for a GPU, which is for visitors' requests)
         problems = shared.warm(examples, ui_options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length, default_length))
         for path, problem in zip(examples, problems):
             if problem:
@@ -176,7 +189,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
 
     def caption_photo(upload, search, beam_size, candidates, max_length):
         if not upload:
-            return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None
+            return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None, ""
         model = require_model()
         try:
             options = ui_options(search, beam_size, candidates, max_length, default_length)
@@ -198,17 +211,74 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             colours[label] = "#16a34a" if probability >= 0.5 else "#f59e0b" if probability >= 0.2 else "#ef4444"
             words += [(" ", None)] if index else []
             words.append((word, label))
-        table = [[rank, _title_case(c.caption), f"{math.exp(c.score):.1%}", round(c.score, 4)]
+        table = [[rank, _title_case(c.caption), f"{c.confidence:.1%}", round(c.score, 4)]
                  for rank, c in enumerate(result.candidates, 1)]
         classes = {label: p for label, p in result.top_classes} if result.top_classes else None
         return (f'<h2 class="caption">{html.escape(caption)}</h2>',
-                gr.HighlightedText(value=words, color_map=colours), table, classes)
+                gr.HighlightedText(value=words, color_map=colours), table, classes, result.caption)
+
+    def word_choices(caption: str):
+        """The word picker for a new caption (nothing picked, no map shown)."""
+        words = caption.split()
+        return (gr.Radio(choices=[(word, index) for index, word in enumerate(words)], value=None,
+                         visible=bool(words)), gr.Image(value=None, visible=False), "", None)
+
+    def explain_word(upload, index, caption, explained):
+        """The picked word's heatmap over the photo. The first pick of a caption explains all its words
+        at once (one backward pass); later picks reuse those overlays."""
+        if index is None or not upload or not caption:
+            return gr.Image(value=None, visible=False), "", explained
+        key = [upload.get("path") or upload.get("url"), caption]
+        if not explained or explained["key"] != key:
+            require_model()
+            source = image_source(upload)
+            try:
+                with in_flight:
+                    explanation = explain_on_device(source, caption)
+            except (ImageError, ValueError) as error:
+                raise _user_error(error, "Cannot explain this caption") from None
+            paths = write_overlays(explanation, scratch_folder(), "word", max_side=OVERLAY_SIDE)
+            explained = {"key": key, "paths": [str(path) for path in paths],
+                         "words": [(word.word, word.probability) for word in explanation.words]}
+        try:
+            index = whole_number("word", index, 0, len(explained["words"]) - 1)
+        except ValueError as error:
+            raise _user_error(error, "Cannot explain this caption") from None
+        word, probability = explained["words"][index]
+        note = (f"**{html.escape(word)}**: probability {probability:.1%} given the photo and the words before it. "
+                "Warm colours mark the parts of the photo that raised it most (Grad-CAM).")
+        return gr.Image(value=explained["paths"][index], visible=True), note, explained
+
+    def explain_api(image, caption, beam_size, max_length):
+        """Per-word heatmaps of a caption (empty: the model's own). Returns {caption, words: [{word,
+        probability}], model} and one PNG overlay per word (the word as its caption), at most
+        OVERLAY_SIDE pixels on the longer side."""
+        model = require_model()
+        try:
+            options = api_options(beam_size, None, max_length, default_length)
+            if caption is not None and not isinstance(caption, str):
+                raise ValueError(f"caption must be text, got {caption!r}")
+        except ValueError as error:
+            raise _user_error(error, "Bad request") from None
+        if not image:
+            raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
+        source = image_source(image)
+        try:
+            with in_flight:
+                explanation = explain_on_device(source, caption or None, beam_size=options.beam_size,
+                                                max_length=options.max_length)
+        except (ImageError, ValueError) as error:
+            raise _user_error(error, "Bad request") from None
+        paths = write_overlays(explanation, scratch_folder(), "word", max_side=OVERLAY_SIDE)
+        data = {**explanation.to_dict(), "model": model.captioner.loaded.source}
+        return data, [(str(path), word.word) for path, word in zip(paths, explanation.words)]
 
     def caption_api(image, beam_size=None, num_candidates=None, max_length=None) -> dict:
         """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
         words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
-        beam_size 1 is greedy decoding; num_candidates defaults to beam_size; score is the mean
-        log-probability per word. Bad settings are refused with a message naming them."""
+        beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
+        beam_size (default: beam_size); score is the mean log-probability per word. Bad settings are
+        refused with a message naming them."""
         model = require_model()
         try:
             options = api_options(beam_size, num_candidates, max_length, default_length)
@@ -222,13 +292,10 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                 result = model.caption(source, options)
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
-        data = result.to_dict()
-        for candidate in data["candidates"]:
-            candidate["confidence"] = math.exp(candidate["score"])
-        return data
+        return result.to_dict()
 
     def caption_batch(files, search, beam_size, max_length, progress=gr.Progress()):
-        model = require_model().captioner
+        model = wrap_captioner(require_model().captioner, on_gpu)
         try:
             options = ui_options(search, beam_size, 1, max_length, default_length)
         except ValueError as error:
@@ -245,17 +312,18 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             inputs = collect_inputs(paths)
         except ImageError as error:
             raise _user_error(error, "Batch refused") from None
-        with in_flight:
-            rows = caption_inputs(model, inputs, beam_size=options.beam_size, max_length=options.max_length,
-                                  batch_size=batch_size,
-                                  progress=lambda done, total: progress((done, total), desc="Captioning",
-                                                                        unit="images"))
-        prune_folder(downloads.name, max_age_s=DOWNLOAD_MAX_AGE_S, max_bytes=DOWNLOAD_MAX_BYTES)
-        folder = Path(tempfile.mkdtemp(dir=downloads.name))
+        try:
+            with in_flight:
+                rows = caption_inputs(model, inputs, options, batch_size=batch_size,
+                                      progress=lambda done, total: progress((done, total), desc="Captioning",
+                                                                            unit="images"))
+        except ValueError as error:
+            raise _user_error(error, "Bad decoding settings") from None
+        folder = Path(scratch_folder())
         csv_path, json_path = folder / "alt-text.csv", folder / "alt-text.json"
         csv_path.write_text(rows_to_csv(rows), encoding="utf-8")
         json_path.write_text(rows_to_json(rows), encoding="utf-8")
-        table = [[row.file, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error]
+        table = [[row.image, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error or ""]
                  for row in rows]
         failed = sum(1 for row in rows if row.error)
         summary = f"Captioned {len(rows) - failed} of {len(rows)} files" + (
@@ -269,6 +337,12 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
 
     def guard_api(image, beam_size, num_candidates, max_length, request: gr.Request):
         return check_queue(demo, "caption", request, 4, CAPTIONS_PER_CLIENT)
+
+    def guard_explain_word(upload, index, caption, explained, request: gr.Request):
+        return check_queue(demo, "explain", request, 4, EXPLAINS_PER_CLIENT)
+
+    def guard_explain_api(image, caption, beam_size, max_length, request: gr.Request):
+        return check_queue(demo, "explain", request, 4, EXPLAINS_PER_CLIENT)
 
     def guard_batch(files, search, beam_size, max_length, request: gr.Request):
         return check_queue(demo, "batch", request, 4, BATCHES_PER_CLIENT, BATCHES_QUEUED)
@@ -302,6 +376,12 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                                                                 "below."), elem_id="caption-text")
                         words_view = gr.HighlightedText(label="How sure the model is of each word",
                                                         show_legend=False, elem_id="words")
+                        explain_words = gr.Radio([], label="Where did a word come from? Pick one to see its "
+                                                 "heatmap", visible=False, elem_id="explain-words")
+                        explain_note = gr.Markdown(elem_id="explain-note")
+                        explain_view = gr.Image(label="Heatmap of the picked word", interactive=False,
+                                                visible=False, elem_id="explain-image", height=380)
+                        shown_caption, explained = gr.State(""), gr.State(None)
                         candidates_view = gr.Dataframe(headers=["#", "Candidate", "Confidence", "Score"],
                                                        datatype=["number", "str", "str", "number"],
                                                        interactive=False, wrap=True, label="Beam candidates",
@@ -340,12 +420,25 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             api_length = gr.Number(default_length, precision=0, label="max_length")
             api_result = gr.JSON(label="result")
             api_trigger = gr.Button()
+            api_caption = gr.Textbox("", label="caption")
+            api_explanation = gr.JSON(label="explanation")
+            api_overlays = gr.Gallery(label="overlays", type="filepath")
+            api_explain = gr.Button()
 
         controls = [search, beam_size, candidates, max_length]
         gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
-              caption_photo, [photo, *controls], [caption_view, words_view, candidates_view, classes_view],
+              caption_photo, [photo, *controls],
+              [caption_view, words_view, candidates_view, classes_view, shown_caption],
               preprocess=False, api_visibility="private", concurrency_limit=CAPTION_CONCURRENCY,
-              concurrency_id="caption", validator=guard_photo)
+              concurrency_id="caption", validator=guard_photo).success(word_choices, shown_caption,
+                                                [explain_words, explain_view, explain_note, explained],
+                                                api_visibility="private")
+        explain_words.input(explain_word, [photo, explain_words, shown_caption, explained],
+                            [explain_view, explain_note, explained], preprocess=False, api_visibility="private",
+                            concurrency_limit=2, concurrency_id="explain", validator=guard_explain_word)
+        api_explain.click(explain_api, [api_image, api_caption, api_beam, api_length],
+                          [api_explanation, api_overlays], api_name="explain", preprocess=False,
+                          concurrency_limit=2, concurrency_id="explain", validator=guard_explain_api)
         # Not batch=True: Gradio fails a whole batch when one request fails. Each call decodes its
         # own image (so a bad one fails alone) and SharedCaptioner merges the model work instead.
         api_trigger.click(caption_api, [api_image, api_beam, api_candidates, api_length], api_result,
@@ -380,6 +473,8 @@ def _model_panel(captioner, notice: str | None) -> str:
                "class_log_probs": "ImageNet class log-probabilities"}[info["encoder_output"]]
     lines = ["### Loaded model",
              f"- **Source:** `{info['source']}`",
+             f"- **Weights:** {weights_origin(info['source'], info['path'])}",
+             f"- **Hardware:** {hardware_summary(info['device'])}",
              f"- **Backbone:** {info['backbone']} (the encoder passes on {encoder})",
              f"- **Vocabulary:** {info['vocab_size']:,} tokens",
              f"- **Device:** {info['device']}"]

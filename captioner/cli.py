@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
-
+from captioner.core.options import DecodeOptions
 
 
 def _positive(text: str) -> int:
@@ -26,37 +27,26 @@ def _positive(text: str) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from captioner.core.errors import ImageError
     from captioner.core.inference import load_captioner
 
+    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length,
+                            no_repeat_ngram=args.no_repeat_ngram)
     captioner = load_captioner(args.model, args.device)
-    failures = 0
+    options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
+    with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
+              disable=len(args.images) <= args.batch_size) as bar:
+        results = captioner.caption_many(args.images, options, batch_size=args.batch_size,
+                                         progress=lambda done, total: bar.update(done - bar.n))
     show_names = len(args.images) > 1
-    for start in tqdm(range(0, len(args.images), args.batch_size), desc="captioning", unit="batch",
-                      disable=len(args.images) <= args.batch_size, file=sys.stderr):
-        names = args.images[start:start + args.batch_size]
-        try:  # one batched forward; on a bad image fall back to one by one to name it
-            results = captioner.caption(names, beam_size=args.beam_size, max_length=args.max_length,
-                                        num_candidates=args.num_candidates)
-        except ImageError:
-            results = []
-            for name in names:
-                try:
-                    results.append(captioner.caption(name, beam_size=args.beam_size, max_length=args.max_length,
-                                                     num_candidates=args.num_candidates))
-                except ImageError as error:
-                    results.append(error)
-        for name, result in zip(names, results):
-            if isinstance(result, Exception):
-                failures += 1
-                if args.json:
-                    print(json.dumps({"image": name, "error": str(result), "model": captioner.loaded.source}))
-                print(f"error: {name}: {result}", file=sys.stderr)
-            elif args.json:
-                print(json.dumps({"image": name, **result.to_dict()}, ensure_ascii=False))
-            else:
-                print(f"{name}: {result.caption}" if show_names else result.caption)
-    return 1 if failures else 0
+    overlays = _explain_results(captioner, results, args) if args.explain else {}
+    for index, result in enumerate(results):
+        if args.json:
+            print(json.dumps({**result.to_dict(), **overlays.get(index, {})}, ensure_ascii=False))
+        elif result.error is None:
+            print(f"{result.image}: {result.caption}" if show_names else result.caption)
+        if result.error is not None:
+            print(f"error: {result.image}: {result.error}", file=sys.stderr)
+    return 1 if any(result.error is not None for result in results) else 0
 
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
@@ -94,10 +84,14 @@ def _add_caption(sub) -> None:
                                    "else the bundled model)")
     p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
     p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
+    p.add_argument("--no-repeat-ngram", type=int, default=DecodeOptions.no_repeat_ngram, metavar="N",
+                   help=f"no n-gram of N words twice in a caption; 0 turns it off (default {DecodeOptions.no_repeat_ngram})")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--explain", metavar="DIR", default=None,
+                   help="write each word's heatmap over the photo to DIR/NAME.NN-WORD.png (listed in --json)")
     p.set_defaults(func=cmd_caption)
 
 
@@ -125,6 +119,9 @@ def _add_push(sub) -> None:
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("build", "timm", "skimage", "pycocoevalcap", purpose="build-default")
     from captioner.build.pipeline import BuildSettings, build_default, default_photos, summary
     from captioner.core.repository import BUNDLED_MODEL_DIR
 
@@ -152,8 +149,15 @@ def _add_build_default(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from captioner.training.loop import CardInfo, train_captioner
+    from captioner.core.extras import require_extra
 
+    if args.metric.lower() != "none":
+        require_extra("train", "pycocoevalcap", purpose=f"training with the {args.metric} validation metric")
+    from captioner.training.loop import CardInfo, train_captioner
+    from captioner.training.plan import check_dependencies
+
+    metric = None if args.metric.lower() == "none" else args.metric
+    check_dependencies(metric)  # before the data is read or an image encoded
     train_items, val_items, reports, how = _training_data(args)
     for report in reports:
         print(report.summary())
@@ -163,24 +167,35 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{sum(len(i.captions) for i in train_items)} captions; validation on {len(val_items)} images ({how}).")
     result = train_captioner(
         train_items, val_items, args.out, backbone=args.backbone, encoder_output=args.encoder_output,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
+        epochs=args.epochs, max_epochs=args.max_epochs, patience=args.patience, warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
         min_word_count=args.min_word_count, embed_size=args.embed_size, hidden_size=args.hidden_size,
         num_layers=args.num_layers, max_length=args.max_length, image_size=args.image_size,
         train_backbone=args.train_backbone, backbone_lr=args.backbone_lr, device=args.device,
         cache_dir=args.cache_dir, extraction_batch_size=args.extraction_batch_size,
-        metric=None if args.metric.lower() == "none" else args.metric, metric_images=args.metric_images,
-        card=CardInfo(data=data, datasets=names, license=args.license))
+        metric=metric, metric_images=args.metric_images, init_from=args.init_from, new_words=args.new_words,
+        precision=args.precision, compile=args.compile, workers=args.workers,
+        card=CardInfo(data=data, datasets=names, license=args.license),
+        report=lambda line: print(line, flush=True))
     best = result.best
+    if best is None and any(e.epoch > 0 for e in result.history):
+        print("error: no epoch's validation captions ended properly (at least 90% must reach <end> within "
+              "--max-length), so no model was written; train longer (--resume with more epochs) or raise "
+              "--max-length", file=sys.stderr)
+        return 1
     if best is None:
-        print(f"nothing to do: {args.out} already has {args.epochs} epochs (raise --epochs to train more)")
+        done = result.history[-1].epoch if result.history else 0
+        print(f"nothing to do: {args.out} already has {done} epochs"
+              + ("" if result.stopped_early else " (raise --epochs or --max-epochs to train more)"))
         return 0
     scores = ", ".join(f"{name} {value:.4f}" for name, value in best.scores.items() if value is not None)
-    print(f"best epoch {best.epoch} of {result.history[-1].epoch}: val loss {best.val_loss:.4f}"
-          f"{', ' + scores if scores else ''}")
+    print(f"best epoch {best.epoch} of {result.history[-1].epoch}"
+          f"{' (stopped early: no better score for the patience allowed)' if result.stopped_early else ''}: "
+          f"val loss {best.val_loss:.4f}{', ' + scores if scores else ''}")
     if result.skipped_images:
         print(f"skipped {len(result.skipped_images)} unusable images (e.g. {result.skipped_images[0][0]}: "
               f"{result.skipped_images[0][1]})")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (training.png: the losses and {metric or 'validation loss'} per epoch)")
     return 0
 
 
@@ -222,6 +237,9 @@ def _training_data(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("train", "pycocoevalcap", purpose="evaluate (BLEU, METEOR, ROUGE-L, CIDEr)")
     from captioner.training.datasets import read_dataset
     from captioner.training.evaluation import format_scores
     from captioner.core.inference import load_captioner
@@ -264,7 +282,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a caption data set",
                        description="Train a Show-and-Tell model. Validation images: --val-annotations, else the "
                                    "data's own val split (karpathy, flickr8k lists, a csv split column), else a "
-                                   "held-out --val-fraction of the training images.")
+                                   "held-out --val-fraction of the training images. Unset settings are chosen "
+                                   "from the data and reported. The tutorial's settings: --epochs 5 --batch-size "
+                                   "128 --min-word-count 4 --lr 0.001 --warmup-steps 0 --lr-schedule constant.")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--annotations", required=True, help="captions file (COCO json, Karpathy json, Flickr8k "
                                                         "token file, or csv/jsonl)")
@@ -279,12 +299,31 @@ def _add_train(sub) -> None:
     p.add_argument("--encoder-output", default="features", choices=ENCODER_OUTPUTS,
                    help="what the backbone hands the decoder (default: pooled features)")
     p.add_argument("--image-size", type=_positive, default=None, help="input crop (default: the backbone's)")
-    p.add_argument("--epochs", type=_positive, default=10, help="epochs in all (with --resume: including done ones)")
-    p.add_argument("--batch-size", type=_positive, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="train exactly this many epochs, without early stopping (with --resume: in all; "
+                        "the tutorial: 5)")
+    p.add_argument("--max-epochs", type=_positive, default=None,
+                   help="with early stopping (the default): the most epochs (default 200)")
+    p.add_argument("--patience", type=_positive, default=None,
+                   help="stop after this many epochs without a better validation score "
+                        "(default: about 2,000 steps, 3 to 10 epochs)")
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help="default: chosen from the data, at most 128 (the tutorial: 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default and the tutorial: 0.001)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up of the learning rate (default: two epochs, at most 500; the tutorial: 0)")
+    p.add_argument("--lr-schedule", choices=("plateau", "constant"), default="plateau",
+                   help="plateau (default): halve the rate after half the patience without a better score; "
+                        "constant (the tutorial)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--min-word-count", type=_positive, default=4, help="vocabulary threshold (default 4)")
+    p.add_argument("--min-word-count", type=_positive, default=None,
+                   help="vocabulary threshold (default: chosen to keep 97%% of the caption words; the tutorial: 4)")
+    p.add_argument("--init-from", default=None, metavar="SRC",
+                   help="start from a trained model: a model folder (e.g. an imported tutorial model), "
+                        "owner/name[@revision] on the Hub, or 'bundled'")
+    p.add_argument("--new-words", choices=("add", "report"), default="add",
+                   help="with --init-from: add the data's new words to the vocabulary (default) or only report them")
     p.add_argument("--embed-size", type=_positive, default=256)
     p.add_argument("--hidden-size", type=_positive, default=512)
     p.add_argument("--num-layers", type=_positive, default=1)
@@ -299,6 +338,11 @@ def _add_train(sub) -> None:
     p.add_argument("--metric", default="CIDEr", help="validation metric choosing the best epoch: CIDEr (default), "
                                                      "BLEU-1..4, ROUGE-L, or none (validation loss)")
     p.add_argument("--metric-images", type=_positive, default=500, help="validation images captioned per epoch")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a gradient scaler)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder's training step")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 0 for cached features, up to 4 for images)")
     p.add_argument("--dataset-name", action="append", help="for the model card's datasets field (repeatable)")
     p.add_argument("--license", default="apache-2.0", help="for the model card")
     p.set_defaults(func=cmd_train)
@@ -326,8 +370,215 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-PARSERS: list[Callable] = [_add_caption, _add_import_legacy, _add_push, _add_build_default, _add_train,
-                           _add_evaluate]
+def cmd_deploy_space(args: argparse.Namespace) -> int:
+    from captioner.serving.space import deploy, print_staged, stage_space
+
+    if args.dry_run:
+        staged = stage_space(args.dry_run, args.space_id, model=args.model, bundle_model=args.bundle_model,
+                             hardware=args.hardware)
+        print_staged(staged)
+        print("dry run: nothing was uploaded")
+        return 0
+    _, url = deploy(args.space_id, model=args.model, bundle_model=args.bundle_model, hardware=args.hardware,
+                    private=args.private, commit_message=args.message, progress=print_staged)
+    print(url)
+    return 0
+
+
+def _add_deploy_space(sub) -> None:
+    p = sub.add_parser("deploy-space", help="create or update a Hugging Face Space running the demo",
+                       description="Stage the app for a Hugging Face Space (app.py, the package, requirements, "
+                                   "examples, README front matter) and create or update the Space: files, the "
+                                   "CAPTIONER_MODEL variable, hardware. The token comes from `hf auth login` or "
+                                   "HF_TOKEN. Publish a model first with `push`, then name it with --model.")
+    p.add_argument("space_id", metavar="OWNER/NAME", help="the Space to create or update")
+    p.add_argument("--model", default=None, help="owner/name[@revision]: a Hub model the Space downloads at build "
+                                                 "time; or a local model folder, uploaded with the Space")
+    p.add_argument("--bundle-model", action="store_true",
+                   help="upload the bundled model (models/default) with the Space; used when --model is not given")
+    p.add_argument("--hardware", default="cpu-basic",
+                   help="cpu-basic (default), zerogpu (= zero-a10g), or a GPU flavour such as t4-small")
+    p.add_argument("--private", action="store_true", help="create the Space as private (an existing one keeps its "
+                                                          "visibility)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--dry-run", metavar="DIR", default=None,
+                   help="stage the Space into DIR (new or empty) and stop: nothing is uploaded")
+    p.set_defaults(func=cmd_deploy_space)
+
+
+def _explain_results(captioner, results, args: argparse.Namespace) -> dict[int, dict]:
+    """Write the word heatmaps of every captioned image into ``args.explain``; per result index, the
+    ``overlays`` entry ([{word, probability, path}]) its JSON line gets."""
+    from tqdm import tqdm
+
+    from captioner.core.overlays import write_overlays
+
+    done, stems = {}, set()
+    captioned = [(i, r) for i, r in enumerate(results) if r.error is None]
+    for index, result in tqdm(captioned, desc="explaining", unit="img", file=sys.stderr, disable=len(captioned) < 2):
+        if not result.caption.split():  # an empty caption has no words to explain
+            done[index] = {"overlays": []}
+            continue
+        explanation = captioner.explain(args.images[index], result.caption)
+        stem = Path(args.images[index]).stem
+        stem = stem if stem not in stems else f"{stem}-{index + 1}"  # two photos with one name
+        stems.add(stem)
+        paths = write_overlays(explanation, args.explain, stem)
+        entries = [{"word": w.word, "probability": w.probability, "path": str(p)}
+                   for w, p in zip(explanation.words, paths)]
+        done[index] = {"overlays": entries}
+    return done
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from captioner.core.inference import load_captioner
+
+    captioner = load_captioner(args.model, args.device)
+    scores = captioner.score(args.image, args.caption)
+    log_probability = sum(math.log(max(s.probability, 1e-300)) for s in scores)
+    if args.json:
+        print(json.dumps({"image": args.image, "caption": " ".join(s.word for s in scores[:-1]),
+                          "words": [s.to_dict() for s in scores], "log_probability": log_probability,
+                          "model": captioner.loaded.source}, ensure_ascii=False))
+        return 0
+    for s in scores:
+        print(f"{s.word}\t{s.probability:.4f}" + ("" if s.known else "\t(not in the vocabulary: scored as <unk>)"))
+    print(f"log-probability {log_probability:.4f} (mean per token {log_probability / len(scores):.4f})")
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="the probability the model gives each word of a caption for an image")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("caption", metavar="CAPTION", help='the caption to score, e.g. "a cat on a sofa"')
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
+                                   "else the bundled model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
+    p.add_argument("--json", action="store_true", help="one JSON object: words with probabilities, log_probability")
+    p.set_defaults(func=cmd_score)
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _above_zero(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def cmd_caption_dataset(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("ray", "ray.data", "pyarrow", purpose="caption-dataset (Ray Data)")
+    from captioner.serving.ray_data import caption_dataset
+
+    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
+    run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
+                          gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                          batch_size=args.batch_size, model=args.model, options=options, resume=args.resume,
+                          path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part)
+    print(run.summary())
+    return 0
+
+
+def _add_caption_dataset(sub) -> None:
+    p = sub.add_parser("caption-dataset", help="caption a whole collection on a Ray cluster (Ray Data)",
+                       description="Caption every image of a folder (recursive), a glob pattern or a CSV / JSON "
+                                   "Lines / Parquet table of paths, on a Ray cluster, into Parquet or JSON Lines "
+                                   "parts in OUT: one row per input (path, caption, score, confidence, candidates, "
+                                   "words, top_classes, model, error). Paths may be on any filesystem pyarrow "
+                                   "knows (s3://, gs://, abfs://, hdfs://). Needs: pip install \"captioner[ray]\".")
+    p.add_argument("source", metavar="SOURCE", help="folder, glob pattern, or table (.csv, .jsonl, .parquet)")
+    p.add_argument("--out", required=True, help="output folder (its parts: part-*.parquet, or *.jsonl)")
+    p.add_argument("--format", choices=("parquet", "jsonl"), default=None,
+                   help="output format (default: jsonl when OUT ends in .jsonl, else parquet)")
+    p.add_argument("--path-column", default="path", help="the table column holding image paths (default: path)")
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster (ray://host:10001, or auto); default: start a local one")
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="model workers, each loading the model once (default: the cluster's GPUs, else CPUs)")
+    p.add_argument("--gpus-per-worker", type=_non_negative, default=None,
+                   help="default: 1 when the cluster has GPUs, else 0")
+    p.add_argument("--cpus-per-worker", type=_above_zero, default=1.0, help="default: 1")
+    p.add_argument("--batch-size", type=_positive, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--rows-per-part", type=_positive, default=1000, help="rows per output part file (default 1000)")
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
+                                   "else the bundled model); every worker must be able to load it")
+    p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
+    p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
+    p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
+    p.add_argument("--resume", action="store_true", help="skip the inputs already in OUT (after a stopped job)")
+    p.set_defaults(func=cmd_caption_dataset)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("ray", "ray.serve", purpose="serve (Ray Serve)")
+    import time
+
+    import ray
+    from ray import serve
+
+    from captioner.serving.ray_serve import build_app
+
+    own_cluster = not ray.is_initialized()
+    if own_cluster:
+        ray.init(address=args.address, **({} if args.address else {"include_dashboard": False}))
+    try:
+        settings = {name: getattr(args, name) for name in (
+            "model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
+            "max_batch_size", "batch_wait_ms", "max_upload_mb") if getattr(args, name) is not None}
+        application = build_app(settings, ui=not args.no_ui)
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(application, name="captioner", route_prefix="/")
+        print(f"serving on http://{args.host}:{args.port}/ (POST /v1/caption, GET /healthz"
+              f"{'' if args.no_ui else ', the web UI at /'}); Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.delete("captioner")
+    finally:
+        if own_cluster:
+            ray.shutdown()
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve captions over HTTP on Ray Serve (REST API and the web UI)",
+                       description="Run the caption service on Ray Serve: POST /v1/caption (an image as the body "
+                                   "or a multipart field 'image'; decoding settings as query parameters), "
+                                   "GET /healthz, and the Gradio app at /. Needs: pip install \"captioner[ray]\".")
+    p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
+                                   "else the bundled model)")
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster (ray://host:10001, or auto); default: start a local one")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=_positive, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=_positive, default=None, help="a fixed number of replicas (default 1)")
+    p.add_argument("--min-replicas", type=int, default=None, help="autoscaling: fewest replicas")
+    p.add_argument("--max-replicas", type=_positive, default=None, help="autoscaling: most replicas")
+    p.add_argument("--gpus-per-replica", type=_non_negative, default=None,
+                   help="default: 1 when the cluster has GPUs, else 0")
+    p.add_argument("--cpus-per-replica", type=_above_zero, default=None, help="default: 1")
+    p.add_argument("--max-batch-size", type=_positive, default=None,
+                   help="concurrent requests per forward pass (default 8)")
+    p.add_argument("--batch-wait-ms", type=_non_negative, default=None,
+                   help="how long a request waits for others to share its pass (default 10)")
+    p.add_argument("--max-upload-mb", type=_above_zero, default=None, help="largest image accepted (default 50)")
+    p.add_argument("--no-ui", action="store_true", help="the REST API only, without the Gradio app at /")
+    p.set_defaults(func=cmd_serve)
+
+
+PARSERS: list[Callable] = [_add_caption, _add_score, _add_import_legacy, _add_push, _add_build_default, _add_train,
+                           _add_evaluate, _add_caption_dataset, _add_serve, _add_deploy_space]
 
 
 def build_parser() -> argparse.ArgumentParser:

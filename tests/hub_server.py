@@ -1,7 +1,8 @@
 """A small Hugging Face Hub-compatible HTTP server on 127.0.0.1, for tests of real huggingface_hub code.
 
 It speaks the subset of the Hub API that huggingface_hub 2.4 uses to download (``snapshot_download``,
-``hf_hub_download``) and to upload (``create_repo``, ``upload_folder``), for model repos:
+``hf_hub_download``) and to upload (``create_repo``, ``upload_folder``), for model repos, and to create and
+set up Spaces (``create_repo(repo_type="space")``, ``upload_folder``, Space variables and hardware):
 
 - ``GET  /api/models/{repo}[/revision/{rev}]``        repo info (``sha``, ``siblings``)
 - ``GET  /api/models/{repo}/tree/{rev}[/{path}]``     file listing (snapshot_download lists files with it)
@@ -11,11 +12,16 @@ It speaks the subset of the Hub API that huggingface_hub 2.4 uses to download (`
 - ``POST /api/repos/create``, ``POST /api/models/{repo}/preupload/{rev}`` (every file is "regular", so
   nothing goes through LFS or Xet), ``POST /api/models/{repo}/commit/{rev}`` (NDJSON, base64 files),
   ``POST /api/validate-yaml`` (README.md front matter is accepted as is)
+- Spaces: the same info/tree/paths-info/preupload/commit routes under ``/api/spaces/{repo}``;
+  ``GET|POST|DELETE /api/spaces/{repo}/variables``; ``POST /api/spaces/{repo}/hardware`` and
+  ``GET /api/spaces/{repo}/runtime``. A Space keeps its ``sdk``, ``private``, ``variables`` and ``hardware``
+  (``HubServer.space(repo_id)``); Spaces live apart from models (``HubServer.spaces``), as on the Hub.
 
 Missing things answer 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``,
 which the client turns into ``RepositoryNotFoundError`` / ``RevisionNotFoundError`` / ``EntryNotFoundError``.
 All files are plain git blobs (ETag = git blob sha1); no Xet headers are sent, so downloads use plain HTTP.
-Any token is accepted.
+Any token is accepted, unless ``HubServer(tokens={...})`` names the valid ones: then every request with
+another token, or none, answers 401 as the Hub does for a bad token.
 
 Pointing huggingface_hub at the server. The library reads ``HF_ENDPOINT``, ``HF_HUB_CACHE``,
 ``HF_HUB_OFFLINE`` and ``HF_HUB_DISABLE_TELEMETRY`` once, at import, into ``huggingface_hub.constants``:
@@ -56,12 +62,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 FAULT_MODES = ("disconnect", "500", "corrupt")
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+_KIND = r"(?P<kind>models|spaces)"  # repo type, as in the API's paths
 _ROUTES = [  # (method, regex over the raw path, handler name); revisions arrive URL-quoted
-    ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "_repo_info"),
-    ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "_tree"),
-    ("POST", rf"/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", "_paths_info"),
-    ("POST", rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "_preupload"),
-    ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "_commit"),
+    ("GET", rf"/api/spaces/{_REPO}/variables", "_get_variables"),
+    ("POST", rf"/api/spaces/{_REPO}/variables", "_add_variable"),
+    ("DELETE", rf"/api/spaces/{_REPO}/variables", "_delete_variable"),
+    ("POST", rf"/api/spaces/{_REPO}/hardware", "_request_hardware"),
+    ("GET", rf"/api/spaces/{_REPO}/runtime", "_runtime"),
+    ("GET", rf"/api/{_KIND}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "_repo_info"),
+    ("GET", rf"/api/{_KIND}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "_tree"),
+    ("POST", rf"/api/{_KIND}/{_REPO}/paths-info/(?P<rev>[^/]+)", "_paths_info"),
+    ("POST", rf"/api/{_KIND}/{_REPO}/preupload/(?P<rev>[^/]+)", "_preupload"),
+    ("POST", rf"/api/{_KIND}/{_REPO}/commit/(?P<rev>[^/]+)", "_commit"),
     ("POST", r"/api/repos/create", "_create_repo"),
     ("POST", r"/api/validate-yaml", "_validate_yaml"),
     ("GET", r"/api/agent-harnesses", "_agent_harnesses"),
@@ -80,6 +92,11 @@ class Request(NamedTuple):
 class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit sha -> {path: content}
     refs: dict[str, str] = field(default_factory=dict)  # branch or tag -> commit sha
+    # Spaces only: the SDK, visibility, variables ({key: {"value", "description", "updatedAt"}}), hardware asked for
+    sdk: str | None = None
+    private: bool = False
+    variables: dict[str, dict] = field(default_factory=dict)
+    hardware: str | None = None
 
     def resolve(self, revision: str) -> str | None:
         if revision in self.refs:
@@ -107,8 +124,10 @@ def free_port_url() -> str:
 class HubServer:
     """In-memory Hub on a free 127.0.0.1 port, served from a background thread while the context is open."""
 
-    def __init__(self) -> None:
-        self.repos: dict[str, Repo] = {}
+    def __init__(self, tokens: set[str] | None = None) -> None:
+        self.repos: dict[str, Repo] = {}  # model repos
+        self.spaces: dict[str, Repo] = {}  # Space repos
+        self.tokens = tokens  # None: any token (or none) is accepted
         self.requests: list[Request] = []
         self._faults: list[tuple[str, str, str]] = []  # (method, path substring, mode), in order
         self._lock = threading.Lock()
@@ -161,6 +180,10 @@ class HubServer:
         repo, sha = self._lookup(repo_id, revision)
         return repo.commits[sha]
 
+    def space(self, repo_id: str) -> Repo:
+        """The Space ``repo_id`` (its ``sdk``, ``variables``, ``hardware``, ``commits``); KeyError when missing."""
+        return self.spaces[repo_id]
+
     def fail_next(self, path_part: str, mode: str, *, method: str = "GET", times: int = 1) -> None:
         """Spoil the next ``times`` responses to ``method`` requests whose path contains ``path_part``."""
         if mode not in FAULT_MODES:
@@ -185,8 +208,8 @@ class HubServer:
         repo.refs[branch] = sha
         return sha
 
-    def _lookup(self, repo_id: str, revision: str | None) -> tuple[Repo, str]:
-        repo = self.repos.get(repo_id)
+    def _lookup(self, repo_id: str, revision: str | None, kind: str | None = "models") -> tuple[Repo, str]:
+        repo = (self.spaces if kind == "spaces" else self.repos).get(repo_id)
         if repo is None:
             raise HubError(404, "RepoNotFound", f"Repository {repo_id} not found")
         sha = repo.resolve(unquote(revision or "main"))
@@ -196,12 +219,14 @@ class HubServer:
 
     # -- API handlers: (match, query, body) -> (status, payload, extra headers) ------------------------
     def _repo_info(self, m: dict, query: dict, body: bytes):
-        repo, sha = self._lookup(m["repo"], m["rev"])
+        repo, sha = self._lookup(m["repo"], m["rev"], m["kind"])
         siblings = [{"rfilename": p, "size": len(d), "blobId": git_blob_sha1(d)} for p, d in repo.commits[sha].items()]
-        return 200, {"id": m["repo"], "modelId": m["repo"], "sha": sha, "private": False, "siblings": siblings}, {}
+        info = {"id": m["repo"], "sha": sha, "private": repo.private, "siblings": siblings}
+        info.update({"sdk": repo.sdk} if m["kind"] == "spaces" else {"modelId": m["repo"]})
+        return 200, info, {}
 
     def _tree(self, m: dict, query: dict, body: bytes):
-        repo, sha = self._lookup(m["repo"], m["rev"])
+        repo, sha = self._lookup(m["repo"], m["rev"], m["kind"])
         prefix = unquote(m["path"]).strip("/") + "/" if m["path"] else ""
         recursive = query.get("recursive", ["False"])[0].lower() in ("1", "true")
         entries: dict[str, dict] = {}
@@ -217,27 +242,66 @@ class HubServer:
         return 200, list(entries.values()), {}
 
     def _paths_info(self, m: dict, query: dict, body: bytes):
-        repo, sha = self._lookup(m["repo"], m["rev"])
+        repo, sha = self._lookup(m["repo"], m["rev"], m["kind"])
         files = repo.commits[sha]
         wanted = parse_qs(body.decode()).get("paths", [])
         return 200, [_file_entry(p, files[p]) for p in wanted if p in files], {}
 
     def _create_repo(self, m: dict, query: dict, body: bytes):
         payload = json.loads(body)
-        if payload.get("type", "model") not in (None, "model"):
-            raise HubError(400, None, "only model repos are served")
+        kind = payload.get("type") or "model"
+        if kind not in ("model", "space"):
+            raise HubError(400, None, "only model and Space repos are served")
+        if kind == "space" and payload.get("sdk") not in ("gradio", "docker", "static"):
+            raise HubError(400, None, f"Invalid Space SDK: {payload.get('sdk')!r}")
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        repos, prefix = (self.spaces, "spaces/") if kind == "space" else (self.repos, "")
         with self._lock:
-            exists = repo_id in self.repos
+            exists = repo_id in repos
             if not exists:
-                self._new_commit(self.repos.setdefault(repo_id, Repo()), "main", {})
+                repo = repos.setdefault(repo_id, Repo())
+                if kind == "space":
+                    repo.sdk, repo.private = payload["sdk"], payload.get("visibility") == "private"
+                    repo.hardware = payload.get("hardware") or "cpu-basic"
+                self._new_commit(repo, "main", {})
+        url = f"{self.endpoint}/{prefix}{repo_id}"
         if exists:  # the Hub names the repo in its 409 answer too; create_repo(exist_ok=True) reads it
-            message = "You already created this model repo"
-            return 409, {"error": message, "url": f"{self.endpoint}/{repo_id}"}, {"X-Error-Message": message}
-        return 200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id}, {}
+            message = f"You already created this {kind} repo"
+            return 409, {"error": message, "url": url}, {"X-Error-Message": message}
+        return 200, {"url": url, "name": repo_id}, {}
+
+    def _space(self, repo_id: str) -> Repo:
+        if repo_id not in self.spaces:
+            raise HubError(404, "RepoNotFound", f"Repository {repo_id} not found")
+        return self.spaces[repo_id]
+
+    def _get_variables(self, m: dict, query: dict, body: bytes):
+        return 200, self._space(m["repo"]).variables, {}
+
+    def _add_variable(self, m: dict, query: dict, body: bytes):
+        payload, space = json.loads(body), self._space(m["repo"])
+        with self._lock:
+            space.variables[payload["key"]] = {"value": payload["value"], "description": payload.get("description"),
+                                               "updatedAt": "2026-01-01T00:00:00.000Z"}
+        return 200, space.variables, {}
+
+    def _delete_variable(self, m: dict, query: dict, body: bytes):
+        space = self._space(m["repo"])
+        with self._lock:
+            space.variables.pop(json.loads(body)["key"], None)
+        return 200, space.variables, {}
+
+    def _request_hardware(self, m: dict, query: dict, body: bytes):
+        space = self._space(m["repo"])
+        space.hardware = json.loads(body)["flavor"]
+        return self._runtime(m, query, b"")
+
+    def _runtime(self, m: dict, query: dict, body: bytes):
+        space = self._space(m["repo"])
+        return 200, {"stage": "BUILDING", "hardware": {"current": None, "requested": space.hardware}}, {}
 
     def _preupload(self, m: dict, query: dict, body: bytes):
-        repo, sha = self._lookup(m["repo"], m["rev"])
+        repo, sha = self._lookup(m["repo"], m["rev"], m["kind"])
         existing = repo.commits[sha]
         files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                   "oid": git_blob_sha1(existing[f["path"]]) if f["path"] in existing else None}
@@ -247,7 +311,7 @@ class HubServer:
     def _commit(self, m: dict, query: dict, body: bytes):
         branch = unquote(m["rev"])
         with self._lock:
-            repo, parent = self._lookup(m["repo"], m["rev"])
+            repo, parent = self._lookup(m["repo"], m["rev"], m["kind"])
             if branch not in repo.refs:
                 raise HubError(400, None, f"Can only commit to a branch, not to {branch}")
             files = dict(repo.commits[parent])
@@ -273,7 +337,7 @@ class HubServer:
         return 200, {"standardEnvVars": [], "harnesses": {}}, {}
 
     def _resolve(self, m: dict, query: dict, body: bytes):
-        repo, sha = self._lookup(m["repo"], m["rev"])
+        repo, sha = self._lookup(m["repo"], m["rev"], "models")
         path = unquote(m["path"])
         if path not in repo.commits[sha]:
             raise HubError(404, "EntryNotFound", f"{path} does not exist on {unquote(m['rev'])}", commit=sha)
@@ -297,12 +361,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle()
 
-    do_HEAD = do_POST = do_GET
+    do_HEAD = do_POST = do_DELETE = do_GET
 
     def _handle(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.hub.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
         url = urlsplit(self.path)
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if self.hub.tokens is not None and token not in self.hub.tokens:
+            message = "Invalid credentials in Authorization header"
+            self._reply(401, json.dumps({"error": message}).encode(),
+                        {"Content-Type": "application/json", "X-Error-Message": message})
+            return
         for method, pattern, name in _ROUTES:
             if method == self.command and (match := re.fullmatch(pattern, url.path)):
                 try:

@@ -63,6 +63,42 @@ def test_decoding_options_reach_the_model(running_app, app_model):
     assert len(greedy["candidates"]) == 1
 
 
+def test_cli_json_web_api_and_batch_json_give_the_same_result(running_app, app_model, tmp_path):
+    """One schema everywhere: the same fields and values for the same image and options."""
+    from captioner.core.options import DecodeOptions
+    from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_json
+
+    _, client = running_app
+    photo = shutil.copy(EXAMPLE, tmp_path / "photo.jpg")
+    cli = subprocess.run([sys.executable, "-m", "captioner", "caption", "--json", "--model", str(app_model),
+                          "--device", "cpu", "--beam-size", "2", "--num-candidates", "1", "--max-length", "6",
+                          str(photo)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    from_cli = json.loads(cli.stdout)
+    from_api = client.predict(handle_file(photo), beam_size=2, num_candidates=1, max_length=6, api_name="/caption")
+    captioner = load_captioner(app_model, "cpu")
+    [from_batch] = json.loads(rows_to_json(caption_inputs(captioner, collect_inputs([photo]),
+                                                         DecodeOptions(beam_size=2, num_candidates=1, max_length=6))))
+    assert from_cli["image"] == str(photo) and from_batch["image"] == "photo.jpg" and "image" not in from_api
+    for result in (from_cli, from_api, from_batch):
+        result.pop("image", None)
+    assert set(from_cli) == set(from_api) == set(from_batch) == {"caption", "candidates", "words", "top_classes",
+                                                                 "model"}
+    for other in (from_api, from_batch):
+        assert json.dumps(_rounded(other), sort_keys=True) == json.dumps(_rounded(from_cli), sort_keys=True)
+
+
+def _rounded(value):
+    """Floats to 5 significant digits: the three paths run the same model in different processes."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def test_examples_are_captioned_at_start_up(running_app):
     demo, client = running_app
     passes = demo.shared_captioner.forward_passes

@@ -9,7 +9,9 @@ import zipfile
 
 import pytest
 
-from captioner.serving.batch import BatchRow, caption_inputs, collect_inputs, rows_to_csv, rows_to_json
+from captioner.core.options import DecodeOptions
+from captioner.core.results import Candidate, CaptionResult, failed
+from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
 from captioner.core.errors import ImageError
 from captioner.core.images import MAX_IMAGE_BYTES
 from captioner.core.inference import load_captioner
@@ -32,12 +34,13 @@ def test_files_and_zip_members_become_one_row_each(tiny_model_dir, example_photo
 
     captioner = load_captioner(tiny_model_dir, "cpu")
     seen = []
-    rows = caption_inputs(captioner, inputs, beam_size=2, batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    rows = caption_inputs(captioner, inputs, DecodeOptions(beam_size=2, num_candidates=1), batch_size=2,
+                          progress=lambda d, t: seen.append((d, t)))
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
-    assert [row.file for row in rows] == [item.name for item in inputs]
+    assert [row.image for row in rows] == [item.name for item in inputs]
     for row, photo in zip(rows[:3], ["chelsea-the-cat", "camera", "coffee"]):
         want = captioner.caption(example_photos[photo], beam_size=2, num_candidates=1)
-        assert (row.caption, row.error) == (want.caption, "")
+        assert (row.caption, row.error) == (want.caption, None)
         assert row.score == pytest.approx(want.candidates[0].score, abs=1e-5) and 0 < row.confidence <= 1
     assert "not an image" in rows[3].error and rows[3].score is None
     assert "truncated or corrupt" in rows[4].error
@@ -77,11 +80,13 @@ def test_members_are_read_with_a_limit_and_damaged_archives_become_rows(tmp_path
 
 
 def test_csv_and_json_exports(tmp_path):
-    rows = [BatchRow("cat.jpg", "a cat on a table", -0.5), BatchRow("=cmd|' /C calc'!A0.jpg", error="not an image")]
+    rows = [CaptionResult("a cat on a table", (Candidate("a cat on a table", -0.5, (("a", 0.5),)),), image="cat.jpg"),
+            failed("=cmd|' /C calc'!A0.jpg", "not an image")]
     table = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
     assert table[0] == {"file": "cat.jpg", "caption": "a cat on a table", "confidence": "0.606531",
                         "score": "-0.5", "error": ""}
     assert table[1]["file"].startswith("'=") and table[1]["error"] == "not an image"  # no spreadsheet formulas
     records = json.loads(rows_to_json(rows))
-    assert records[0]["confidence"] == pytest.approx(0.606531) and records[1]["file"].startswith("=")
-    assert records[1]["caption"] == "" and records[1]["score"] is None
+    assert records[0]["candidates"][0]["confidence"] == pytest.approx(0.606531)
+    assert records[0]["image"] == "cat.jpg" and records[0]["caption"] == "a cat on a table"
+    assert records[1] == {"image": "=cmd|' /C calc'!A0.jpg", "error": "not an image", "model": ""}

@@ -157,7 +157,7 @@ def test_batch_tab_offers_a_csv_with_one_row_per_image(page, app_model, tmp_path
 
     with page.expect_download() as download:
         page.locator("#download-json").click()
-    assert [record["file"] for record in json.loads(Path(download.value.path()).read_text())] == \
+    assert [record["image"] for record in json.loads(Path(download.value.path()).read_text())] == \
         [row["file"] for row in rows]
     assert table_rows(page, "#batch-table") == 5
     save_screenshot(page, "batch.png")

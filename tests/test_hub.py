@@ -101,6 +101,13 @@ def test_push_uploads_a_loadable_model(hub, tiny_model_dir, tmp_path):
     assert _greedy(load_model("me/my-captioner")) == _greedy(load_model(tiny_model_dir))
 
 
+def test_push_publishes_the_training_plot_the_card_shows(hub, tiny_model_copy):
+    (tiny_model_copy / "training.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tiny_model_copy / "checkpoint.pt").write_bytes(b"not for the Hub")
+    push_model(tiny_model_copy, "me/with-plot")
+    assert set(hub.files("me/with-plot")) == {*MODEL_FILES, "training.png"}
+
+
 def test_push_refuses_a_broken_model(hub, tiny_model_copy):
     (tiny_model_copy / "vocab.json").write_text("[]")
     with pytest.raises(ModelFormatError):

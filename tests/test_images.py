@@ -20,7 +20,7 @@ from captioner.core.images import (
     MAX_IMAGE_PIXELS,
     build_preprocessor,
     load_image,
-    preprocess_batch,
+    load_pixels,
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -314,16 +314,25 @@ def test_elongated_images_give_the_standard_centre_crop():
     assert torch.allclose(ours, standard(image), atol=0.05)
 
 
-def test_preprocess_batch_stacks_in_order():
+def test_load_pixels_stacks_the_usable_images_in_order_and_names_the_others():
     preprocess = build_preprocessor(32, 28, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     red, blue = Image.new("RGB", (40, 30), (255, 0, 0)), Image.new("RGB", (30, 40), (0, 0, 255))
-    batch = preprocess_batch([red, blue, red], preprocess)
-    assert batch.shape == (3, 3, 28, 28)
+    batch, kept, failures = load_pixels([red, b"not an image", blue, red], preprocess)
+    assert batch.shape == (3, 3, 28, 28) and kept == [0, 2, 3]
+    assert failures == [(1, "not an image (it is a text file)")]
     assert batch[0, 0].min() == 1 and batch[0, 2].max() == -1
     assert batch[1, 2].min() == 1 and batch[1, 0].max() == -1
     assert torch.equal(batch[0], batch[2])
-    with pytest.raises(ImageError, match="no images"):
-        preprocess_batch([], preprocess)
+    assert load_pixels([], preprocess) == (None, [], [])
+
+
+def test_squash_resizes_the_whole_image_with_the_named_filter():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 120, 3), dtype=np.uint8))
+    ours = build_preprocessor(224, 224, (0, 0, 0), (1, 1, 1), resize_mode="squash", resample="lanczos")(image)
+    want = np.asarray(image.resize((224, 224), Image.Resampling.LANCZOS), np.float32) / 255
+    assert torch.allclose(ours, torch.from_numpy(want).permute(2, 0, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="resize_mode"):
+        build_preprocessor(224, 224, (0, 0, 0), (1, 1, 1), resize_mode="stretch")
 
 
 # ---------------------------------------------------------------- real photos
@@ -338,7 +347,8 @@ def test_examples_load_and_preprocess():
     assert len(files) >= 6
     assert sum(p.stat().st_size for p in files) < 2 * 1024 * 1024
     preprocess = build_preprocessor(256, 224, MEAN, STD)
-    batch = preprocess_batch([load_image(p) for p in files], preprocess)
+    batch, kept, _ = load_pixels(files, preprocess)
+    assert kept == list(range(len(files)))
     assert batch.shape == (len(files), 3, 224, 224)
     assert batch.std(dim=(1, 2, 3)).min() > 0.3  # real pictures, not blank ones
 

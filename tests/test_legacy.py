@@ -16,7 +16,8 @@ from captioner.core.repository import load_model
 # The tutorial's own code (yunjey/pytorch-tutorial, MIT), kept in benchmarks/ as the reference.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from build_vocab import Vocabulary  # noqa: E402
-from tutorial_reference import DecoderRNN, EncoderCNN  # noqa: E402
+from tutorial_reference import DecoderRNN, EncoderCNN, build_transform  # noqa: E402
+from tutorial_reference import load_image as tutorial_load_image  # noqa: E402
 
 
 def pickle_vocabulary(words, module_name, protocol=pickle.DEFAULT_PROTOCOL) -> bytes:
@@ -65,10 +66,35 @@ def test_import_gives_token_for_token_equal_greedy_output(tutorial_files, tmp_pa
     images = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
         reference = decoder.sample(encoder(images)).tolist()
-    ours = loaded.model.greedy(loaded.model.encoder(images), max_length=20)
+    ours = loaded.model.greedy(loaded.model.encoder(images), max_length=20, constrained=False)
     for ref, hyp in zip(reference, ours):
         cut = ref.index(2) + 1 if 2 in ref else len(ref)  # sample.py stops reading at <end>
         assert hyp.tokens == ref[:cut]
+
+
+def test_a_photo_file_gets_the_tutorials_caption_token_for_token(tutorial_files, tmp_path, example_photos):
+    """sample.py's own steps (its load_image: squash to 224 x 224 with LANCZOS; its transform; its
+    models and greedy sample) against the library's image-file path and greedy decoding. The
+    library's captions also follow the decoding rules every caption gets (``<start>`` first, no
+    ``<unk>``/``<pad>``/``<start>`` after it); this model's random weights break those rules at
+    once, so its unconstrained greedy output is what is compared."""
+    from captioner.core.inference import load_captioner
+
+    root, encoder, decoder = tutorial_files
+    out = import_legacy(root / "encoder-5-3000.pkl", root / "decoder-5-3000.pkl", root / "vocab.pkl", tmp_path / "m")
+    captioner = load_captioner(out, "cpu")
+    assert (captioner.config.resize_mode, captioner.config.resample) == ("squash", "lanczos")
+    transform = build_transform()
+    for name in ("coffee", "chelsea-the-cat", "rocket"):
+        path = example_photos[name]
+        pixels = tutorial_load_image(path, transform)
+        ours = captioner.prepare(path)
+        assert torch.allclose(ours, pixels[0], atol=1e-6)  # the same input tensor from the same file
+        with torch.no_grad():
+            reference = decoder.sample(encoder(pixels))[0].tolist()
+        [hypothesis] = captioner.model.greedy(captioner.model.encoder(ours[None]), 20, constrained=False)
+        cut = reference.index(2) + 1 if 2 in reference else len(reference)  # sample.py stops at <end>
+        assert hypothesis.tokens == reference[:cut]
 
 
 @pytest.mark.parametrize("module_name", ["build_vocab", "__main__"])

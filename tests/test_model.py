@@ -104,3 +104,74 @@ def test_step_by_step_decoding_equals_the_lstm_over_the_sequence():
             log_probs, state = decoder.step(inputs[:, t], state)
             assert torch.allclose(log_probs, expected[:, t], atol=1e-5)
     assert torch.allclose(state[0], h, atol=1e-5) and torch.allclose(state[1], c, atol=1e-5)
+
+
+# --- what decoding never emits -----------------------------------------------------------------
+
+from captioner.core.inference import caption_features  # noqa: E402
+from captioner.core.model import repeated_ngram_ends  # noqa: E402
+from captioner.core.options import DecodeOptions  # noqa: E402
+from captioner.core.vocabulary import PAD_ID, START_ID, UNK_ID  # noqa: E402
+
+
+def _biased_model(favoured: dict[int, float]):
+    """A tiny model whose output bias makes the given tokens the most probable at every step."""
+    model, vocab = make_tiny_model(seed=4, end_bias=-5.0)
+    with torch.no_grad():
+        for token, bias in favoured.items():
+            model.decoder.linear.bias[token] += bias
+    return model, vocab
+
+
+def _all_candidates(model, embeddings, **settings):
+    hypotheses = model.greedy(embeddings, 12, **settings)
+    candidates = [[h] for h in hypotheses]
+    for beam in (2, 5):
+        candidates += model.beam_search(embeddings, beam, 12, num_candidates=beam, **settings)
+    return [h for hs in candidates for h in hs]
+
+
+def test_decoding_never_emits_unk_pad_or_start_even_when_they_are_the_most_probable(embeddings):
+    model, vocab = _biased_model({UNK_ID: 30.0, PAD_ID: 29.0, START_ID: 28.0})
+    with torch.inference_mode():
+        step, _ = model.decoder.step(embeddings)
+        step, _ = model.decoder.step(model.decoder.embed(step.argmax(1)))
+    assert (step.argmax(1) == UNK_ID).all()  # the model itself prefers <unk> everywhere
+    for h in _all_candidates(model, embeddings):
+        assert h.tokens[0] == START_ID and len(h.tokens) >= 2
+        assert not {PAD_ID, START_ID, UNK_ID} & set(h.tokens[1:]), h.tokens
+        assert h.tokens[1] != END_ID  # at least one word
+    unconstrained = model.greedy(embeddings, 12, constrained=False)
+    assert all(UNK_ID in h.tokens for h in unconstrained)
+    for result in caption_features(model, vocab, torch.randn(6, 1280), DecodeOptions(beam_size=4)):
+        for candidate in result.candidates:
+            assert candidate.caption and "<" not in candidate.caption, candidate.caption
+
+
+def _ngrams(tokens, n):
+    words = [t for t in tokens[1:] if t != END_ID]
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_removes_repeats_from_every_candidate_of_a_model_built_to_repeat(embeddings, n):
+    cat, dog = 4 + 3, 4 + 4  # "cat", "dog": the model says "cat dog cat dog ..." or "cat cat cat ..."
+    model, vocab = _biased_model({cat: 12.0, dog: 11.5})
+    repeating = _all_candidates(model, embeddings)
+    assert all(len(set(_ngrams(h.tokens, n))) < len(_ngrams(h.tokens, n)) for h in repeating)
+    blocked = _all_candidates(model, embeddings, no_repeat_ngram=n)
+    for h in blocked:
+        grams = _ngrams(h.tokens, n)
+        assert len(set(grams)) == len(grams), (n, h.tokens)
+    options = DecodeOptions(beam_size=3, no_repeat_ngram=n)
+    for result in caption_features(model, vocab, torch.randn(6, 1280), options):
+        for candidate in result.candidates:
+            words = candidate.caption.split()
+            grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+            assert len(set(grams)) == len(grams), candidate.caption
+
+
+def test_repeated_ngram_ends():
+    assert repeated_ngram_ends([[5, 6, 5], [5, 6], []], 2) == [[6], [], []]
+    assert repeated_ngram_ends([[5, 6, 7, 5, 6]], 3) == [[7]]
+    assert repeated_ngram_ends([[9, 5, 9]], 1) == [[5, 9]]

@@ -88,15 +88,16 @@ class Server:
         response.raise_for_status()
         return {"path": response.json()[0], "orig_name": name, "meta": FILE_META}
 
-    def call(self, data: list, headers: dict | None = None, raw: bytes | None = None) -> tuple[str, str]:
-        """POST /call/caption and read the answer: ("ok", result JSON) or ("error", message)."""
+    def call(self, data: list, headers: dict | None = None, raw: bytes | None = None,
+             api: str = "caption") -> tuple[str, str]:
+        """POST /call/<api> and read the answer: ("ok", first output) or ("error", message)."""
         body = raw if raw is not None else json.dumps({"data": data}).encode()
         with httpx.Client(timeout=300) as client:
-            response = client.post(f"{self.api}/call/caption", content=body,
+            response = client.post(f"{self.api}/call/{api}", content=body,
                                    headers={"content-type": "application/json", **(headers or {})})
             if response.status_code != 200:
                 return "error", _detail(response)
-            text = client.get(f"{self.api}/call/caption/{response.json()['event_id']}").text
+            text = client.get(f"{self.api}/call/{api}/{response.json()['event_id']}").text
         event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
         if event == "complete":
             return "ok", json.loads(payload)[0]
@@ -208,12 +209,13 @@ def test_server_paths_are_refused_the_same_way_whether_or_not_they_exist(server,
             payload = _path_forms(path)[form]
             for route, answer in [("call", server.call([payload, 3, 3, 20])),
                                   ("api join", server.join("caption", [payload, 3, 3, 20])),
-                                  ("page join", server.join("caption_photo", [payload, "Beam search", 3, 3, 20]))]:
+                                  ("page join", server.join("caption_photo", [payload, "Beam search", 3, 3, 20])),
+                                  ("explain", server.call([payload, "", 3, 20], api="explain"))]:
                 status, message = answer
                 assert status == "error", (form, name, route, message)  # no caption
                 assert message, (form, name, route)
                 messages[(name, route)] = _without_paths(str(message))
-        for route in ("call", "api join", "page join"):
+        for route in ("call", "api join", "page join", "explain"):
             distinct = {messages[(name, route)] for name in cases}
             assert len(distinct) == 1, (form, route, distinct)  # says nothing about the path
     status, message = server.call([{"path": str(secret)}, 3, 3, 20])
@@ -381,6 +383,9 @@ def test_bad_settings_through_gradio_client_and_the_page(server):
             data[position] = value
             status, message = server.join("caption_photo", data)
             assert status == "error" and name in message, (name, value, message)
+    for value in ("abc", 2.5, True, math.inf):
+        status, message = server.call([image, "", value, 20], api="explain")
+        assert status == "error" and "beam_size" in message, (value, message)
     status, message = server.join("caption_batch", [[image], "Beam search", 3, 0])
     assert status == "error" and "max_length" in message
     status, result = server.join("caption_photo", [image, "Greedy", 3, 3, 20])
@@ -515,5 +520,5 @@ def test_batch_pixels_are_capped_per_request_and_per_zip_member(tiny_model_dir, 
     rows = caption_inputs(load_captioner(tiny_model_dir, "cpu"), collect_inputs([archive]), batch_size=2,
                           max_pixels=25_000)
     assert "image is too large" in rows[0].error  # the member's own cap, before decoding
-    assert [row.error == "" and row.score is not None for row in rows[1:]] == [True, True, False]
+    assert [row.error is None and row.score is not None for row in rows[1:]] == [True, True, False]
     assert "exceed 0.025 megapixels together" in rows[3].error and "another batch" in rows[3].error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from captioner.core.errors import ImageError
-from captioner.serving.batcher import DecodeOptions, SharedCaptioner, choose_model
+from captioner.core.options import DecodeOptions
+from captioner.serving.batcher import SharedCaptioner, choose_model
 from captioner.core.inference import load_captioner
 
 
@@ -29,8 +31,9 @@ def test_results_match_the_captioner_and_repeats_come_from_memory(shared, exampl
     assert shared.forward_passes == 1
     again = shared.caption(photo.read_bytes(), DecodeOptions(beam_size=3, num_candidates=3))  # same pixels
     assert again.caption == result.caption and shared.forward_passes == 1
-    again.candidates.clear()  # callers get copies
-    assert shared.caption(photo).candidates
+    with pytest.raises(dataclasses.FrozenInstanceError):  # shared between callers, so immutable
+        again.caption = "changed"
+    assert isinstance(again.candidates, tuple) and isinstance(again.candidates[0].words, tuple)
     shared.caption(photo, DecodeOptions(beam_size=1))  # other options: the model runs again
     assert shared.forward_passes == 2
 
@@ -39,7 +42,7 @@ def test_calls_waiting_together_share_one_forward_pass(shared, example_photos):
     """The worker is held inside its first pass while seven more calls queue up; they then run as
     two passes of at most max_batch_size=4, each result the one its own image gets alone."""
     captioner = shared.captioner
-    original = captioner.caption_tensor
+    original = captioner.caption_pixels
     release, entered = threading.Event(), threading.Event()
 
     def held(*args, **kwargs):
@@ -47,7 +50,7 @@ def test_calls_waiting_together_share_one_forward_pass(shared, example_photos):
         release.wait(30)
         return original(*args, **kwargs)
 
-    captioner.caption_tensor = held
+    captioner.caption_pixels = held
     photos = list(example_photos.values())
     images = [photos[i % len(photos)] for i in range(8)]
     options = [DecodeOptions(beam_size=2, max_length=4 + i) if i == 0 else DecodeOptions(beam_size=2, max_length=6)
@@ -63,7 +66,7 @@ def test_calls_waiting_together_share_one_forward_pass(shared, example_photos):
             release.set()
             results = [first.result(), *(future.result() for future in rest)]
     finally:
-        del captioner.caption_tensor
+        del captioner.caption_pixels
     assert shared.batch_sizes == [1, 4, 3]
     for image, option, result in zip(images, options, results):
         alone = captioner.caption(image, beam_size=2, num_candidates=2, max_length=option.max_length)

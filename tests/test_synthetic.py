@@ -14,7 +14,6 @@ from captioner.build.synthetic import (
     SceneSpec,
     caption_for,
     generate_pairs,
-    generate_sample,
     grammar_phrases,
     lexicon,
     mention_np,
@@ -22,6 +21,12 @@ from captioner.build.synthetic import (
     tokens,
     with_article,
 )
+
+
+def generate_sample(rng: np.random.Generator) -> tuple[np.ndarray, str, SceneSpec]:
+    """One pair: (log-probabilities (1000,) float32, caption, the scene it shows)."""
+    log_probs, captions, specs = synthetic._draw_rows(rng, synthetic._Draws(rng), 1)
+    return log_probs[0], captions[0], specs[0]
 
 TABBY, TIGER_CAT, PERSIAN, SIAMESE, EGYPTIAN = 281, 282, 283, 284, 285
 GOLDEN_RETRIEVER, LION, CHEETAH, GOLDFISH = 207, 291, 293, 1

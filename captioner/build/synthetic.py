@@ -897,12 +897,6 @@ def _draw_rows(rng: np.random.Generator, draws: _Draws, rows: int) -> tuple[np.n
     return _to_log_probs(p), [caption_for(spec) for spec in specs], specs
 
 
-def generate_sample(rng: np.random.Generator) -> tuple[np.ndarray, str, SceneSpec]:
-    """One pair: (log-probabilities (1000,) float32, caption, the scene it shows)."""
-    log_probs, captions, specs = _draw_rows(rng, _Draws(rng), 1)
-    return log_probs[0], captions[0], specs[0]
-
-
 def generate_pairs(n: int, seed: int | Sequence[int], chunk: int = 4096) -> tuple[np.ndarray, list[str]]:
     """``n`` pairs, deterministic in ``seed``: log-probabilities (n, 1000) float32 and captions,
     made ``chunk`` rows at a time."""

@@ -43,6 +43,8 @@ class ModelConfig:
     resize: int = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize_mode: str = "shorter_side"  # or "squash": the whole image to image_size x image_size
+    resample: str = "bilinear"  # the resize filter: bilinear, bicubic, lanczos or nearest
     architecture: str = ARCHITECTURE
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -71,6 +73,13 @@ class ModelConfig:
                     or not all(type(v) in (int, float) and -10 <= v <= 10 for v in values)):
                 raise ModelFormatError(f"config.json: {name} must be three numbers, got {values!r}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
+        from captioner.core.images import RESAMPLE_FILTERS, RESIZE_MODES
+
+        if self.resize_mode not in RESIZE_MODES:
+            raise ModelFormatError(f"config.json: resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ModelFormatError(f"config.json: resample must be one of {tuple(RESAMPLE_FILTERS)}, "
+                                   f"got {self.resample!r}")
         if min(self.std) <= 0:
             raise ModelFormatError(f"config.json: std must be positive, got {self.std}")
         if not isinstance(self.extra, dict):
@@ -84,8 +93,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
-        if not data["extra"]:
-            del data["extra"]
+        for name in ("extra", "resize_mode", "resample"):  # left out at their defaults: older readers accept the file
+            if data[name] == ModelConfig.__dataclass_fields__[name].default or (name == "extra" and not data[name]):
+                del data[name]
         return data
 
     def save(self, path: str | Path) -> None:
@@ -106,13 +116,17 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ModelFormatError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelFormatError(f"{path} is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelFormatError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, MAX_CONFIG_BYTES))
+
+
+def read_json(path: str | Path, max_bytes: int) -> Any:
+    """A model file's JSON, refused with ``ModelFormatError`` when missing, over ``max_bytes`` or invalid."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ModelFormatError(f"{path} is larger than {max_bytes // 1024} KiB")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"{path} is not valid JSON: {error}") from None

@@ -63,9 +63,18 @@ class EfficientNetBackbone(nn.Module):
         self.output = output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.output != "features":
-            return _class_output(self.net(images), self.output)
-        return self.net._avg_pooling(self.net.extract_features(images)).flatten(1)
+        return self.head(self.feature_map(images))
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last convolutional feature map ``(B, C, h, w)`` (what Grad-CAM weighs)."""
+        return self.net.extract_features(images)
+
+    def head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The rest of the backbone: pooling, then (for class outputs) the classifier."""
+        pooled = self.net._avg_pooling(feature_map).flatten(1)
+        if self.output == "features":
+            return pooled
+        return _class_output(self.net._fc(self.net._dropout(pooled)), self.output)
 
 
 class ResNetBackbone(nn.Sequential):
@@ -80,12 +89,18 @@ class ResNetBackbone(nn.Sequential):
         self.output = output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        for index, module in enumerate(self):
-            if index == len(self) - 1 and self.output != "features":  # the fc layer
-                images = module(images.flatten(1))
-            else:
-                images = module(images)
-        return images.flatten(1) if self.output == "features" else _class_output(images, self.output)
+        return self.head(self.feature_map(images))
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last convolutional feature map, layer4's output ``(B, 2048, h, w)``."""
+        for module in list(self)[:8]:  # conv1, bn1, relu, maxpool, layer1-4
+            images = module(images)
+        return images
+
+    def head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The rest of the backbone: average pooling, then (for class outputs) the fc layer."""
+        pooled = self[8](feature_map).flatten(1)
+        return pooled if self.output == "features" else _class_output(self[9](pooled), self.output)
 
 
 def build_backbone(name: str, encoder_output: str) -> nn.Module:

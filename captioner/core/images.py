@@ -27,6 +27,7 @@ import platform
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
 import numpy as np
 import torch
@@ -398,32 +399,59 @@ def _limit_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.I
     return image.crop((0, top, width, top + keep))
 
 
+RESIZE_MODES = ("shorter_side", "squash")
+RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                    "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
+
+
 def build_preprocessor(
-    resize: int, crop: int, mean: Sequence[float], std: Sequence[float]
+    resize: int, crop: int, mean: Sequence[float], std: Sequence[float], *,
+    resize_mode: str = "shorter_side", resample: str = "bilinear",
 ) -> Preprocessor:
     """RGB image -> normalised float tensor of shape 3 x crop x crop.
 
-    Shorter side to ``resize`` (bilinear), centre crop ``crop``, then ``(x - mean) / std`` on
-    [0, 1] values. The same arithmetic as torchvision's ``Resize``, ``CenterCrop``, ``ToTensor``
-    and ``Normalize`` on PIL images, written with PIL and torch directly: importing torchvision
-    costs seconds of start-up that a one-shot command line call would otherwise pay.
+    ``shorter_side``: shorter side to ``resize``, centre crop ``crop`` (torchvision's ``Resize`` +
+    ``CenterCrop``). ``squash``: the whole image resized to ``crop`` x ``crop`` (the classic tutorial's
+    ``sample.py``). Then ``(x - mean) / std`` on [0, 1] values, as ``ToTensor`` + ``Normalize``.
+    Written with PIL and torch directly: importing torchvision costs seconds of start-up that a
+    one-shot command line call would otherwise pay.
+
+    The function's ``min_side`` attribute is twice the side it resizes to: ``load_image`` may decode
+    an image down to that (``prepare_pixels`` does) without a visible change in its output.
     """
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"resample must be one of {tuple(RESAMPLE_FILTERS)}, got {resample!r}")
+    method = RESAMPLE_FILTERS[resample]
     mean_t = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
 
     def preprocess(image: Image.Image) -> torch.Tensor:
-        image = _limit_aspect(image if image.mode == "RGB" else image.convert("RGB"))
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        new_long = int(resize * long / short)
-        size = (resize, new_long) if width <= height else (new_long, resize)
-        if size != image.size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        image = _centre_crop(image, crop)
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        if resize_mode == "squash":
+            if image.size != (crop, crop):
+                image = image.resize((crop, crop), method)
+        else:
+            image = _limit_aspect(image)
+            width, height = image.size
+            short, long = min(width, height), max(width, height)
+            new_long = int(resize * long / short)
+            size = (resize, new_long) if width <= height else (new_long, resize)
+            if size != image.size:
+                image = image.resize(size, method)
+            image = _centre_crop(image, crop)
         pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
         return pixels.permute(2, 0, 1).contiguous().float().div(255).sub_(mean_t).div_(std_t)
 
+    preprocess.min_side = 2 * (crop if resize_mode == "squash" else resize)  # type: ignore[attr-defined]
     return preprocess
+
+
+def preprocessor_for(config) -> Preprocessor:
+    """The preprocessing a model's ``ModelConfig`` records."""
+    return build_preprocessor(config.resize, config.image_size, config.mean, config.std,
+                              resize_mode=config.resize_mode, resample=config.resample)
 
 
 def _centre_crop(image: Image.Image, size: int) -> Image.Image:
@@ -434,8 +462,21 @@ def _centre_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def preprocess_batch(images: Sequence[Image.Image], preprocessor: Preprocessor) -> torch.Tensor:
-    """Stack preprocessed images into one N x 3 x crop x crop tensor."""
-    if not images:
-        raise ImageError("no images given")
-    return torch.stack([preprocessor(image) for image in images])
+def prepare_pixels(source: ImageSource, preprocess: Preprocessor) -> torch.Tensor | str:
+    """``preprocess(load_image(source))``, or the message saying why that image cannot be used.
+    Large images are decoded only as large as ``preprocess`` needs (its ``min_side``, if it has one)."""
+    try:
+        return preprocess(load_image(source, min_side=getattr(preprocess, "min_side", None)))
+    except ImageError as error:
+        return str(error)
+
+
+def load_pixels(sources: Sequence[ImageSource], preprocess: Preprocessor, pool: Executor | None = None
+                ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    """Load and preprocess every source once (``pool`` decodes in parallel):
+    ``(batch of the usable ones, their indices, (index, why) for the others)``."""
+    results = list(pool.map(lambda source: prepare_pixels(source, preprocess), sources) if pool else
+                   (prepare_pixels(source, preprocess) for source in sources))
+    kept = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
+    failures = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
+    return (torch.stack([results[i] for i in kept]) if kept else None), kept, failures

@@ -1,142 +1,207 @@
-"""The captioner users call: loaded once per (source, device), then fast and thread-safe."""
+"""The one inference path: image sources -> pixels -> backbone features -> captions -> results.
+
+Every front end (the CLI, the Python API, the app's shared batcher and batch tab, evaluation,
+validation during training, the bundled-model build, Ray) goes through ``caption_features``, directly
+or through ``Captioner``:
+
+    sources --prepare--> pixels --backbone_features--> features --caption_features--> CaptionResult
+
+``Captioner.backbone_features`` is the one place a backend plugs in (torch here; ONNX Runtime
+replaces it); ``caption_features`` projects, decodes and builds the results for any model.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
+from captioner.core.devices import select_device
 from captioner.core.encoders import optimize_for_inference
-from captioner.core.images import ImageSource, build_preprocessor, load_image
-from captioner.core.model import Hypothesis
+from captioner.core.errors import ImageError
+from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
+from captioner.core.model import Hypothesis, ShowAndTell
+from captioner.core.options import DecodeOptions
 from captioner.core.repository import LoadedModel, describe_source, load_model
-from captioner.core.vocabulary import END_ID, PAD_ID, START_ID
+from captioner.core.results import CaptionResult, Candidate, failed
+from captioner.core.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
+
+__all__ = ["Captioner", "DecodeOptions", "CaptionResult", "Candidate", "caption_features", "load_captioner",
+           "select_device"]
 
 
-@dataclass
-class Candidate:
-    caption: str
-    score: float  # mean log-probability per token (length-normalised); exp(score) is in (0, 1]
-    words: list[tuple[str, float]]  # each word with the probability the decoder gave it
+@torch.inference_mode()
+def caption_features(model: ShowAndTell, vocab: Vocabulary, features: torch.Tensor, options: DecodeOptions, *,
+                     class_names: Sequence[str] | None = None, model_name: str = "") -> list[CaptionResult]:
+    """Caption a batch of backbone outputs ``(B, D)``: project, decode, and build one result per row.
+
+    ``options`` are checked here (``ValueError`` names a bad setting). ``class_names`` turn a
+    class-probability encoder's outputs into ``top_classes``.
+    """
+    options = options.resolved(model.config.max_length)
+    features = features.to(next(model.parameters()).device)
+    hypotheses = model.generate(model.encoder.project(features), options)
+    classes: list[Any] = [None] * len(hypotheses)
+    if model.config.emits_classes and class_names is not None and options.top_classes:
+        classes = _top_classes(features, model.config.encoder_output, class_names, options.top_classes)
+    results = []
+    for candidates, top in zip(hypotheses, classes):
+        candidates = tuple(_candidate(h, vocab) for h in candidates)
+        results.append(CaptionResult(candidates[0].caption if candidates else "", candidates, top, model_name))
+    return results
 
 
-@dataclass
-class CaptionResult:
-    caption: str
-    candidates: list[Candidate]
-    top_classes: list[tuple[str, float]] | None = None  # for ImageNet-classifier encoders: (class, p)
-    model: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def words(self) -> list[tuple[str, float]]:
-        return self.candidates[0].words if self.candidates else []
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["words"] = [{"word": w, "probability": p} for w, p in self.words]
-        for candidate in data["candidates"]:
-            candidate["words"] = [{"word": w, "probability": p} for w, p in candidate["words"]]
-        if self.top_classes is not None:
-            data["top_classes"] = [{"label": label, "probability": p} for label, p in self.top_classes]
-        if not data["extra"]:
-            del data["extra"]
-        return data
+def _candidate(hypothesis: Hypothesis, vocab: Vocabulary) -> Candidate:
+    words = []
+    for token, log_prob in zip(hypothesis.tokens, hypothesis.token_log_probs):
+        if token == END_ID:
+            break
+        if token not in (PAD_ID, START_ID):
+            words.append((vocab.tokens[token], math.exp(log_prob)))
+    return Candidate(" ".join(word for word, _ in words), hypothesis.score, tuple(words))
 
 
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, else ``$CAPTIONER_DEVICE``, else cuda, then mps, then cpu."""
-    device = device or os.environ.get("CAPTIONER_DEVICE") or None
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def _top_classes(outputs: torch.Tensor, encoder_output: str, names: Sequence[str], k: int
+                 ) -> list[tuple[tuple[str, float], ...]]:
+    probs = outputs.float() if encoder_output == "class_probs" else outputs.float().exp()
+    probs, index = probs.topk(min(k, probs.size(1)), dim=1)
+    return [tuple((names[i], round(p, 6)) for p, i in zip(ps, ix)) for ps, ix in zip(probs.tolist(), index.tolist())]
 
 
 class Captioner:
-    """Captions images with one loaded model. On CPU its encoder's backbone is optimised for
-    inference when it is created (``encoders.optimize_for_inference``: same outputs, faster), so
-    ``model`` is for inference only and its ``state_dict`` is no longer the model file's."""
+    """Captions images with one loaded model; thread-safe (inference only touches read-only state).
+
+    On CPU its encoder's backbone is optimised for inference when it is created
+    (``encoders.optimize_for_inference``: same outputs, faster), so ``model`` is for inference only
+    and its ``state_dict`` is no longer the model file's.
+    """
 
     def __init__(self, loaded: LoadedModel, device: torch.device):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
         if device.type == "cpu":
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
-        self.preprocess = build_preprocessor(self.config.resize, self.config.image_size,
-                                             self.config.mean, self.config.std)
+        self.preprocess = preprocessor_for(self.config)
+        self.backend = "torch"
         self._class_names: list[str] | None = None
 
     @property
     def info(self) -> dict[str, Any]:
         return {"source": self.loaded.source, "path": str(self.loaded.path), "backbone": self.config.backbone,
                 "encoder_output": self.config.encoder_output, "vocab_size": len(self.vocab),
-                "device": str(self.device)}
+                "device": str(self.device), "backend": self.backend}
 
-    def caption(self, images: ImageSource | Sequence[ImageSource], *, beam_size: int = 3,
-                num_candidates: int | None = None, max_length: int | None = None,
-                length_penalty: float = 1.0, top_classes: int = 5) -> CaptionResult | list[CaptionResult]:
-        """Caption one image (returns one result) or a list of images (one batched forward, a list back).
-
-        ``beam_size=1`` is greedy decoding. Raises ``ImageError`` for an unusable image.
-        """
-        single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
-        if not batch:
-            return []
-        pixels = torch.stack([self.preprocess(load_image(image, min_side=2 * self.config.resize)) for image in batch])
-        results = self.caption_tensor(pixels, beam_size=beam_size, num_candidates=num_candidates,
-                                      max_length=max_length, length_penalty=length_penalty,
-                                      top_classes=top_classes)
-        return results[0] if single else results
-
-    @torch.inference_mode()
-    def caption_tensor(self, pixels: torch.Tensor, *, beam_size: int = 3, num_candidates: int | None = None,
-                       max_length: int | None = None, length_penalty: float = 1.0,
-                       top_classes: int = 5) -> list[CaptionResult]:
-        """Caption a preprocessed batch ``(B, 3, H, W)``."""
-        if not 1 <= beam_size <= 50:
-            raise ValueError(f"beam_size must be from 1 to 50, got {beam_size}")
-        max_length = max_length or self.config.max_length
-        if not 2 <= max_length <= 200:
-            raise ValueError(f"max_length must be from 2 to 200, got {max_length}")
-        features = self.model.encoder.backbone_features(pixels.to(self.device))
-        embeddings = self.model.encoder.project(features)
-        if beam_size == 1:
-            hypotheses = [[h] for h in self.model.greedy(embeddings, max_length, length_penalty)]
-        else:
-            hypotheses = self.model.beam_search(embeddings, beam_size, max_length, num_candidates, length_penalty)
-        classes = self._top_classes(features, top_classes) if self.config.emits_classes else [None] * len(hypotheses)
-        return [CaptionResult(caption=cands[0].caption if cands else "", candidates=cands,
-                              top_classes=cls, model=self.loaded.source)
-                for cands, cls in zip(([self._candidate(h) for h in hs] for hs in hypotheses), classes)]
-
-    def _candidate(self, hypothesis: Hypothesis) -> Candidate:
-        words = []
-        for token, log_prob in zip(hypothesis.tokens, hypothesis.token_log_probs):
-            if token == END_ID:
-                break
-            if token not in (PAD_ID, START_ID):
-                words.append((self.vocab.tokens[token], math.exp(log_prob)))
-        return Candidate(" ".join(w for w, _ in words), hypothesis.score, words)
-
-    def _top_classes(self, outputs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        if self._class_names is None:
+    @property
+    def class_names(self) -> list[str] | None:
+        """ImageNet class names, for models whose encoder emits class probabilities."""
+        if self._class_names is None and self.config.emits_classes:
             from captioner.core.imagenet_classes import imagenet_class_names
 
             self._class_names = imagenet_class_names()
-        probs = outputs.float() if self.config.encoder_output == "class_probs" else outputs.float().exp()
-        probs, index = probs.topk(k, dim=1)
-        return [[(self._class_names[i], round(p, 6)) for p, i in zip(ps, ix)]
-                for ps, ix in zip(probs.tolist(), index.tolist())]
+        return self._class_names
+
+    # --- the path, step by step -------------------------------------------------------------
+
+    def prepare(self, source: ImageSource) -> torch.Tensor:
+        """One image as model input ``(3, H, W)``: decoded once, checked, preprocessed.
+        Raises ``ImageError`` for an unusable image."""
+        pixels = prepare_pixels(source, self.preprocess)
+        if isinstance(pixels, str):
+            raise ImageError(pixels)
+        return pixels
+
+    def backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The backbone's outputs for a preprocessed batch ``(B, 3, H, W)``; a backend replaces this."""
+        with torch.inference_mode():
+            return self.model.encoder.backbone_features(pixels.to(self.device))
+
+    def caption_pixels(self, pixels: torch.Tensor, options: DecodeOptions | None = None) -> list[CaptionResult]:
+        """Caption a preprocessed batch ``(B, 3, H, W)``."""
+        options = (options or DecodeOptions()).resolved(self.config.max_length)  # refuse bad settings before work
+        return caption_features(self.model, self.vocab, self.backbone_features(pixels), options,
+                                class_names=self.class_names, model_name=self.loaded.source)
+
+    # --- what callers use -------------------------------------------------------------------
+
+    def caption(self, images: ImageSource | Sequence[ImageSource], options: DecodeOptions | None = None,
+                **settings: Any) -> CaptionResult | list[CaptionResult]:
+        """Caption one image (returns one result) or a list of images (one batched forward, a list back).
+
+        Settings are a ``DecodeOptions`` or its fields as keywords (``beam_size=1`` is greedy).
+        Raises ``ImageError`` for an unusable image (for a list: naming the first one), ``ValueError``
+        for bad settings. ``caption_many`` reports bad images per item instead.
+        """
+        options = _options(options, settings)
+        pixels, single = self.pixels_of(images)
+        if pixels is None:
+            return []
+        results = self.caption_pixels(pixels, options)
+        return results[0] if single else results
+
+    def pixels_of(self, images: ImageSource | Sequence[ImageSource]) -> tuple[torch.Tensor | None, bool]:
+        """(the batch for one image or a list of them, whether one image was given); ``None`` for an
+        empty list. Raises ``ImageError`` for an unusable image (for a list: naming the first one)."""
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if not batch:
+            return None, single
+        pixels, _, failures = load_pixels(batch, self.preprocess)
+        if failures:
+            index, why = failures[0]
+            raise ImageError(why if single else f"image {index + 1} of {len(batch)}: {why}")
+        return pixels, single
+
+    def caption_many(self, sources: Sequence[ImageSource], options: DecodeOptions | None = None, *,
+                     names: Sequence[str] | None = None, batch_size: int = 8,
+                     progress: Callable[[int, int], None] | None = None) -> list[CaptionResult]:
+        """One result per source, in order, ``batch_size`` images per forward pass. An unusable image
+        gets a result with ``error`` set and never costs the others a second pass. ``names`` label
+        the results (default: the paths given). ``progress(done, total)`` runs after each pass."""
+        options = _options(options, {}).resolved(self.config.max_length)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        names = list(names) if names is not None else [_name(source) for source in sources]
+        results: list[CaptionResult | None] = [None] * len(sources)
+        with ThreadPoolExecutor(2) as pool:  # decoding releases the GIL: two images at once
+            for start in range(0, len(sources), batch_size):
+                chunk = list(sources[start:start + batch_size])
+                pixels, kept, failures = load_pixels(chunk, self.preprocess, pool)
+                for index, why in failures:
+                    results[start + index] = failed(names[start + index], why, self.loaded.source)
+                if pixels is not None:
+                    for index, result in zip(kept, self.caption_pixels(pixels, options)):
+                        results[start + index] = result.named(names[start + index])
+                if progress:
+                    progress(min(start + batch_size, len(sources)), len(sources))
+        return results  # type: ignore[return-value]
+
+    def score(self, images: ImageSource | Sequence[ImageSource], caption: str) -> list:
+        """Each word of ``caption`` (and ``<end>``) with its probability, per image (``explain.score``)."""
+        from captioner.core.explain import score
+
+        return score(self, images, caption)
+
+    def explain(self, image: ImageSource, caption: str | None = None, *, beam_size: int = 3,
+                max_length: int | None = None):
+        """Per-word Grad-CAM heatmaps of ``caption`` or of the model's own caption (``explain.explain``)."""
+        from captioner.core.explain import explain
+
+        return explain(self, image, caption, beam_size=beam_size, max_length=max_length)
+
+
+def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeOptions:
+    if options is not None and settings:
+        raise TypeError("pass either a DecodeOptions or its fields as keywords, not both")
+    return options if options is not None else DecodeOptions(**settings)
+
+
+def _name(source: ImageSource) -> str | None:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
 
 
 _cache: dict[tuple[str, str], Captioner] = {}

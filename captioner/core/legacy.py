@@ -20,6 +20,7 @@ import torch
 from captioner.core.config import ModelConfig
 from captioner.core.errors import LegacyImportError
 from captioner.core.model import ShowAndTell
+from captioner.core.modelcard import build_card
 from captioner.core.repository import save_model
 from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary
 
@@ -119,7 +120,8 @@ def legacy_state_to_model(encoder: dict[str, torch.Tensor], decoder: dict[str, t
     if vocab_size != len(vocab):
         raise LegacyImportError(f"the decoder has {vocab_size} words but vocab.pkl has {len(vocab)}")
     config = ModelConfig(backbone="resnet152", vocab_size=vocab_size, embed_size=int(embed_size),
-                         hidden_size=int(hidden_size), num_layers=num_layers, max_length=TUTORIAL_MAX_LENGTH)
+                         hidden_size=int(hidden_size), num_layers=num_layers, max_length=TUTORIAL_MAX_LENGTH,
+                         **TUTORIAL_PREPROCESSING)
     model = ShowAndTell(config)
     state = {re.sub(r"^resnet\.", "encoder.backbone.", re.sub(r"^(linear|bn)\.", r"encoder.\1.", k)): v
              for k, v in encoder.items()}
@@ -134,15 +136,10 @@ def legacy_state_to_model(encoder: dict[str, torch.Tensor], decoder: dict[str, t
     return model.eval()
 
 
-LEGACY_CARD = """---
-library_name: captioner
-pipeline_tag: image-to-text
-license: mit
-datasets:
-- coco
----
+# sample.py: ``image.resize([224, 224], Image.LANCZOS)``, then ToTensor and ImageNet's mean/std.
+TUTORIAL_PREPROCESSING = {"resize_mode": "squash", "resample": "lanczos", "image_size": 224, "resize": 224}
 
-# Show-and-Tell captioner imported from the PyTorch tutorial
+LEGACY_CARD = """# Show-and-Tell captioner imported from the PyTorch tutorial
 
 ResNet-152 encoder (pooled features) and an LSTM decoder, converted from the PyTorch tutorial's
 checkpoints (`{encoder}`, `{decoder}`, `{vocab}`) into the captioner format. When these are the
@@ -150,7 +147,8 @@ tutorial's published files, the model was trained on MS-COCO 2014 captions (5 ep
 COCO-style scene sentences; it inherits that data's biases (e.g. about people and gender) and
 often names objects that are typical of a scene rather than present in the image.
 
-Preprocessing: shorter side to 256, centre crop 224, ImageNet mean/std. Vocabulary: {vocab_size} tokens.
+Preprocessing: as the tutorial's `sample.py`, the whole image resized to 224 x 224 with the LANCZOS
+filter, then ImageNet mean/std. Vocabulary: {vocab_size} tokens.
 """
 
 
@@ -160,7 +158,8 @@ def import_legacy(encoder_path: str | os.PathLike, decoder_path: str | os.PathLi
     vocab = read_legacy_vocabulary(vocab_path)
     model = legacy_state_to_model(_load_state_dict(encoder_path, "encoder"),
                                   _load_state_dict(decoder_path, "decoder"), vocab)
-    card = LEGACY_CARD.format(encoder=Path(encoder_path).name, decoder=Path(decoder_path).name,
+    body = LEGACY_CARD.format(encoder=Path(encoder_path).name, decoder=Path(decoder_path).name,
                               vocab=Path(vocab_path).name, vocab_size=len(vocab)) + (card_note and f"\n{card_note}")
+    card = build_card(body, license="mit", datasets=["coco"])
     return save_model(model, vocab, out_dir, card=card)
 

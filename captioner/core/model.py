@@ -14,8 +14,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from captioner.core.config import ModelConfig
+from captioner.core.options import DecodeOptions
 from captioner.core.encoders import build_backbone, output_size
-from captioner.core.vocabulary import END_ID, PAD_ID
+from captioner.core.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
+
+NEVER_GENERATED = (PAD_ID, START_ID, UNK_ID)  # after the first step, which is always <start>
 
 
 class Encoder(nn.Module):
@@ -96,28 +99,45 @@ class ShowAndTell(nn.Module):
     def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         return self.decoder(self.encoder(images), captions, lengths)
 
+    def generate(self, embeddings: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+        """Decode with resolved ``options``: the ``num_candidates`` best captions per image, best first."""
+        return self.beam_search(embeddings, options.beam_size, options.max_length, options.num_candidates,
+                                options.length_penalty, no_repeat_ngram=options.no_repeat_ngram)
+
     @torch.inference_mode()
-    def greedy(self, embeddings: torch.Tensor, max_length: int, length_penalty: float = 1.0) -> list[Hypothesis]:
-        """The tutorial's ``sample``: the most likely word at each step, stopping at ``<end>``."""
+    def greedy(self, embeddings: torch.Tensor, max_length: int, length_penalty: float = 1.0, *,
+               no_repeat_ngram: int = 0, constrained: bool = True) -> list[Hypothesis]:
+        """The tutorial's ``sample``: the most likely allowed word at each step, stopping at ``<end>``.
+
+        ``constrained`` (see ``allowed_log_probs``) is what every caption gets; ``constrained=False``
+        is the tutorial's unconstrained argmax, kept to check imported checkpoints token for token.
+        """
         batch = embeddings.size(0)
         tokens, log_probs = [], []
         inputs, state = embeddings, None
         done = torch.zeros(batch, dtype=torch.bool, device=embeddings.device)
-        for _ in range(max_length):
+        history: list[list[int]] = [[] for _ in range(batch)]
+        for step in range(max_length):
             step_log_probs, state = self.decoder.step(inputs, state)
-            best_log_prob, best = step_log_probs.max(1)
+            choice = allowed_log_probs(step_log_probs, step, history, no_repeat_ngram) if constrained \
+                else step_log_probs
+            best = choice.argmax(1)
             tokens.append(best)
-            log_probs.append(best_log_prob)
+            log_probs.append(step_log_probs.gather(1, best.unsqueeze(1)).squeeze(1))
             done |= best == END_ID
             if done.all():
                 break
+            if no_repeat_ngram and step > 0:  # the n-grams are over the words after <start>
+                for row, token in zip(history, best.tolist()):
+                    row.append(token)
             inputs = self.decoder.embed(best)
         return [_hypothesis(seq, lp, length_penalty) for seq, lp in zip(torch.stack(tokens, 1).tolist(),
                                                              torch.stack(log_probs, 1).tolist())]
 
     @torch.inference_mode()
     def beam_search(self, embeddings: torch.Tensor, beam_size: int, max_length: int,
-                    num_candidates: int | None = None, length_penalty: float = 1.0) -> list[list[Hypothesis]]:
+                    num_candidates: int | None = None, length_penalty: float = 1.0, *,
+                    no_repeat_ngram: int = 0, constrained: bool = True) -> list[list[Hypothesis]]:
         """Batched beam search; returns the ``num_candidates`` best hypotheses per image, best first.
 
         A beam that emits ``<end>`` is set aside as finished (the ``beam_size`` best are kept) and
@@ -125,13 +145,15 @@ class ShowAndTell(nn.Module):
         beams. Ranking uses the length-normalised score, so shorter captions are not favoured
         merely for being short; an image is done only when no live beam can still beat its
         finished ones (an early, unlikely ``<end>`` cannot crowd out a longer, likelier caption).
-        ``beam_size=1`` is greedy decoding.
+        ``beam_size=1`` is greedy decoding. Candidates are restricted by ``allowed_log_probs``.
         """
         if beam_size == 1:
-            return [[h] for h in self.greedy(embeddings, max_length, length_penalty)]
+            return [[h] for h in self.greedy(embeddings, max_length, length_penalty, no_repeat_ngram=no_repeat_ngram,
+                                             constrained=constrained)]
         batch, k = embeddings.size(0), beam_size
         num_candidates = min(num_candidates or k, k)
-        log_probs, state = self.decoder.step(embeddings)  # (B, V): the first step has a single beam
+        raw, state = self.decoder.step(embeddings)  # (B, V): the first step has a single beam
+        log_probs = allowed_log_probs(raw, 0, [[]] * batch, 0) if constrained else raw
         vocab = log_probs.size(1)
         scores = torch.full((batch, k), float("-inf"), device=embeddings.device)
         scores[:, 0] = 0.0
@@ -180,8 +202,47 @@ class ShowAndTell(nn.Module):
             scores = new_scores.to(embeddings.device)
             state = tuple(s[:, rows] for s in state)
             step_log_probs, state = self.decoder.step(self.decoder.embed(keep_token.view(-1)), state)
+            if constrained:
+                step_log_probs = allowed_log_probs(step_log_probs, step + 1, history[:, 1:].tolist(), no_repeat_ngram)
             log_probs = step_log_probs.view(batch, k, vocab)
         return [sorted(f, key=lambda h: h.score, reverse=True)[:num_candidates] for f in finished]
+
+
+def allowed_log_probs(log_probs: torch.Tensor, step: int, words: list[list[int]], no_repeat_ngram: int = 0
+                      ) -> torch.Tensor:
+    """``log_probs`` ``(B, V)`` of decoding step ``step`` with every forbidden token at ``-inf``.
+
+    Step 0 is ``<start>`` (what the decoder is trained to emit first). After it ``<pad>``,
+    ``<start>`` and ``<unk>`` are never chosen, nor ``<end>`` before the first word, and with
+    ``no_repeat_ngram=n`` no word that would complete an n-gram already in the row's ``words``
+    (the ids generated after ``<start>``). Allowed tokens keep the model's own log-probabilities.
+    """
+    if step == 0:
+        forced = torch.full_like(log_probs, float("-inf"))
+        forced[:, START_ID] = log_probs[:, START_ID]
+        return forced
+    log_probs = log_probs.clone()
+    log_probs[:, list(NEVER_GENERATED)] = float("-inf")
+    if step == 1:
+        log_probs[:, END_ID] = float("-inf")
+    if no_repeat_ngram:
+        for row, banned in enumerate(repeated_ngram_ends(words, no_repeat_ngram)):
+            if banned:
+                log_probs[row, banned] = float("-inf")
+    return log_probs
+
+
+def repeated_ngram_ends(words: list[list[int]], n: int) -> list[list[int]]:
+    """For each id sequence, the ids that would repeat one of its n-grams if appended next."""
+    banned = []
+    for seq in words:
+        if len(seq) < n:
+            banned.append([])
+            continue
+        prefix = tuple(seq[len(seq) - n + 1:])
+        banned.append(sorted({seq[i + n - 1] for i in range(len(seq) - n + 1)
+                              if tuple(seq[i:i + n - 1]) == prefix}))
+    return banned
 
 
 def _keep_best(finished: list[Hypothesis], hypothesis: Hypothesis, k: int) -> None:

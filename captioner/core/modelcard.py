@@ -1,4 +1,5 @@
-"""Reading a model card (``README.md`` with Hub YAML metadata) for display: its summary and its limits."""
+"""Model cards (``README.md`` with Hub YAML metadata): writing one, and reading one for display
+(its summary and its limits). huggingface_hub's ``ModelCard`` / ``ModelCardData`` do the YAML."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 _LIMIT_HEADINGS = re.compile(r"limit|bias|caveat|risk|out[- ]of[- ]scope|not (?:for|intended)|warning", re.I)
@@ -22,18 +24,25 @@ class CardSummary:
     body: str = ""  # the card without its front matter
 
 
+def build_card(body: str, **metadata: Any) -> str:
+    """A model card: ``metadata`` (``library_name``, ``license``, ``datasets``, ...) as Hub YAML, then ``body``."""
+    data = ModelCardData(library_name="captioner", pipeline_tag="image-to-text", **metadata)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n"))
+
+
+def read_card(card: str) -> tuple[dict[str, Any], str]:
+    """(metadata, body) of a model card; broken or missing metadata gives ``{}``. Never raises."""
+    try:
+        parsed = ModelCard(card, ignore_metadata_errors=True)
+        return parsed.data.to_dict(), parsed.text
+    except (yaml.YAMLError, ValueError):  # metadata that is not YAML, or not a mapping
+        match = REGEX_YAML_BLOCK.search(card)
+        return {}, card[match.end():] if match else card
+
+
 def summarize_card(card: str) -> CardSummary:
     """Split a model card into title, summary, limit sections and metadata; never raises."""
-    metadata: dict[str, Any] = {}
-    body = card
-    match = REGEX_YAML_BLOCK.search(card)
-    if match:
-        body = card[match.end():]
-        try:
-            loaded = yaml.safe_load(match.group(2))
-            metadata = loaded if isinstance(loaded, dict) else {}
-        except yaml.YAMLError:
-            pass
+    metadata, body = read_card(card)
     title, intro, sections = "", [], []  # sections: [level, heading, lines]
     in_code = False
     for line in body.splitlines():

@@ -28,6 +28,8 @@ class DecodeOptions:
     ``length_penalty``: beam scores are log-probability sums divided by ``length ** length_penalty``.
     ``top_classes``: ImageNet classes reported for class-probability encoders (0: none).
     ``no_repeat_ngram``: forbid any n-gram of this many words from appearing twice in a caption (0: off).
+    The default, 2, was measured on the bundled model (``benchmarks/no_repeat_ngram.py``): it removed
+    every repeated bigram from its beam candidates and changed none of its scores.
     """
 
     beam_size: int = 3
@@ -35,7 +37,7 @@ class DecodeOptions:
     max_length: int | None = None
     length_penalty: float = 1.0
     top_classes: int = 5
-    no_repeat_ngram: int = 0
+    no_repeat_ngram: int = 2
 
     def resolved(self, default_max_length: int) -> DecodeOptions:
         """These options checked and with every default filled in, so equal requests compare equal.

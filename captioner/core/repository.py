@@ -7,7 +7,6 @@ from safetensors, checked against the architecture the config describes before u
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 from captioner.core.config import ModelConfig
 from captioner.core.errors import ModelFormatError, ModelSourceError
 from captioner.core.model import ShowAndTell
+from captioner.core.modelcard import build_card
 from captioner.core.vocabulary import Vocabulary
 
 
@@ -37,6 +37,7 @@ def _bundled_model_dir() -> Path:
 
 BUNDLED_MODEL_DIR = _bundled_model_dir()
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md")
+CARD_FILES = ("training.png",)  # pictures a model card may show, published with the model when present
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
 
 
@@ -134,30 +135,14 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
 def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.device) -> LoadedModel:
     config = ModelConfig.load(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
-    with _skip_random_init():
-        model = ShowAndTell(config)
+    # Built as usual, then its weights replaced. The meta device would skip the random initialisation,
+    # but its first use costs seconds per process, more than the initialisation (benchmarks/model_init.py).
+    model = ShowAndTell(config)
     model.load_state_dict(read_weights(path / "model.safetensors", model, config), strict=True, assign=True)
     model.to(device).eval()
     card_path = path / "README.md"
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     return LoadedModel(model, vocab, config, card, describe_source(source), path)
-
-
-@contextlib.contextmanager
-def _skip_random_init():
-    """Module constructors fill their weights at random; skip that when the weights are loaded next.
-
-    (Building on the ``meta`` device would do the same, but its first use costs seconds of imports.)
-    """
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    for name in names:
-        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(torch.nn.init, name, function)
 
 
 def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -239,11 +224,10 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def default_card(config: ModelConfig) -> str:
-    return (f"---\nlibrary_name: captioner\npipeline_tag: image-to-text\nlicense: mit\n---\n\n"
-            f"# Show-and-Tell captioner ({config.backbone})\n\n"
-            f"An image captioning model in the captioner format: {config.backbone} encoder "
-            f"({config.encoder_output.replace('_', ' ')}), LSTM decoder ({config.hidden_size} units, "
-            f"{config.num_layers} layer(s)), vocabulary of {config.vocab_size} tokens.\n")
+    return build_card(f"# Show-and-Tell captioner ({config.backbone})\n\n"
+                      f"An image captioning model in the captioner format: {config.backbone} encoder "
+                      f"({config.encoder_output.replace('_', ' ')}), LSTM decoder ({config.hidden_size} units, "
+                      f"{config.num_layers} layer(s)), vocabulary of {config.vocab_size} tokens.", license="mit")
 
 
 def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
@@ -255,7 +239,7 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
     load_model(model_dir)  # refuse to publish something that does not load
     try:
         create_repo(repo_id, private=private, exist_ok=True)
-        info = upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=list(MODEL_FILES),
+        info = upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=[*MODEL_FILES, *CARD_FILES],
                              revision=revision, commit_message=commit_message or "Upload captioner model")
     except Exception as error:
         raise ModelSourceError(f"could not push {model_dir} to {repo_id!r}: {_hub_reason(error)}") from None

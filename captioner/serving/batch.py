@@ -15,18 +15,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import torch
-
 from captioner.core.errors import ImageError
-from captioner.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size, load_image
+from captioner.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size
 from captioner.core.inference import Captioner
+from captioner.core.options import DecodeOptions
+from captioner.core.results import CaptionResult, failed
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together
@@ -60,19 +59,6 @@ class BatchInput:
         if len(data) > max_bytes:
             raise ImageError(f"file too large (limit {max_bytes // (1024 * 1024)} MB)")
         return data
-
-
-@dataclass
-class BatchRow:
-    file: str
-    caption: str = ""
-    score: float | None = None  # mean log-probability per word of the caption
-    error: str = ""
-
-    @property
-    def confidence(self) -> float | None:
-        """``exp(score)``: the geometric mean of the words' probabilities, in (0, 1]."""
-        return None if self.score is None else math.exp(self.score)
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike], *, max_files: int = MAX_FILES,
@@ -133,62 +119,65 @@ def total_bytes(paths: Iterable[str | os.PathLike]) -> int:
     return total
 
 
-def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], *, beam_size: int = 3,
-                   max_length: int | None = None, batch_size: int = 8,
-                   progress: Callable[[int, int], None] | None = None,
-                   max_pixels: int = MAX_BATCH_PIXELS) -> list[BatchRow]:
-    """Caption every input, ``batch_size`` images per forward pass; one row per input, in order.
+def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: DecodeOptions | None = None, *,
+                   batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
+                   max_pixels: int = MAX_BATCH_PIXELS) -> list[CaptionResult]:
+    """Caption every input, ``batch_size`` images per forward pass; one result per input, in order,
+    named after the input. Unreadable inputs become results with an error, and so do the images
+    beyond ``max_pixels`` in all (counted from their headers, before decoding).
 
-    ``progress(done, total)`` is called after each pass. Unreadable inputs become rows with an error,
-    and so do the images beyond ``max_pixels`` in all (counted from headers, before decoding).
+    ``progress(done, total)`` is called before the first pass and after each one.
     """
-    rows = [BatchRow(item.name) for item in inputs]
+    options = options or DecodeOptions(num_candidates=1)
+    results: list[CaptionResult] = []
     total = len(inputs)
     used = 0
     if progress:
         progress(0, total)
     for start in range(0, total, batch_size):
-        ready: list[tuple[int, torch.Tensor]] = []
-        for index in range(start, min(start + batch_size, total)):
+        chunk = inputs[start:start + batch_size]
+        chunk_results: list[CaptionResult | None] = [None] * len(chunk)
+        readable, data = [], []
+        for index, item in enumerate(chunk):
             try:
-                data = inputs[index].read()
-                width, height = image_size(data) or (0, 0)
-                pixels = width * height if width * height <= MAX_IMAGE_PIXELS else 0  # else load_image refuses it
+                blob = item.read()
+                width, height = image_size(blob) or (0, 0)
+                pixels = width * height if width * height <= MAX_IMAGE_PIXELS else 0  # else the loader refuses it
                 if used + pixels > max_pixels:
                     raise ImageError(f"this batch's images exceed {max_pixels / 1e6:g} megapixels together; "
                                      "caption this file in another batch")
                 used += pixels
-                image = load_image(data, min_side=2 * captioner.config.resize)
-                ready.append((index, captioner.preprocess(image)))
+                data.append(blob)
+                readable.append(index)
             except ImageError as error:
-                rows[index].error = str(error)
-        if ready:
-            results = captioner.caption_tensor(torch.stack([pixels for _, pixels in ready]), beam_size=beam_size,
-                                               num_candidates=1, max_length=max_length)
-            for (index, _), result in zip(ready, results):
-                rows[index].caption = result.caption
-                rows[index].score = result.candidates[0].score if result.candidates else None
+                chunk_results[index] = failed(item.name, str(error), captioner.loaded.source)
+        captioned = captioner.caption_many(data, options, names=[chunk[i].name for i in readable],
+                                           batch_size=batch_size)
+        for index, result in zip(readable, captioned):
+            chunk_results[index] = result
+        results += chunk_results
         if progress:
             progress(min(start + batch_size, total), total)
-    return rows
+    return results
 
 
 _CSV_FIELDS = ("file", "caption", "confidence", "score", "error")
 
 
-def _record(row: BatchRow) -> dict:
-    record = asdict(row)
-    record["confidence"] = None if row.confidence is None else round(row.confidence, 6)
-    return {field: record[field] for field in _CSV_FIELDS}
+def _record(result: CaptionResult) -> dict:
+    return {"file": result.image, "caption": result.caption,
+            "confidence": None if result.confidence is None else round(result.confidence, 6),
+            "score": result.score, "error": result.error or ""}
 
 
-def rows_to_csv(rows: Iterable[BatchRow]) -> str:
-    """CSV text with a header; cells that a spreadsheet would run as formulas are quoted with ``'``."""
+def rows_to_csv(results: Iterable[CaptionResult]) -> str:
+    """CSV text with a header (file, caption, confidence, score, error); cells that a spreadsheet would
+    run as formulas are quoted with ``'``."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _spreadsheet_safe(value) for key, value in _record(row).items()})
+    for result in results:
+        writer.writerow({key: _spreadsheet_safe(value) for key, value in _record(result).items()})
     return out.getvalue()
 
 
@@ -198,6 +187,6 @@ def _spreadsheet_safe(value: object) -> object:
     return "" if value is None else value
 
 
-def rows_to_json(rows: Iterable[BatchRow]) -> str:
-    """A JSON array of ``{file, caption, confidence, score, error}`` objects."""
-    return json.dumps([_record(row) for row in rows], indent=2, ensure_ascii=False) + "\n"
+def rows_to_json(results: Iterable[CaptionResult]) -> str:
+    """A JSON array of the library's result objects (``CaptionResult.to_dict``), one per input."""
+    return json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False) + "\n"

@@ -11,34 +11,25 @@ the one asked for cannot be loaded, and says what happened in words fit for a us
 
 from __future__ import annotations
 
-import copy
+import contextvars
 import hashlib
 import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from captioner.core.errors import CaptionerError
-from captioner.core.images import ImageSource, load_image
+from captioner.core.images import ImageSource
+from captioner.core.options import DecodeOptions
 from captioner.core.repository import BUNDLED_MODEL_DIR
-from captioner.core.inference import CaptionResult, Captioner, load_captioner
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode; ``beam_size=1`` is greedy. ``None`` fields take the model's defaults."""
-
-    beam_size: int = 3
-    num_candidates: int | None = None
-    max_length: int | None = None
-    length_penalty: float = 1.0
-    top_classes: int = 5
+from captioner.core.inference import Captioner, load_captioner
+from captioner.core.results import CaptionResult
 
 
 @dataclass
@@ -46,6 +37,7 @@ class _Request:
     pixels: torch.Tensor
     options: DecodeOptions
     future: Future
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)  # the caller's (a Gradio request's)
 
 
 _STOP = object()
@@ -54,10 +46,15 @@ _STOP = object()
 class SharedCaptioner:
     """Thread-safe single-image captioning that batches concurrent calls into shared forward passes."""
 
-    def __init__(self, captioner: Captioner, max_batch_size: int = 8, memo_size: int = 256):
+    def __init__(self, captioner: Captioner, max_batch_size: int = 8, memo_size: int = 256,
+                 run_forward: Callable[[Callable], Callable] | None = None):
+        """``run_forward`` wraps the model call that every forward pass goes through (e.g. ``spaces.GPU``
+        on ZeroGPU hardware, where CUDA exists only inside the wrapped call); its arguments (a pixel
+        batch and the options) and results are plain data, so the wrapper may run it in another process."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.captioner, self.max_batch_size, self.memo_size = captioner, max_batch_size, memo_size
+        self._model_call = run_forward(self._call_model) if run_forward is not None else self._call_model
         self.forward_passes = 0  # batched model calls so far
         self.batch_sizes: list[int] = []  # size of each forward pass, most recent last (up to 1000)
         self._memo: OrderedDict[tuple, CaptionResult] = OrderedDict()
@@ -72,14 +69,15 @@ class SharedCaptioner:
         return self._queue.qsize()
 
     def caption(self, image: ImageSource, options: DecodeOptions = DecodeOptions()) -> CaptionResult:
-        """Caption one image. Raises ``ImageError`` for an unusable image, ``ValueError`` for bad options."""
-        options = self._normalise(options)
-        pixels = self.captioner.preprocess(load_image(image, min_side=2 * self.captioner.config.resize))
+        """Caption one image, decoded once here. Raises ``ImageError`` for an unusable image, ``ValueError``
+        for bad options. Results are immutable: a remembered one is returned as is."""
+        options = options.resolved(self.captioner.config.max_length)
+        pixels = self.captioner.prepare(image)
         key = (hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).digest(), options)
         with self._memo_lock:
             if key in self._memo:
                 self._memo.move_to_end(key)
-                return copy.deepcopy(self._memo[key])
+                return self._memo[key]
         future: Future = Future()
         self._ensure_worker()
         self._queue.put(_Request(pixels, options, future))
@@ -88,7 +86,7 @@ class SharedCaptioner:
             self._memo[key] = result
             while len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
-        return copy.deepcopy(result)
+        return result
 
     def warm(self, images: Iterable[ImageSource], options: DecodeOptions = DecodeOptions()) -> list[str | None]:
         """Caption ``images`` ahead of time so later calls with the same image and options answer
@@ -110,15 +108,6 @@ class SharedCaptioner:
                 self._queue.put(_STOP)
                 self._worker.join()
                 self._worker = None
-
-    def _normalise(self, options: DecodeOptions) -> DecodeOptions:
-        """Fill in defaults so equal requests get equal memo keys and can share a forward pass."""
-        beam = int(options.beam_size)
-        if options.num_candidates is not None and int(options.num_candidates) < 1:
-            raise ValueError(f"num_candidates must be at least 1, got {options.num_candidates}")
-        candidates = 1 if beam == 1 else min(int(options.num_candidates or beam), beam)
-        return DecodeOptions(beam, candidates, int(options.max_length or self.captioner.config.max_length),
-                             float(options.length_penalty), int(options.top_classes))
 
     def _ensure_worker(self) -> None:
         with self._worker_lock:
@@ -148,12 +137,13 @@ class SharedCaptioner:
             if stop:
                 return
 
+    def _call_model(self, pixels: torch.Tensor, options: DecodeOptions) -> list[CaptionResult]:
+        return self.captioner.caption_pixels(pixels, options)
+
     def _forward(self, options: DecodeOptions, requests: list[_Request]) -> None:
         try:
-            results = self.captioner.caption_tensor(
-                torch.stack([request.pixels for request in requests]), beam_size=options.beam_size,
-                num_candidates=options.num_candidates, max_length=options.max_length,
-                length_penalty=options.length_penalty, top_classes=options.top_classes)
+            pixels = torch.stack([request.pixels for request in requests])
+            results = requests[0].context.run(self._model_call, pixels, options)  # e.g. ZeroGPU quota: first caller's
         except BaseException as error:  # noqa: BLE001 - handed to the callers, who re-raise it
             for request in requests:
                 request.future.set_exception(error)

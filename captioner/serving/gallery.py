@@ -18,9 +18,3 @@ def list_examples(folder: str | os.PathLike, limit: int = MAX_EXAMPLES) -> list[
               if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")]
     return sorted(photos, key=lambda path: path.name.lower())[:limit]
 
-
-def example_label(path: str | os.PathLike) -> str:
-    """A readable name for a photo file: ``chelsea-the-cat.jpg`` -> ``Chelsea the cat``."""
-    words = Path(path).stem.replace("_", " ").replace("-", " ").split()
-    text = " ".join(words)
-    return text[:1].upper() + text[1:]

@@ -34,8 +34,7 @@ from torch import nn
 
 from captioner.core.config import ModelConfig
 from captioner.core.repository import file_sha256
-from captioner.core.errors import ImageError
-from captioner.core.images import Preprocessor, build_preprocessor, load_image
+from captioner.core.images import Preprocessor, load_pixels, preprocessor_for
 
 logger = logging.getLogger(__name__)
 
@@ -220,23 +219,6 @@ class ExtractedFeatures:
     reused: int = 0  # distinct images found in the cache
 
 
-def load_pixels(paths: Sequence[str | os.PathLike], preprocess: Preprocessor,
-                pool: ThreadPoolExecutor | None = None) -> tuple[torch.Tensor | None, list[int], list[tuple[str, str]]]:
-    """Load and preprocess ``paths``: ``(batch, indices of the images in it, failures)``."""
-    results = list(pool.map(lambda p: _load_one(p, preprocess), paths) if pool else
-                   (_load_one(p, preprocess) for p in paths))
-    kept = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
-    failures = [(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
-    return (torch.stack([results[i] for i in kept]) if kept else None), kept, failures
-
-
-def _load_one(path: str | os.PathLike, preprocess: Preprocessor) -> torch.Tensor | str:
-    try:
-        return preprocess(load_image(path))
-    except ImageError as error:
-        return str(error)
-
-
 def extract_features(
     model: nn.Module,
     paths: Sequence[str | os.PathLike],
@@ -260,7 +242,7 @@ def extract_features(
     backbone = model.encoder.backbone
     spec = FeatureSpec.of(config, backbone)
     cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), spec)
-    preprocess = build_preprocessor(config.resize, config.image_size, config.mean, config.std)
+    preprocess = preprocessor_for(config)
     device = next(backbone.parameters()).device
     failures: list[tuple[str, str]] = []
     workers = workers or min(8, os.cpu_count() or 1)

@@ -3,24 +3,26 @@
 ``fit_decoder`` is the core: it trains the decoder and the encoder's projection from
 precomputed backbone outputs (an ``N x D`` matrix, several captions per row) or, when the
 backbone is fine-tuned, from the images themselves. Teacher forcing over packed sequences,
-Adam, gradient clipping; after every epoch the validation loss and (optionally) a caption
-metric on greedy captions of validation images; the best epoch is saved as a model
-directory, and ``checkpoint.pt`` in that directory holds what ``resume`` needs.
+batches from a ``DataLoader``, Adam with a warm-up and a plateau schedule (``schedule.py``),
+mixed precision on CUDA, gradient clipping; after every epoch the validation loss and
+(optionally) a caption metric on greedy captions of validation images, with early stopping
+when the metric stops improving. The best epoch is saved as a model directory with
+``training.png``, and ``checkpoint.pt`` in that directory holds what ``resume`` needs.
 
-``train_captioner`` is the whole job for an image data set: vocabulary, model, feature
+``train_captioner`` is the whole job for an image data set: settings chosen from the data
+(``plan.py``), vocabulary and model (new, or from a trained one: ``finetune.py``), feature
 cache (``features.py``), ``fit_decoder``, model card. ``evaluate_captioner`` captions a data
 set with one or more decodings and scores each with ``evaluation.score_captions``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +32,17 @@ import torch
 from torch import nn
 
 from captioner.core.config import ModelConfig
+from captioner.core.devices import select_device
+from captioner.core.inference import caption_features
+from captioner.core.options import DecodeOptions
 from captioner.core.errors import CaptionerError
-from captioner.training.features import ExtractedFeatures, extract_features, load_pixels, weights_fingerprint
-from captioner.core.images import build_preprocessor
+from captioner.training.features import ExtractedFeatures, extract_features, weights_fingerprint
+from captioner.core.images import load_pixels, preprocessor_for
+from captioner.core.modelcard import build_card
 from captioner.core.model import ShowAndTell, packed_targets
 from captioner.core.repository import save_model
 from captioner.core.vocabulary import PAD_ID, Vocabulary
+from captioner.training.schedule import Schedule
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -56,6 +63,8 @@ class EpochStats:
     seconds: float
     captions_per_s: float  # training pairs per second of the epoch's training part
     best: bool = False
+    valid_captions: float | None = None  # share of validation captions that end with <end>; None: not captioned
+    lr: float | None = None  # the learning rate at the end of the epoch
 
 
 @dataclass
@@ -66,6 +75,8 @@ class TrainingResult:
     metric: str | None  # what chose the best epoch; None: the validation loss
     out_dir: Path
     skipped_images: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    stopped_early: bool = False  # the validation score stopped improving before the last epoch allowed
+    plan: list[str] = field(default_factory=list)  # what was chosen from the data, and why
 
     @property
     def best(self) -> EpochStats | None:
@@ -87,21 +98,40 @@ class CardInfo:
 
 
 class FeatureInputs:
-    """Precomputed backbone outputs: a batch is a slice of the matrix."""
+    """Precomputed backbone outputs: a batch is a slice of the matrix.
+
+    On CUDA the matrix lives on the GPU when it fits (batches are then gathered there), else in
+    pinned memory, so that batches can be copied with ``non_blocking=True``.
+    """
 
     def __init__(self, features: torch.Tensor, device: torch.device):
         if features.dim() != 2:
             raise ValueError(f"features must be an N x D matrix, got shape {tuple(features.shape)}")
         fits = device.type == "cuda" and features.numel() * 4 < 4 * 2**30
         self.features = features.float().to(device if fits else "cpu")
+        if device.type == "cuda" and not fits:
+            self.features = self.features.pin_memory()
         self.device = device
+        self.failures: dict[str, str] = {}
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    @property
+    def on_device(self) -> bool:
+        return self.features.device.type == self.device.type
+
+    def load(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
+        """(backbone outputs of ``rows``, the rows kept, failures), where the matrix lives."""
+        return self.features[rows.to(self.features.device)], rows, {}
+
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(backbone outputs on the device, the rows they belong to)."""
-        return self.features[rows.to(self.features.device)].to(self.device, non_blocking=True), rows
+        features, rows, _ = self.load(rows)
+        return _to_device(features, self.device), rows
+
+    def features_of(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs
 
     def embed(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
         return model.encoder.project(inputs)
@@ -116,26 +146,60 @@ class ImageInputs:
     def __init__(self, paths: Sequence[str | os.PathLike], config: ModelConfig, device: torch.device,
                  workers: int = 2):
         self.paths = [str(p) for p in paths]
-        self.preprocess = build_preprocessor(config.resize, config.image_size, config.mean, config.std)
+        self.preprocess = preprocessor_for(config)
         self.device = device
-        self.pool = ThreadPoolExecutor(max(1, workers))
+        self.workers = max(1, workers)
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
         self.failures: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        pixels, kept, failures = load_pixels([self.paths[i] for i in rows.tolist()], self.preprocess, self.pool)
-        self.failures.update(failures)
+    on_device = False
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """This process's decoding threads (a DataLoader worker makes its own)."""
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.workers))
+        return self._pool[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pool": None}
+
+    def close(self) -> None:
+        if self._pool is not None and self._pool[0] == os.getpid():
+            self._pool[1].shutdown()
+        self._pool = None
+
+    def load(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, str]]:
+        paths = [self.paths[i] for i in rows.tolist()]
+        pixels, kept, failures = load_pixels(paths, self.preprocess, self.pool)
+        failed = {paths[i]: why for i, why in failures}
         if pixels is None:
-            return None, rows[:0]
-        return pixels.to(self.device, non_blocking=True), rows[torch.tensor(kept, dtype=torch.long)]
+            return None, rows[:0], failed
+        return pixels, rows[torch.tensor(kept, dtype=torch.long)], failed
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        pixels, kept, failed = self.load(rows)
+        self.failures.update(failed)
+        return (None if pixels is None else _to_device(pixels, self.device)), kept
+
+    def features_of(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
+        return model.encoder.backbone_features(inputs)
 
     def embed(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
         return model.encoder(inputs)
 
 
 Inputs = FeatureInputs | ImageInputs
+GREEDY = DecodeOptions(beam_size=1, top_classes=0)
+MIN_VALID_CAPTIONS = 0.9  # an epoch can be kept only if this share of its validation captions ends properly
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to ``device``; asynchronously only from pinned memory (elsewhere it would not overlap)."""
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
 
 
 @dataclass
@@ -172,6 +236,63 @@ class _Pairs:
         return self.rows[index], self.tokens[index, :int(lengths.max())], lengths
 
 
+class _Batches(torch.utils.data.Dataset):
+    """A training batch per item: the ``DataLoader``'s sampler hands over the pair indices of one batch.
+
+    Items are built on the CPU (in worker processes when there are workers): the pairs, their
+    inputs (backbone outputs or decoded images) and the rows that could be loaded.
+    """
+
+    def __init__(self, inputs: Inputs, pairs: _Pairs):
+        self.inputs, self.pairs = inputs, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: torch.Tensor) -> dict[str, Any]:
+        rows, captions, lengths = self.pairs.select(index)
+        unique = torch.unique(rows)
+        inputs, kept, failed = self.inputs.load(unique)
+        if inputs is not None and len(kept) < len(unique):  # images that failed to load: drop their pairs
+            keep = torch.isin(rows, kept)
+            rows, captions, lengths = rows[keep], captions[keep], lengths[keep]
+        return {"inputs": inputs, "kept": kept, "rows": rows, "captions": captions, "lengths": lengths,
+                "failed": failed}
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _loader(inputs: Inputs, pairs: _Pairs, batches: list[torch.Tensor], device: torch.device,
+            workers: int | None) -> torch.utils.data.DataLoader:
+    """Batches in the given order; worker processes decode images, pinned memory feeds a GPU."""
+    if workers is None:  # features already in memory gain nothing from worker processes
+        workers = 0 if isinstance(inputs, FeatureInputs) else min(4, max(0, (os.cpu_count() or 1) - 1))
+    if inputs.on_device:
+        workers = 0  # a GPU tensor cannot be indexed from another process
+    pin = device.type == "cuda" and not inputs.on_device
+    return torch.utils.data.DataLoader(_Batches(inputs, pairs), sampler=batches, batch_size=None,
+                                       collate_fn=_identity, num_workers=workers, pin_memory=pin,
+                                       persistent_workers=False)
+
+
+def _precision(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA where supported, else fp16 (with a gradient scaler); none on CPU."""
+    if precision not in PRECISIONS:
+        raise CaptionerError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cuda":
+        raise CaptionerError(f"mixed precision ({precision}) needs a CUDA device; this run uses {device}")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 # ----------------------------------------------------------------------------- the core
 
 
@@ -197,20 +318,39 @@ def fit_decoder(
     card: CardInfo | None = None,
     settings: dict[str, Any] | None = None,
     progress: bool = True,
+    patience: int | None = None,
+    warmup_steps: int = 0,
+    lr_schedule: str = "constant",
+    precision: str = "auto",
+    compile: bool = False,
+    workers: int | None = None,
+    keep_batchnorm: bool = False,
+    plan: Sequence[str] = (),
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainingResult:
     """Train ``model`` (decoder and projection; the backbone too when ``model.encoder.train_backbone``).
 
     ``train_inputs`` is a float ``N x D`` matrix of backbone outputs (``encoder.backbone_features``)
     or ``ImageInputs``; ``train_captions[i]`` are the captions of row ``i``. ``metric`` (a name
     from ``evaluation.METRICS`` or None) is computed each epoch on greedy captions of the first
-    ``metric_images`` validation images and picks the best epoch (else the validation loss
-    does). The best epoch is saved to ``out_dir`` as a model directory; ``out_dir/checkpoint.pt``
-    holds the last epoch, and ``resume=True`` continues from it up to ``epochs`` in all.
-    ``settings`` are extra facts for the model card. ``model`` ends with the last epoch's weights.
+    ``metric_images`` validation images and picks the best epoch among those whose captions end
+    properly (else the validation loss picks). ``epochs`` is the most epochs in all;
+    ``patience`` stops earlier, after that many epochs without a better score (None: never).
+    ``warmup_steps`` and ``lr_schedule`` shape the learning rate (``schedule.Schedule``).
+    ``precision``: autocast on CUDA (``auto``: bf16, else fp16 with a gradient scaler).
+    ``compile``: ``torch.compile`` the decoder's training step. ``keep_batchnorm``: keep the
+    model's projection statistics for the first validation loss (a model being fine-tuned).
+    The best epoch is saved to ``out_dir`` as a model directory with ``training.png``;
+    ``out_dir/checkpoint.pt`` holds the last epoch, and ``resume=True`` continues from it.
+    ``settings`` and ``plan`` are extra facts for the model card; ``on_epoch(stats)`` runs after
+    each epoch's checkpoint is written. ``model`` ends with the last epoch's weights.
     The saved model includes ``model``'s backbone: it must be the one that produced the features
     (e.g. ``load_pretrained_weights`` applied), or the saved model will not caption as validated.
     """
-    device = torch.device(device) if device is not None else _default_device()
+    from captioner.training.plan import check_dependencies
+    from captioner.training.plot import PLOT_FILE, plot_history
+
+    device = select_device(device)
     out_dir = Path(out_dir)
     if len(train_captions) != len(train_inputs) or len(val_captions) != len(val_inputs):
         raise ValueError("each input row needs its list of captions")
@@ -219,6 +359,9 @@ def fit_decoder(
     card = card or CardInfo()
     if metric is not None and metric not in CHEAP_METRICS:
         raise CaptionerError(f"unknown validation metric {metric!r}; choose one of {', '.join(CHEAP_METRICS)}")
+    check_dependencies(metric)
+    amp_dtype = _precision(device, precision)
+    schedule = Schedule(warmup_steps, lr_schedule, patience)
     model.to(device)
     train = train_inputs if not isinstance(train_inputs, torch.Tensor) else FeatureInputs(train_inputs, device)
     val = val_inputs if not isinstance(val_inputs, torch.Tensor) else FeatureInputs(val_inputs, device)
@@ -231,7 +374,9 @@ def fit_decoder(
                    "lr": lr}]
     if model.encoder.train_backbone:
         parameters.append({"params": list(model.encoder.backbone.parameters()), "lr": backbone_lr or lr / 10})
+    base_lrs = [group["lr"] for group in parameters]
     optimizer = torch.optim.Adam(parameters)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[EpochStats] = []
     best_epoch, best_score, initial_val_loss, start = 0, -math.inf, math.nan, 1
@@ -244,59 +389,110 @@ def fit_decoder(
                                  f"resume with the same metric")
         _load_model_state(model, state)
         optimizer.load_state_dict(state["optimizer"])
-        for group, wanted in zip(optimizer.param_groups, parameters):
-            group["lr"] = wanted["lr"]  # the lr asked for now wins over the stored one
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         shuffle.set_state(state["rng"]["shuffle"])
         torch.set_rng_state(state["rng"]["torch"])
         history = [EpochStats(**entry) for entry in state["history"]]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         initial_val_loss, start = state["initial_val_loss"], state["epoch"] + 1
+        if "schedule" in state:  # the counters carry on; the settings asked for now win
+            saved = Schedule.from_state(state["schedule"])
+            schedule.step, schedule.scale, schedule.stale, schedule.stopped = (saved.step, saved.scale, saved.stale,
+                                                                               saved.stopped)
     elif checkpoint_path.exists():
         raise CaptionerError(f"{out_dir} already holds a training checkpoint; resume it (--resume) "
                              "or choose another output directory")
     else:
         torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    step_fn = _TrainStep(model, optimizer, scaler, schedule, base_lrs, clip, amp_dtype, compile)
 
     if not resume:
-        if isinstance(train, FeatureInputs):
+        if isinstance(train, FeatureInputs) and not keep_batchnorm:
             _precise_batchnorm(model, train)
         initial_val_loss = _validation_loss(model, val, val_pairs, batch_size)
+    result = TrainingResult(history, initial_val_loss, best_epoch, metric, out_dir, plan=list(plan),
+                            stopped_early=schedule.stopped)
     for epoch in range(start, epochs + 1):
+        if schedule.stopped:
+            break
         began = time.perf_counter()
-        train_loss, seen = _train_epoch(model, train, train_pairs, optimizer, shuffle, batch_size, clip,
+        train_loss, seen = _train_epoch(model, train, train_pairs, step_fn, shuffle, batch_size, device, workers,
                                         f"epoch {epoch}/{epochs}", progress)
         train_seconds = time.perf_counter() - began
         if isinstance(train, FeatureInputs):
             _precise_batchnorm(model, train)
         val_loss = _validation_loss(model, val, val_pairs, batch_size)
-        scores = _validation_scores(model, vocab, val, val_captions, metric_images, batch_size) if metric else {}
+        scores, valid = (_validation_scores(model, vocab, val, val_captions, metric_images, batch_size)
+                         if metric else ({}, None))
         score = scores.get(metric) if metric else -val_loss
         stats = EpochStats(epoch, train_loss, val_loss, scores, time.perf_counter() - began,
-                           seen / train_seconds if train_seconds > 0 else 0.0)
-        if score is not None and score > best_score:
+                           seen / train_seconds if train_seconds > 0 else 0.0, valid_captions=valid,
+                           lr=base_lrs[0] * schedule.factor())
+        eligible = score is not None and not math.isnan(score) and (valid is None or valid >= MIN_VALID_CAPTIONS)
+        if eligible and score > best_score:
             best_epoch, best_score, stats.best = epoch, score, True
+        schedule.epoch_done(stats.best)
         history.append(stats)
-        result = TrainingResult(history, initial_val_loss, best_epoch, metric, out_dir)
+        result = TrainingResult(history, initial_val_loss, best_epoch, metric, out_dir, plan=list(plan),
+                                stopped_early=schedule.stopped and epoch < epochs)
         if stats.best:
             save_model(model, vocab, out_dir, card=model_card(model.config, vocab, result, card, settings))
-        _write_checkpoint(checkpoint_path, model, vocab, optimizer, shuffle, result, best_score, epoch)
+        _write_checkpoint(checkpoint_path, model, vocab, optimizer, shuffle, result, best_score, epoch,
+                          schedule, scaler)
         if progress:
             _say(_epoch_line(stats, epochs, metric))
-    result = TrainingResult(history, initial_val_loss, best_epoch, metric, out_dir)
-    if best_epoch:  # the card of the best model, now with the whole history
-        _write_text(out_dir / "README.md", model_card(model.config, vocab, result, card, settings))
-    if isinstance(train, ImageInputs):
-        result.skipped_images = sorted({**train.failures, **getattr(val, "failures", {})}.items())
+        if on_epoch is not None:
+            on_epoch(stats)
+    if best_epoch:  # the card of the best model, now with the whole history and its plot
+        plot_history(history, best_epoch, metric, out_dir / PLOT_FILE)
+        _write_text(out_dir / "README.md", model_card(model.config, vocab, result, card, settings, plot=PLOT_FILE))
+    result.skipped_images = sorted({**train.failures, **val.failures}.items())
     return result
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+class _TrainStep:
+    """One optimizer step: learning rate from the schedule, autocast, scaled backward, clipping."""
+
+    def __init__(self, model: ShowAndTell, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 schedule: Schedule, base_lrs: list[float], clip: float, amp_dtype: torch.dtype | None,
+                 compile: bool):
+        self.model, self.optimizer, self.scaler, self.schedule = model, optimizer, scaler, schedule
+        self.base_lrs, self.clip, self.amp_dtype = base_lrs, clip, amp_dtype
+        self.decoder = torch.compile(model.decoder, dynamic=True) if compile else model.decoder
+
+    def __call__(self, inputs: Inputs, batch: torch.Tensor, kept: torch.Tensor, rows: torch.Tensor,
+                 captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        device_type = batch.device.type
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.schedule.factor()
+        with torch.autocast(device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            position = torch.searchsorted(kept, rows).to(batch.device)
+            embeddings = inputs.embed(self.model, batch)[position]
+            loss = _loss(self.decoder, embeddings, captions, lengths)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.stepped()
+        return loss.detach()
 
 
-def _train_epoch(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, optimizer: torch.optim.Optimizer,
-                 shuffle: torch.Generator, batch_size: int, clip: float, desc: str,
+def _epoch_batches(pairs: _Pairs, shuffle: torch.Generator, batch_size: int) -> list[torch.Tensor]:
+    order = torch.randperm(len(pairs), generator=shuffle)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one row
+        batches[-2] = torch.cat(batches[-2:])
+        batches.pop()
+    return batches
+
+
+def _train_epoch(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, step: _TrainStep, shuffle: torch.Generator,
+                 batch_size: int, device: torch.device, workers: int | None, desc: str,
                  progress: bool) -> tuple[float, int]:
     from tqdm import tqdm
 
@@ -307,45 +503,38 @@ def _train_epoch(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, optimizer: t
                 module.eval()
     else:
         model.encoder.backbone.eval()
-    order = torch.randperm(len(pairs), generator=shuffle)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one row
-        batches[-2] = torch.cat(batches[-2:])
-        batches.pop()
+    batches = _epoch_batches(pairs, shuffle, batch_size)
     total, tokens_seen, pairs_seen = 0.0, 0, 0
-    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False)
-    for index in bar:
-        rows, captions, lengths = pairs.select(index)
-        inputs_batch, kept_rows = inputs.batch(torch.unique(rows))
-        if inputs_batch is None or len(kept_rows) < 2:  # BatchNorm needs two images
+    losses: list[tuple[torch.Tensor, int]] = []  # summed at the end: no GPU sync per step
+    bar = tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False)
+    for item in _loader(inputs, pairs, batches, device, workers):
+        bar.update(1)
+        inputs.failures.update(item["failed"])
+        rows, kept = item["rows"], item["kept"]
+        if item["inputs"] is None or len(kept) < 2 or len(rows) < 2:  # BatchNorm needs two images
             continue
-        if len(kept_rows) < len(torch.unique(rows)):  # images that failed to load: drop their pairs
-            keep = torch.isin(rows, kept_rows)
-            rows, captions, lengths = rows[keep], captions[keep], lengths[keep]
-        if len(rows) < 2:
-            continue
-        position = torch.searchsorted(kept_rows, rows)
-        embeddings = inputs.embed(model, inputs_batch)[position.to(inputs_batch.device)]
-        loss = _loss(model, embeddings, captions, lengths)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
-        optimizer.step()
+        batch = _to_device(item["inputs"], device)
+        lengths = item["lengths"]
+        loss = step(inputs, batch, kept, rows, _to_device(item["captions"], device), lengths)
         count = int(lengths.sum())
-        total += loss.item() * count
+        losses.append((loss, count))
         tokens_seen += count
         pairs_seen += len(rows)
-        bar.set_postfix(loss=f"{total / tokens_seen:.3f}", refresh=False)
     bar.close()
+    if losses:
+        values = torch.stack([loss for loss, _ in losses]).float().cpu().tolist()
+        total = sum(value * count for value, (_, count) in zip(values, losses))
     return total / max(tokens_seen, 1), pairs_seen
 
 
-def _loss(model: ShowAndTell, embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    captions = captions.to(embeddings.device, non_blocking=True)
+def _loss(decoder: Callable[..., torch.Tensor] | ShowAndTell, embeddings: torch.Tensor, captions: torch.Tensor,
+          lengths: torch.Tensor) -> torch.Tensor:
+    if isinstance(decoder, ShowAndTell):
+        decoder = decoder.decoder
+    captions = captions.to(embeddings.device)
     length_list = lengths.tolist()
-    logits = model.decoder(embeddings, captions, length_list)
-    return nn.functional.cross_entropy(logits, packed_targets(captions, length_list))
+    logits = decoder(embeddings, captions, length_list)
+    return nn.functional.cross_entropy(logits.float(), packed_targets(captions, length_list))
 
 
 @torch.no_grad()
@@ -387,24 +576,27 @@ def _validation_loss(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, batch_si
 
 @torch.no_grad()
 def _validation_scores(model: ShowAndTell, vocab: Vocabulary, inputs: Inputs, captions: Sequence[Sequence[str]],
-                       limit: int, batch_size: int) -> dict[str, float | None]:
+                       limit: int, batch_size: int) -> tuple[dict[str, float | None], float | None]:
+    """(scores of greedy captions of the first ``limit`` images, share of those captions that end with <end>)."""
     from captioner.training.evaluation import score_captions
 
     model.eval()
     count = min(limit, len(inputs))
-    predictions, references = {}, {}
+    predictions, references, ended = {}, {}, 0
+    longest = model.config.max_length - 1  # <start> and max_length - 1 words: no <end> was reached
     for start in range(0, count, batch_size):
         rows = torch.arange(start, min(start + batch_size, count))
         inputs_batch, kept_rows = inputs.batch(rows)
         if inputs_batch is None:
             continue
-        hypotheses = model.greedy(inputs.embed(model, inputs_batch), model.config.max_length)
-        for row, hypothesis in zip(kept_rows.tolist(), hypotheses):
-            predictions[str(row)] = vocab.decode(hypothesis.tokens)
+        results = caption_features(model, vocab, inputs.features_of(model, inputs_batch), GREEDY)
+        for row, result in zip(kept_rows.tolist(), results):
+            predictions[str(row)] = result.caption
             references[str(row)] = list(captions[row])
+            ended += bool(result.caption) and len(result.candidates[0].words) < longest
     if not predictions:
-        return {}
-    return score_captions(references, predictions, use_java=False)
+        return {}, None
+    return score_captions(references, predictions, use_java=False), ended / len(predictions)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -445,7 +637,8 @@ def _load_model_state(model: ShowAndTell, state: dict[str, Any]) -> None:
 
 
 def _write_checkpoint(path: Path, model: ShowAndTell, vocab: Vocabulary, optimizer: torch.optim.Optimizer,
-                      shuffle: torch.Generator, result: TrainingResult, best_score: float, epoch: int) -> None:
+                      shuffle: torch.Generator, result: TrainingResult, best_score: float, epoch: int,
+                      schedule: Schedule | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
@@ -464,6 +657,10 @@ def _write_checkpoint(path: Path, model: ShowAndTell, vocab: Vocabulary, optimiz
         "metric": result.metric,
         "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
     }
+    if schedule is not None:
+        state["schedule"] = schedule.state_dict()
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(state, temp)
@@ -484,12 +681,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def model_card(config: ModelConfig, vocab: Vocabulary, result: TrainingResult, info: CardInfo,
-               settings: dict[str, Any] | None = None) -> str:
+               settings: dict[str, Any] | None = None, plot: str | None = None) -> str:
     """README.md with Hub metadata, the data, the training settings and the validation scores."""
-    yaml = ["---", "library_name: captioner", "pipeline_tag: image-to-text", f"license: {json.dumps(info.license)}"]
-    if info.datasets:
-        yaml += ["datasets:", *(f"- {json.dumps(name)}" for name in info.datasets)]
-    yaml += ["tags:", "- image-captioning", "- show-and-tell", "---", ""]
     best = result.best
     epochs = result.history[-1].epoch if result.history else 0
     lines = [
@@ -500,10 +693,16 @@ def model_card(config: ModelConfig, vocab: Vocabulary, result: TrainingResult, i
         "## Training data", "", info.data, "",
         "## Training", "",
         f"- epochs: {epochs}; best epoch: {result.best_epoch} "
-        f"(chosen by {result.metric or 'validation loss'} on the validation set)",
+        f"(chosen by {result.metric or 'validation loss'} on the validation set"
+        f"{', among epochs whose captions end properly' if result.metric else ''})"
+        + ("; stopped early: no better score for the patience allowed" if result.stopped_early else ""),
         f"- validation loss before training: {result.initial_val_loss:.4f}",
     ]
     lines += [f"- {name.replace('_', ' ')}: {value}" for name, value in (settings or {}).items()]
+    lines += [f"- {line}" for text in result.plan for line in text.splitlines()]
+    if plot:
+        lines += ["", f"![Training history: losses and validation {result.metric or 'loss'} per epoch, the kept "
+                      f"epoch marked]({plot})"]
     if best is not None:
         lines += ["", "## Validation scores (best epoch, greedy decoding)", "",
                   f"Validation loss {best.val_loss:.4f}."]
@@ -522,7 +721,8 @@ def model_card(config: ModelConfig, vocab: Vocabulary, result: TrainingResult, i
             lines.append(f"| {e.epoch}{' (best)' if e.best else ''} | {e.train_loss:.4f} | {e.val_loss:.4f} |"
                          f"{shown} {e.seconds:.1f} |")
     lines += ["", "## Limits", "", info.limits, ""]
-    return "\n".join(yaml + lines)
+    return build_card("\n".join(lines), license=info.license, datasets=list(info.datasets) or None,
+                      tags=["image-captioning", "show-and-tell"])
 
 
 def _epoch_line(stats: EpochStats, epochs: int, metric: str | None) -> str:
@@ -568,12 +768,16 @@ def train_captioner(
     *,
     backbone: str = "efficientnet-lite0",
     encoder_output: str = "features",
-    epochs: int = 10,
-    batch_size: int = 128,
+    epochs: int | None = None,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+    warmup_steps: int | None = None,
+    lr_schedule: str = "plateau",
+    batch_size: int | None = None,
     lr: float = 1e-3,
     seed: int = 0,
     resume: bool = False,
-    min_word_count: int = 4,
+    min_word_count: int | None = None,
     embed_size: int = 256,
     hidden_size: int = 512,
     num_layers: int = 1,
@@ -588,32 +792,71 @@ def train_captioner(
     metric_images: int = 500,
     card: CardInfo | None = None,
     progress: bool = True,
+    init_from: str | os.PathLike | None = None,
+    new_words: str = "add",
+    precision: str = "auto",
+    compile: bool = False,
+    workers: int | None = None,
+    report: Callable[[str], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainingResult:
     """Train on ``items`` (``datasets.CaptionedImage``), validate on ``val_items``, write ``out_dir``.
 
-    With a frozen backbone, its outputs come from the feature cache in ``cache_dir``
-    (``features.default_cache_dir()`` when None). On ``resume`` the vocabulary and architecture
-    come from ``out_dir/checkpoint.pt``.
+    Settings left as None are chosen from the data (``plan``): the vocabulary threshold, the
+    batch size, the warm-up and, unless ``epochs`` fixes the number of epochs, early stopping
+    with a patience up to ``max_epochs``. ``init_from`` (a model folder, ``owner/name`` or
+    ``"bundled"``) starts from a trained model (``finetune.init_from``; ``new_words``: add or
+    report). What was chosen goes to ``report`` (default: stderr when ``progress``), before any
+    image is encoded. With a frozen backbone, its outputs come from the feature cache in
+    ``cache_dir`` (``features.default_cache_dir()`` when None). On ``resume`` the vocabulary and
+    architecture come from ``out_dir/checkpoint.pt``.
     """
     from captioner.core.encoders import load_pretrained_weights
+    from captioner.training import plan as planning
+    from captioner.training.finetune import init_from as start_from
 
-    device = torch.device(device) if device is not None else _default_device()
+    say = report or (_say if progress else (lambda text: None))
+    planning.check_dependencies(metric)
+    device = select_device(device)
+    _precision(device, precision)
     if not items:
         raise CaptionerError("there are no training images")
-    if not resume and (Path(out_dir) / CHECKPOINT).exists():
-        raise CaptionerError(f"{out_dir} already holds a training checkpoint; resume it (--resume) "
-                             "or choose another output directory")
+    if not val_items:
+        raise CaptionerError("there are no validation images")
+    planning.check_output_folder(out_dir, resume)
+    train_texts = [c for item in items for c in item.captions]
+    val_texts = [c for item in val_items for c in item.captions]
+    lines: list[str] = []
+    source = None
+    if init_from is not None or not resume:
+        choice = planning.choose_vocabulary(train_texts, val_texts, min_word_count)
+        if init_from is None:
+            vocab = choice.vocab
+            config = build_config(len(vocab), backbone, encoder_output, embed_size=embed_size,
+                                  hidden_size=hidden_size, num_layers=num_layers, max_length=max_length,
+                                  image_size=image_size)
+            lines.append(choice.report())
+        else:
+            source = start_from(None if str(init_from) == "bundled" else init_from, train_texts,
+                                min_count=choice.min_count, new_words=new_words)
+            vocab, config = source.vocab, source.model.config
+            lines.append(source.report())
     if resume:
         state = read_checkpoint(out_dir)
         vocab = Vocabulary(state["vocab"])
         config = ModelConfig.from_dict({k: v for k, v in state["config"].items() if k != "extra"})
+        lines.append("vocabulary and architecture: from the checkpoint being resumed")
+    if metric and len(val_items) < 5:
+        lines.append(f"warning: {len(val_items)} validation image(s) are too few for {metric} to choose an epoch "
+                     f"well; give more with --val-annotations or --val-fraction")
+    for line in lines:
+        say(line)
+    if source is not None:
+        model = source.model if len(source.vocab) == config.vocab_size else ShowAndTell(config)
     else:
-        vocab = Vocabulary.build((c for item in items for c in item.captions), min_count=min_word_count)
-        config = build_config(len(vocab), backbone, encoder_output, embed_size=embed_size, hidden_size=hidden_size,
-                              num_layers=num_layers, max_length=max_length, image_size=image_size)
-    torch.manual_seed(seed)
-    model = ShowAndTell(config)
-    load_pretrained_weights(model.encoder.backbone, config.backbone)
+        torch.manual_seed(seed)
+        model = ShowAndTell(config)
+        load_pretrained_weights(model.encoder.backbone, config.backbone)
     model.to(device)
     skipped: list[tuple[str, str]] = []
     if train_backbone:
@@ -629,28 +872,37 @@ def train_captioner(
         skipped = train_found.failures + val_found.failures
         train_inputs, train_caps = train_found.features, _captions_of(items, train_found)
         val_inputs, val_caps = val_found.features, _captions_of(val_items, val_found)
-        if progress:
-            for path, reason in skipped[:10]:
-                _say(f"skipped {path}: {reason}")
-            if len(skipped) > 10:
-                _say(f"... and {len(skipped) - 10} more unusable images")
+        for found, total, which in ((train_found, len(items), "training"), (val_found, len(val_items), "validation")):
+            if not found.kept:
+                path, why = found.failures[0] if found.failures else ("?", "unknown")
+                raise CaptionerError(f"none of the {total} {which} images could be read (e.g. {path}: {why})")
+        for path, reason in skipped[:10]:
+            say(f"skipped {path}: {reason}")
+        if len(skipped) > 10:
+            say(f"... and {len(skipped) - 10} more unusable images")
+    steps = planning.plan_steps(sum(map(len, train_caps)), batch_size=batch_size, epochs=epochs,
+                                max_epochs=max_epochs, patience=patience, warmup_steps=warmup_steps, lr=lr,
+                                lr_schedule=lr_schedule, metric=metric)
+    say(steps.report())
     settings = {
         "images (train / validation)": f"{len(train_caps)} / {len(val_caps)}",
         "captions (train / validation)": f"{sum(map(len, train_caps))} / {sum(map(len, val_caps))}",
-        "vocabulary": f"words seen at least {min_word_count} times in the training captions"
-        if not resume else "from the first run",
-        "backbone": f"{config.backbone}, {'fine-tuned' if train_backbone else 'frozen (ImageNet weights)'}",
-        "batch size": batch_size, "learning rate": lr, "seed": seed,
+        "backbone": f"{config.backbone}, {'fine-tuned' if train_backbone else 'frozen'}"
+                    + (f", from {source.source}" if source is not None else " (ImageNet weights)"),
+        "seed": seed,
     }
     try:
-        result = fit_decoder(model, vocab, train_inputs, train_caps, val_inputs, val_caps, out_dir, epochs=epochs,
-                             batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, seed=seed, device=device,
-                             metric=metric, metric_images=metric_images, resume=resume, card=card,
-                             settings=settings, progress=progress)
+        result = fit_decoder(model, vocab, train_inputs, train_caps, val_inputs, val_caps, out_dir,
+                             epochs=steps.max_epochs, batch_size=steps.batch_size, lr=lr, backbone_lr=backbone_lr,
+                             seed=seed, device=device, metric=metric, metric_images=metric_images, resume=resume,
+                             card=card, settings=settings, progress=progress, patience=steps.patience,
+                             warmup_steps=steps.warmup_steps, lr_schedule=lr_schedule, precision=precision,
+                             compile=compile, workers=workers, keep_batchnorm=source is not None,
+                             plan=[*lines, steps.report()], on_epoch=on_epoch)
     finally:
         for inputs in (train_inputs, val_inputs):
             if isinstance(inputs, ImageInputs):
-                inputs.pool.shutdown()
+                inputs.close()
     result.skipped_images = skipped + result.skipped_images
     return result
 
@@ -707,25 +959,20 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
     names = [decoding_name(k) for k in beam_sizes]
     captions: dict[str, dict[str, str]] = {name: {} for name in names}
     references, paths, skipped = {}, {}, []
-    model, config = captioner.model, captioner.config
-    max_length = max_length or config.max_length
+    model = captioner.model
     with ThreadPoolExecutor(2) as pool:
         for start in tqdm(range(0, len(items), batch_size), desc="captioning", unit="batch", disable=not progress,
                           file=sys.stderr):
             batch = items[start:start + batch_size]
             pixels, kept, failures = load_pixels([i.image_path for i in batch], captioner.preprocess, pool)
-            skipped += failures
+            skipped += [(str(batch[index].image_path), why) for index, why in failures]
             if pixels is None:
                 continue
-            with torch.inference_mode():
-                embeddings = model.encoder(pixels.to(captioner.device))
-                for name, beam in zip(names, beam_sizes):
-                    if beam == 1:
-                        best = model.greedy(embeddings, max_length)
-                    else:
-                        best = [h[0] for h in model.beam_search(embeddings, beam, max_length, 1)]
-                    for index, hypothesis in zip(kept, best):
-                        captions[name][batch[index].image_id] = captioner.vocab.decode(hypothesis.tokens)
+            features = captioner.backbone_features(pixels)  # encoded once, decoded with every beam size
+            for name, beam in zip(names, beam_sizes):
+                options = DecodeOptions(beam_size=beam, num_candidates=1, max_length=max_length, top_classes=0)
+                for index, result in zip(kept, caption_features(model, captioner.vocab, features, options)):
+                    captions[name][batch[index].image_id] = result.caption
             for index in kept:
                 item = batch[index]
                 references[item.image_id] = list(item.captions)
