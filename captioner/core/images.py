@@ -400,6 +400,7 @@ def _limit_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.I
 
 
 RESIZE_MODES = ("shorter_side", "squash")
+SQUASH_MIN_SIDE = 2048
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                     "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 
@@ -416,8 +417,11 @@ def build_preprocessor(
     Written with PIL and torch directly: importing torchvision costs seconds of start-up that a
     one-shot command line call would otherwise pay.
 
-    The function's ``min_side`` attribute is twice the side it resizes to: ``load_image`` may decode
-    an image down to that (``prepare_pixels`` does) without a visible change in its output.
+    The function's ``min_side`` attribute is what ``load_image`` may decode an image down to
+    (``prepare_pixels`` does): twice the side a shorter-side resize goes to, with no visible change
+    in the output. ``squash`` (the tutorial's preprocessing, kept exact) reduces only images whose
+    shorter side is at least ``2 * SQUASH_MIN_SIDE``: every camera photo up to about 16 MP is
+    resized from its full size, as ``sample.py`` does.
     """
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
@@ -444,7 +448,7 @@ def build_preprocessor(
         pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
         return pixels.permute(2, 0, 1).contiguous().float().div(255).sub_(mean_t).div_(std_t)
 
-    preprocess.min_side = 2 * (crop if resize_mode == "squash" else resize)  # type: ignore[attr-defined]
+    preprocess.min_side = SQUASH_MIN_SIDE if resize_mode == "squash" else 2 * resize  # type: ignore[attr-defined]
     return preprocess
 
 
