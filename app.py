@@ -6,6 +6,8 @@ see which model is loaded. UI only: the work is done by the ``captioner`` librar
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1:7860);
 ``CAPTIONER_MODEL`` chooses the model when ``--model`` is not given (default: the bundled one);
 ``CAPTIONER_MAX_BATCH`` the images per shared forward pass when ``--max-batch-size`` is not (default 8).
+
+The app is meant to be public: SECURITY.md lists what a request may carry and the limits below.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
 
 import argparse
-import base64
-import binascii
 import html
 import sys
 import tempfile
@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
-from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json
+from captioner.serving.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
 from captioner.core.devices import select_device
 from captioner.core.errors import CaptionerError, ImageError
 from captioner.core.onnx_backend import resolve_backend
@@ -36,13 +38,22 @@ from captioner.core.repository import BUNDLED_MODEL_DIR
 from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.serving.batcher import SharedCaptioner, choose_model
 from captioner.serving.provenance import hardware_summary, weights_origin
+from captioner.serving.webguard import (InFlight, InputRefused, RequestSizeLimit, client_host, prune_folder,
+                                        queued_events, upload_source)
 from captioner.serving.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
 CAPTION_CONCURRENCY = 8  # caption calls in flight at once; their model work shares forward passes
 QUEUE_SIZE = 64  # waiting requests beyond this are turned away ("queue is full")
+CAPTIONS_PER_CLIENT = 16  # one client's caption calls waiting or running at once (a quarter of the queue)
+EXPLAINS_PER_CLIENT = 4  # one client's heatmap requests waiting or running at once
+BATCHES_PER_CLIENT = 2  # one client's batch jobs waiting or running at once
+BATCHES_QUEUED = 8  # batch jobs of all clients together, so batches never fill the shared queue
 MAX_UPLOAD = "100mb"  # per file; zips of many photos need room, single images are capped lower by the loader
+MAX_BATCH_UPLOAD_BYTES = 500 * 1024 * 1024  # all files of one batch together
+DOWNLOAD_MAX_AGE_S = 3600  # batch downloads and heatmap overlays are removed after this
+DOWNLOAD_MAX_BYTES = 256 * 1024 * 1024  # and the oldest go first when they hold more than this
 DEFAULT_BEAM = 3
 OVERLAY_SIDE = 1024  # longest side of the heatmap overlays the app and the explain endpoint return
 BEAM, GREEDY = "Beam search", "Greedy"
@@ -58,26 +69,47 @@ CSS = """
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="sky")
 
 
-def open_upload(payload: dict | None) -> str | bytes | None:
-    """An uploaded image (Gradio's raw file payload) as the file path or bytes the captioner's safe
-    loader decodes, once, so a bad file (not an image, truncated, a decompression bomb) is refused
-    with the loader's own message.
-
-    Caption events run with ``preprocess=False`` for this: Gradio's own Image preprocessing would open
-    the file with PIL first and answer a bad one with a generic error. Gradio still checks that the
-    path is one of its uploads before the function sees it.
-    """
-    if not payload:
-        return None
+def image_source(payload: Any) -> str | bytes:
+    """The image a caption request carries: a file Gradio stored in its upload folder for this
+    request, or the bytes of a ``data:`` URL. Caption and batch events run with ``preprocess=False``
+    so that the captioner's loader reports a bad file and ``DecodeOptions`` a bad setting, each with
+    its own message; this check stands in for Gradio's upload-folder check, which raw payloads (a
+    file dict without ``meta``) would otherwise skip."""
     try:
-        if payload.get("path"):
-            return payload["path"]
-        url = payload.get("url") or ""
-        if url.startswith("data:") and "," in url:
-            return base64.b64decode(url.split(",", 1)[1], validate=True)
-    except binascii.Error:
-        raise gr.Error("The pasted image data is damaged.", title="Unusable image", print_exception=False) from None
-    raise gr.Error("No image was received.", title="Unusable image", print_exception=False)
+        return upload_source(payload, get_upload_folder())
+    except InputRefused as error:
+        raise _user_error(error, "Unusable image") from None
+
+
+def batch_sources(payload: Any) -> list[str]:
+    """The files of a batch request (raw Gradio file payloads), each checked like ``image_source``;
+    batches take uploaded files only."""
+    payloads = [] if payload is None else payload if isinstance(payload, list) else [payload]
+    paths = []
+    for item in payloads:
+        source = image_source(item)
+        if not isinstance(source, str):
+            raise gr.Error("Batches take uploaded files only.", title="Batch refused", print_exception=False)
+        paths.append(source)
+    return paths
+
+
+def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
+    """The Caption and Batch tabs' settings, checked (``ValueError`` names the setting). The
+    candidates slider may exceed the beam size: the beam size wins, as the slider says."""
+    if search not in (BEAM, GREEDY):
+        raise ValueError(f"search must be {BEAM!r} or {GREEDY!r}, got {search!r}")
+    if search == GREEDY:
+        return DecodeOptions(1, None, max_length).resolved(default_length)
+    beam = whole_number("beam_size", beam_size, 2, MAX_BEAM_SIZE, "beam search")
+    shown = whole_number("num_candidates", candidates, 1, MAX_BEAM_SIZE)
+    return DecodeOptions(beam, min(shown, beam), max_length).resolved(default_length)
+
+
+def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
+    """The ``caption`` endpoint's settings, checked as sent (``ValueError`` names the setting)."""
+    return DecodeOptions(DEFAULT_BEAM if beam_size is None else beam_size, num_candidates,
+                         max_length).resolved(default_length)
 
 
 def _user_error(error: Exception, title: str) -> gr.Error:
@@ -85,8 +117,26 @@ def _user_error(error: Exception, title: str) -> gr.Error:
 
 
 def launch_options() -> dict[str, Any]:
-    """Arguments for ``demo.launch`` (Gradio 6 takes theme and CSS here, not in ``gr.Blocks``)."""
-    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "share": False}
+    """Arguments for ``demo.launch`` (Gradio 6 takes theme and CSS here, not in ``gr.Blocks``); the
+    request size limits (see ``RequestSizeLimit``) wrap the server."""
+    limits = Middleware(RequestSizeLimit, upload_dir=get_upload_folder())
+    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "share": False,
+            "app_kwargs": {"middleware": [limits]}}
+
+
+def check_queue(blocks: gr.Blocks, concurrency_id: str, request: gr.Request | None, inputs: int,
+                per_client: int, total: int | None = None) -> list[dict]:
+    """A Gradio validator's answer for a request joining ``blocks``' queue: refused (the message is
+    put on its first input) while its client already has ``per_client`` requests of this kind
+    waiting or running, or while ``total`` of all clients' are."""
+    mine, everyone = queued_events(blocks, concurrency_id, client_host(request))
+    problem = None
+    if mine >= per_client:
+        problem = (f"Too many requests at once: you have {mine} of this kind waiting or running "
+                   f"(limit {per_client}); wait for them to finish.")
+    elif total is not None and everyone >= total:
+        problem = f"The server is busy with {everyone} of these jobs (limit {total}); try again in a minute."
+    return [gr.validate(problem is None if i == 0 else True, problem or "" if i == 0 else "") for i in range(inputs)]
 
 
 def max_batch_size(value: int | str | None = None) -> int:
@@ -122,14 +172,16 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     shows_classes = bool(config and config.emits_classes)
     examples = list_examples(examples_dir)
     downloads = tempfile.TemporaryDirectory(prefix="captioner-app-")  # removed when the demo is collected
+    in_flight = InFlight()  # memory is handed back when the last request in flight ends
 
-    def options(search: str, beam_size: float, candidates: float, max_length: float) -> DecodeOptions:
-        beam = 1 if search == GREEDY else max(2, int(beam_size))
-        return DecodeOptions(beam, min(int(candidates), beam), int(max_length))
+    def scratch_folder() -> str:
+        """A new folder for a request's files (downloads, overlays); old ones are pruned first."""
+        prune_folder(downloads.name, max_age_s=DOWNLOAD_MAX_AGE_S, max_bytes=DOWNLOAD_MAX_BYTES)
+        return tempfile.mkdtemp(dir=downloads.name)
 
     if shared is not None and examples and not is_zero_gpu():  # so that clicking an example answers at once
         # (not on ZeroGPU: there each pass asks for a GPU, which is for visitors' requests)
-        problems = shared.warm(examples, options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length))
+        problems = shared.warm(examples, ui_options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, default_length, default_length))
         for path, problem in zip(examples, problems):
             if problem:
                 print(f"Example {path.name} left out of the gallery: {problem}", file=sys.stderr)
@@ -144,9 +196,15 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     def caption_photo(upload, search, beam_size, candidates, max_length):
         if not upload:
             return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None, ""
-        model, image = require_model(), open_upload(upload)
+        model = require_model()
         try:
-            result = model.caption(image, options(search, beam_size, candidates, max_length))
+            options = ui_options(search, beam_size, candidates, max_length, default_length)
+        except ValueError as error:
+            raise _user_error(error, "Bad decoding settings") from None
+        source = image_source(upload)
+        try:
+            with in_flight:
+                result = model.caption(source, options)
         except ImageError as error:
             raise _user_error(error, "Unusable image") from None
         except ValueError as error:
@@ -179,72 +237,95 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         key = [upload.get("path") or upload.get("url"), caption]
         if not explained or explained["key"] != key:
             require_model()
-            image = open_upload(upload)
+            source = image_source(upload)
             try:
-                explanation = explain_on_device(image, caption)
+                with in_flight:
+                    explanation = explain_on_device(source, caption)
             except (ImageError, ValueError) as error:
                 raise _user_error(error, "Cannot explain this caption") from None
-            paths = write_overlays(explanation, tempfile.mkdtemp(dir=downloads.name), "word", max_side=OVERLAY_SIDE)
+            paths = write_overlays(explanation, scratch_folder(), "word", max_side=OVERLAY_SIDE)
             explained = {"key": key, "paths": [str(path) for path in paths],
                          "words": [(word.word, word.probability) for word in explanation.words]}
-        word, probability = explained["words"][int(index)]
+        try:
+            index = whole_number("word", index, 0, len(explained["words"]) - 1)
+        except ValueError as error:
+            raise _user_error(error, "Cannot explain this caption") from None
+        word, probability = explained["words"][index]
         note = (f"**{html.escape(word)}**: probability {probability:.1%} given the photo and the words before it. "
                 "Warm colours mark the parts of the photo that raised it most (Grad-CAM).")
-        return gr.Image(value=explained["paths"][int(index)], visible=True), note, explained
+        return gr.Image(value=explained["paths"][index], visible=True), note, explained
 
     def explain_api(image, caption, beam_size, max_length):
         """Per-word heatmaps of a caption (empty: the model's own). Returns {caption, words: [{word,
         probability}], model} and one PNG overlay per word (the word as its caption), at most
         OVERLAY_SIDE pixels on the longer side."""
         model = require_model()
+        try:
+            options = api_options(beam_size, None, max_length, default_length)
+            if caption is not None and not isinstance(caption, str):
+                raise ValueError(f"caption must be text, got {caption!r}")
+        except ValueError as error:
+            raise _user_error(error, "Bad request") from None
         if not image:
             raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
-        image = open_upload(image)
+        source = image_source(image)
         try:
-            explanation = explain_on_device(
-                image, caption or None, beam_size=DEFAULT_BEAM if beam_size is None else int(beam_size),
-                max_length=None if max_length is None else int(max_length))
+            with in_flight:
+                explanation = explain_on_device(source, caption or None, beam_size=options.beam_size,
+                                                max_length=options.max_length)
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
-        paths = write_overlays(explanation, tempfile.mkdtemp(dir=downloads.name), "word", max_side=OVERLAY_SIDE)
+        paths = write_overlays(explanation, scratch_folder(), "word", max_side=OVERLAY_SIDE)
         data = {**explanation.to_dict(), "model": model.captioner.loaded.source}
         return data, [(str(path), word.word) for path, word in zip(paths, explanation.words)]
 
-    def caption_api(image, beam_size, num_candidates, max_length) -> dict:
+    def caption_api(image, beam_size=None, num_candidates=None, max_length=None) -> dict:
         """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
         words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
         beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
-        beam_size; score is the mean log-probability per word."""
+        beam_size (default: beam_size); score is the mean log-probability per word. Bad settings are
+        refused with a message naming them."""
         model = require_model()
+        try:
+            options = api_options(beam_size, num_candidates, max_length, default_length)
+        except ValueError as error:
+            raise _user_error(error, "Bad request") from None
         if not image:
             raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
-        image = open_upload(image)
+        source = image_source(image)
         try:
-            beam = whole_number("beam_size", DEFAULT_BEAM if beam_size is None else beam_size, 1, MAX_BEAM_SIZE)
-            wanted = beam if num_candidates is None else whole_number("num_candidates", num_candidates, 1,
-                                                                      MAX_BEAM_SIZE)
-            result = model.caption(image, DecodeOptions(beam, min(wanted, beam), max_length))
+            with in_flight:
+                result = model.caption(source, options)
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
         return result.to_dict()
 
-    def caption_batch(paths, search, beam_size, max_length, progress=gr.Progress()):
+    def caption_batch(files, search, beam_size, max_length, progress=gr.Progress()):
         model = wrap_captioner(require_model().captioner, on_gpu)
+        try:
+            options = ui_options(search, beam_size, 1, max_length, default_length)
+        except ValueError as error:
+            raise _user_error(error, "Bad decoding settings") from None
+        paths = batch_sources(files)
         if not paths:
             raise gr.Error("Add some images or a .zip archive first.", title="Nothing to caption",
                            print_exception=False)
         try:
+            size = total_bytes(paths)
+            if size > MAX_BATCH_UPLOAD_BYTES:
+                raise ImageError(f"the files add up to {size / 2**20:.0f} MB (limit "
+                                 f"{MAX_BATCH_UPLOAD_BYTES / 2**20:.0f} MB per batch); split them into smaller batches")
             inputs = collect_inputs(paths)
         except ImageError as error:
             raise _user_error(error, "Batch refused") from None
-        beam = 1 if search == GREEDY else max(2, int(beam_size))
         try:
-            rows = caption_inputs(model, inputs, DecodeOptions(beam, 1, int(max_length)), batch_size=batch_size,
-                                  progress=lambda done, total: progress((done, total), desc="Captioning",
-                                                                        unit="images"))
+            with in_flight:
+                rows = caption_inputs(model, inputs, options, batch_size=batch_size,
+                                      progress=lambda done, total: progress((done, total), desc="Captioning",
+                                                                            unit="images"))
         except ValueError as error:
             raise _user_error(error, "Bad decoding settings") from None
-        folder = Path(tempfile.mkdtemp(dir=downloads.name))
+        folder = Path(scratch_folder())
         csv_path, json_path = folder / "alt-text.csv", folder / "alt-text.json"
         csv_path.write_text(rows_to_csv(rows), encoding="utf-8")
         json_path.write_text(rows_to_json(rows), encoding="utf-8")
@@ -256,8 +337,24 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         return (table, summary, gr.DownloadButton(value=str(csv_path), visible=True),
                 gr.DownloadButton(value=str(json_path), visible=True))
 
+    # Validators run when a request joins the queue: they refuse it before it takes a place there.
+    def guard_photo(upload, search, beam_size, candidates, max_length, request: gr.Request):
+        return check_queue(demo, "caption", request, 5, CAPTIONS_PER_CLIENT)
+
+    def guard_api(image, beam_size, num_candidates, max_length, request: gr.Request):
+        return check_queue(demo, "caption", request, 4, CAPTIONS_PER_CLIENT)
+
+    def guard_explain_word(upload, index, caption, explained, request: gr.Request):
+        return check_queue(demo, "explain", request, 4, EXPLAINS_PER_CLIENT)
+
+    def guard_explain_api(image, caption, beam_size, max_length, request: gr.Request):
+        return check_queue(demo, "explain", request, 4, EXPLAINS_PER_CLIENT)
+
+    def guard_batch(files, search, beam_size, max_length, request: gr.Request):
+        return check_queue(demo, "batch", request, 4, BATCHES_PER_CLIENT, BATCHES_QUEUED)
+
     with gr.Blocks(title="Show and Tell: image captioner", analytics_enabled=False,
-                   delete_cache=(3600, 7200)) as demo:
+                   delete_cache=(900, 3600)) as demo:  # uploads live an hour
         demo.downloads = downloads  # keep the folder alive as long as the app
         gr.Markdown("# Show and Tell: image captioner\n"
                     "A pretrained CNN looks at the photo; an LSTM writes a sentence about it, word by word. "
@@ -269,7 +366,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=5):
                         photo = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
-                                         elem_id="photo", height=380)  # opened by open_upload
+                                         elem_id="photo", height=380)  # read through image_source
                         run = gr.Button("Caption", variant="primary")
                         with gr.Accordion("Decoding settings", open=False):
                             search = gr.Radio([BEAM, GREEDY], value=BEAM, label="Search",
@@ -325,7 +422,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         with gr.Row(visible=False):  # the inputs and output of the API-only `caption` endpoint
             api_image = gr.Image(type="filepath", label="image")
             api_beam = gr.Number(DEFAULT_BEAM, precision=0, label="beam_size")
-            api_candidates = gr.Number(DEFAULT_BEAM, precision=0, label="num_candidates")
+            api_candidates = gr.Number(None, precision=0, label="num_candidates")  # None: as many as beam_size
             api_length = gr.Number(default_length, precision=0, label="max_length")
             api_result = gr.JSON(label="result")
             api_trigger = gr.Button()
@@ -339,23 +436,23 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
               caption_photo, [photo, *controls],
               [caption_view, words_view, candidates_view, classes_view, shown_caption],
               preprocess=False, api_visibility="private", concurrency_limit=CAPTION_CONCURRENCY,
-              concurrency_id="caption").success(word_choices, shown_caption,
+              concurrency_id="caption", validator=guard_photo).success(word_choices, shown_caption,
                                                 [explain_words, explain_view, explain_note, explained],
                                                 api_visibility="private")
         explain_words.input(explain_word, [photo, explain_words, shown_caption, explained],
                             [explain_view, explain_note, explained], preprocess=False, api_visibility="private",
-                            concurrency_limit=2, concurrency_id="explain")
+                            concurrency_limit=2, concurrency_id="explain", validator=guard_explain_word)
         api_explain.click(explain_api, [api_image, api_caption, api_beam, api_length],
                           [api_explanation, api_overlays], api_name="explain", preprocess=False,
-                          concurrency_limit=2, concurrency_id="explain")
+                          concurrency_limit=2, concurrency_id="explain", validator=guard_explain_api)
         # Not batch=True: Gradio fails a whole batch when one request fails. Each call decodes its
         # own image (so a bad one fails alone) and SharedCaptioner merges the model work instead.
         api_trigger.click(caption_api, [api_image, api_beam, api_candidates, api_length], api_result,
                           api_name="caption", preprocess=False, concurrency_limit=CAPTION_CONCURRENCY,
-                          concurrency_id="caption")
+                          concurrency_id="caption", validator=guard_api)
         run_batch.click(caption_batch, [files, search, beam_size, max_length],
                         [batch_table, batch_summary, csv_button, json_button], api_visibility="private",
-                        concurrency_limit=1, concurrency_id="batch")
+                        preprocess=False, concurrency_limit=1, concurrency_id="batch", validator=guard_batch)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
     demo.shared_captioner = shared  # for tests and monitoring
     return demo

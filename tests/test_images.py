@@ -384,3 +384,93 @@ def test_more_real_files_from_scikit_image(name, size):
             assert pixel(result, (0, 0)) == (255, 255, 255) and min(result.getextrema()[0]) == 0
         else:  # nothing else to do than decode and convert the first frame
             assert result.tobytes() == original.convert("RGB").tobytes()
+
+
+# ---- bounded decoding (min_side, the byte semaphore) ------------------------------------------
+
+@pytest.mark.parametrize("mode, fmt", [("RGB", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("1", "PNG"),
+                                       ("I;16", "PNG"), ("LA", "PNG"), ("CMYK", "TIFF"), ("F", "TIFF")])
+def test_large_images_are_reduced_but_never_below_min_side(mode, fmt):
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray((rng.random((1300, 2100, 3)) * 255).astype(np.uint8))
+    if mode == "F":  # floats in [0, 1] (other ranges are stretched from their own minimum to maximum)
+        source = Image.fromarray(np.asarray(photo.convert("L"), np.float32) / 255)
+    else:
+        source = photo.convert("L").convert(mode) if mode == "I;16" else photo.convert(mode)
+    image = load_image(encode(source, fmt), min_side=300)
+    assert image.mode == "RGB" and 300 <= min(image.size) < 600
+    assert image.width / image.height == pytest.approx(2100 / 1300, rel=0.01)
+    full = load_image(encode(source, fmt)).resize(image.size, Image.Resampling.BOX)
+    difference = np.abs(np.asarray(image, np.int16) - np.asarray(full, np.int16)).mean()
+    assert difference < 6, difference  # the same picture, averaged the same way
+
+
+def test_small_images_and_min_side_none_keep_their_size():
+    data = encode(Image.new("RGB", (700, 500), "red"), "JPEG")
+    assert load_image(data, min_side=256).size == (700, 500)  # shorter side under twice min_side
+    assert load_image(encode(Image.new("RGB", (3000, 2000), "red"), "JPEG")).size == (3000, 2000)
+
+
+def test_reduction_keeps_exif_orientation_and_transparency():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    for fmt in ("JPEG", "PNG"):
+        image = load_image(encode(Image.new("RGB", (3000, 1200), "blue"), fmt, exif=exif), min_side=256)
+        assert image.height > image.width, fmt
+    clear = Image.new("RGBA", (2400, 1200), (255, 0, 0, 0))
+    assert load_image(encode(clear), min_side=256).getpixel((10, 10)) == (255, 255, 255)
+
+
+def test_a_caller_s_image_is_not_changed():
+    photo = Image.open(io.BytesIO(encode(Image.new("RGB", (3000, 2000), "green"), "JPEG")))
+    assert load_image(photo, min_side=256).size == (429, 286)  # reduced by 7 after decoding, not drafted
+    assert photo.size == (3000, 2000) and load_image(photo).size == (3000, 2000)
+
+
+def test_bad_min_side_is_refused():
+    for value in (0, -1, 2.5, True, "256"):
+        with pytest.raises(ValueError, match="min_side"):
+            load_image(encode(Image.new("RGB", (8, 8))), min_side=value)
+
+
+def test_byte_semaphore_caps_the_bytes_held_across_threads():
+    import threading
+    import time
+
+    from captioner.core.images import ByteSemaphore
+
+    semaphore = ByteSemaphore(100)
+    holding = []
+
+    def work(size):
+        with semaphore.hold(size):
+            holding.append(semaphore.in_use)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=work, args=(size,)) for size in (60, 60, 30, 30, 500, 10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert semaphore.peak <= 100 and max(holding) <= 100 and semaphore.in_use == 0
+    assert len(holding) == 6  # the request over the capacity ran alone instead of waiting forever
+    with pytest.raises(ValueError):
+        ByteSemaphore(0)
+
+
+def test_decoding_in_flight_stays_within_the_budget(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from captioner.core import images
+
+    data = encode(Image.new("RGBA", (3000, 3000), (10, 20, 30, 128)))
+    need = images.decoded_bytes((3000, 3000), "RGBA", reduced=True)
+    before = images.DECODE_MEMORY.peak
+    images.DECODE_MEMORY.peak = 0
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            sizes = list(pool.map(lambda _: load_image(data, min_side=256).size, range(8)))
+        assert sizes == [(273, 273)] * 8  # 3000 / 11, rounded up
+        assert need <= images.DECODE_MEMORY.peak <= images.DECODE_MEMORY.capacity
+    finally:
+        images.DECODE_MEMORY.peak = max(before, images.DECODE_MEMORY.peak)

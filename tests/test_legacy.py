@@ -85,8 +85,11 @@ def test_a_photo_file_gets_the_tutorials_caption_token_for_token(tutorial_files,
     captioner = load_captioner(out, "cpu")
     assert (captioner.config.resize_mode, captioner.config.resample) == ("squash", "lanczos")
     transform = build_transform()
-    for name in ("coffee", "chelsea-the-cat", "rocket"):
-        path = example_photos[name]
+    from PIL import Image
+
+    large = tmp_path / "large-photo.jpg"  # a camera-sized file: 3000 x 3516, decoded at full size too
+    Image.open(example_photos["grace-hopper"]).resize((3000, 3516), Image.Resampling.BICUBIC).save(large, quality=90)
+    for path in (example_photos["coffee"], example_photos["chelsea-the-cat"], example_photos["grace-hopper"], large):
         pixels = tutorial_load_image(path, transform)
         ours = captioner.prepare(path)
         assert torch.allclose(ours, pixels[0], atol=1e-6)  # the same input tensor from the same file

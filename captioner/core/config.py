@@ -116,13 +116,17 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ModelFormatError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelFormatError(f"{path} is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelFormatError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, MAX_CONFIG_BYTES))
+
+
+def read_json(path: str | Path, max_bytes: int) -> Any:
+    """A model file's JSON, refused with ``ModelFormatError`` when missing, over ``max_bytes`` or invalid."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ModelFormatError(f"{path} is larger than {max_bytes // 1024} KiB")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"{path} is not valid JSON: {error}") from None

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captioner.core.errors import ImageError
-from captioner.core.images import MAX_ASPECT, ImageSource, load_image, load_pixels
+from captioner.core.images import MAX_ASPECT, ImageSource, load_image
 from captioner.core.model import ShowAndTell, packed_targets
 from captioner.core.options import DecodeOptions
 from captioner.core.vocabulary import END, END_ID, START_ID, UNK_ID, Vocabulary, tokenize
@@ -99,14 +98,9 @@ def score(captioner, images: ImageSource | Sequence[ImageSource], caption: str
     a list (one batched pass). Raises ``ImageError`` for an unusable image, ``ValueError`` for a caption
     without words."""
     words, ids, known = encode_caption(captioner.vocab, caption)
-    single = not isinstance(images, (list, tuple))
-    batch = [images] if single else list(images)
-    if not batch:
+    pixels, single = captioner.pixels_of(images)
+    if pixels is None:
         return []
-    pixels, _, failures = load_pixels(batch, captioner.preprocess)
-    if failures:
-        index, why = failures[0]
-        raise ImageError(why if single else f"image {index + 1} of {len(batch)}: {why}")
     features = captioner.backbone_features(pixels)
     model = captioner.model
     with torch.inference_mode():

@@ -4,15 +4,31 @@
 RGB ``PIL.Image``, or raises ``ImageError`` with a message fit to show a user. It checks
 the declared size before decoding (decompression bombs), forces a full decode (truncated
 files fail here, not later in the model) and flattens transparency onto white.
+
+Memory is bounded by design. With ``min_side`` a large image is decoded at reduced size where
+the format allows (JPEG's DCT scaling through ``Image.draft``) and otherwise reduced right after
+decoding, before 16-bit scaling, transparency or EXIF rotation make full-size copies. The
+decoded pixel memory of all calls in flight, across threads, is capped by ``DECODE_MEMORY`` (a
+semaphore counted in bytes), and freed pixel memory goes back to the operating system. glibc
+keeps freed blocks of up to 32 MB in the arena of the thread that used them (``malloc_trim`` does
+not empty other threads' arenas), so from the first large decode on Pillow allocates pixels in
+blocks of ``PILLOW_BLOCK_BYTES`` (64 MB, which glibc always maps on its own and unmaps when
+freed), reduction works in small bands, and ``malloc_trim`` runs after each large decode. A burst
+of huge images decoded on many threads leaves no lasting growth.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import os
+import platform
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -27,21 +43,64 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "PPM", "
 # Leading bytes of the accepted formats, to tell a broken image from a non-image.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 MAX_ASPECT = 4.0  # see _limit_aspect
+# Decoded pixel memory that all load_image calls may hold at once (CAPTIONER_DECODE_BUDGET_MB).
+DECODE_BUDGET_BYTES = int(os.environ.get("CAPTIONER_DECODE_BUDGET_MB") or 512) * 1024 * 1024
+TRIM_AFTER_BYTES = 32 * 1024 * 1024  # decodes at least this large hand freed memory back afterwards
+PILLOW_BLOCK_BYTES = 64 * 1024 * 1024  # Pillow's pixel blocks from the first large decode on (see above)
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 Preprocessor = Callable[[Image.Image], torch.Tensor]
 
 
+class ByteSemaphore:
+    """A semaphore counted in bytes: ``hold(n)`` waits until ``n`` more bytes fit under ``capacity``.
+
+    A request larger than the whole capacity waits until nothing else is held, then runs alone.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
+        self.capacity = capacity
+        self.in_use = 0  # bytes held now
+        self.peak = 0  # most bytes held at once so far
+        self._condition = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        size = max(0, min(int(size), self.capacity))
+        with self._condition:
+            self._condition.wait_for(lambda: self.in_use + size <= self.capacity)
+            self.in_use += size
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.in_use -= size
+                self._condition.notify_all()
+
+
+DECODE_MEMORY = ByteSemaphore(DECODE_BUDGET_BYTES)
+
+
 def load_image(
-    source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES
+    source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Return ``source`` as a new RGB image (EXIF orientation applied, first frame only).
 
+    ``min_side``: when given, an image whose shorter side is at least twice this is decoded or
+    reduced by a whole factor to a shorter side of no less than ``min_side`` (a model that resizes
+    to ``r`` loses nothing visible with ``min_side=2 * r``). None keeps the full size.
+
     Raises ``ImageError`` for missing, empty, oversized, non-image, truncated or corrupt input.
     """
+    if min_side is not None and (isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1):
+        raise ValueError(f"min_side must be a whole number of at least 1, got {min_side!r}")
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels)
-        return _to_rgb(_decode(source))
+        return _bounded_decode(source, min_side, owned=False)
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -69,7 +128,134 @@ def load_image(
     except Exception as exc:  # a recognised header that its plugin cannot parse
         raise ImageError("truncated or corrupt image") from exc
     _check_size(image.size, max_pixels)
-    return _to_rgb(_decode(image))
+    return _bounded_decode(image, min_side, owned=True)
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from an image's header (nothing is decoded), or None when the header
+    is not one of an accepted format."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - load_image says what is wrong with it
+        return None
+
+
+def decoded_bytes(size: tuple[int, int], mode: str, *, reduced: bool = False) -> int:
+    """Pixel memory that decoding an image of this size and mode holds at its peak, about.
+
+    Pillow keeps one byte per pixel for 1-bit, greyscale and palette images, two for 16-bit
+    greyscale and four for everything else (RGB included). Reduction works band by band, so it
+    adds little; without it the conversions to RGB make full-size copies (counted as two more
+    4-byte images).
+    """
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return size[0] * size[1] * (per_pixel + (0 if reduced else 8))
+
+
+def _bounded_decode(image: Image.Image, min_side: int | None, owned: bool) -> Image.Image:
+    """Decode under ``DECODE_MEMORY``: reduced early when ``min_side`` allows, then RGB.
+    ``owned``: the image was opened here, so its full-size pixels are freed as soon as possible."""
+    reduces = min_side is not None and min(image.size) >= 2 * min_side
+    if reduces and owned and image.format in ("JPEG", "MPO") and getattr(image, "tile", None):
+        try:
+            image.draft(image.mode, (min_side, min_side))  # DCT scaling, never below min_side
+        except (OSError, ValueError):
+            pass
+        reduces = min(image.size) >= 2 * min_side
+    need = decoded_bytes(image.size, image.mode, reduced=reduces)
+    if need >= TRIM_AFTER_BYTES:
+        _use_large_pixel_blocks()
+    try:
+        with DECODE_MEMORY.hold(need):
+            _load(image)
+            small = _reduce(image, min_side) if reduces else image
+            if owned and small is not image:
+                image.close()  # frees the full-size pixels now, not when the caller's frame ends
+            result = _to_rgb(_transpose(small))
+            if owned:
+                image.close()
+            return result
+    finally:
+        if need >= TRIM_AFTER_BYTES:
+            release_free_memory()
+
+
+_REDUCE_BAND_BYTES = 2 * 1024 * 1024  # pixels converted at once while reducing (small: see the module notes)
+
+
+def _reduce(image: Image.Image, min_side: int) -> Image.Image:
+    """Shrink by the largest whole factor that keeps the shorter side at least ``min_side``.
+
+    Works in horizontal bands: Pillow's reduce (and any mode conversion it needs, such as
+    premultiplying alpha) would otherwise copy the whole full-size image first.
+    """
+    factor = min(image.size) // min_side
+    if factor < 2:
+        return image
+    width, height = image.size
+    rows = max(1, _REDUCE_BAND_BYTES // (width * 4 * factor)) * factor
+    out: Image.Image | None = None
+    for top in range(0, height, rows):
+        band = _reducible(image.crop((0, top, width, min(height, top + rows))))
+        try:
+            small = band.reduce(factor)
+        except ValueError:  # a mode Pillow cannot reduce: a box-filtered resize does the same job
+            small = band.resize((-(-band.width // factor), -(-band.height // factor)), Image.Resampling.BOX)
+        if out is None:
+            out = Image.new(small.mode, (small.width, -(-height // factor)))
+        out.paste(small, (0, top // factor))
+    assert out is not None  # noqa: S101 - height >= 2 * min_side > 0
+    out.info = dict(image.info)  # EXIF orientation and transparency travel with the pixels
+    return out
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """``image`` in a mode that Pillow can average (1-bit, palette and 16-bit modes cannot be)."""
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode == "P":
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if image.mode.startswith("I;16"):
+        return image.convert("I")
+    return image
+
+
+_LIBC: ctypes.CDLL | None | bool = False  # False: not looked up yet; None: not glibc
+_LARGE_BLOCKS = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _LIBC
+    if _LIBC is False:
+        _LIBC = None
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+                _LIBC = libc
+            except (OSError, AttributeError):
+                _LIBC = None
+    return _LIBC
+
+
+def release_free_memory() -> bool:
+    """Hand memory that the C allocator keeps after frees back to the system (glibc's
+    ``malloc_trim``). Returns False where that is not available (other C libraries)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def _use_large_pixel_blocks() -> None:
+    """Allocate Pillow's pixel memory in blocks of ``PILLOW_BLOCK_BYTES`` (once per process)."""
+    global _LARGE_BLOCKS
+    if not _LARGE_BLOCKS:
+        _LARGE_BLOCKS = True
+        if Image.core.get_block_size() < PILLOW_BLOCK_BYTES:
+            Image.core.set_block_size(PILLOW_BLOCK_BYTES)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:
@@ -116,14 +302,18 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise ImageError(f"image is too large: {width} x {height} pixels (limit {max_pixels})")
 
 
-def _decode(image: Image.Image) -> Image.Image:
-    """Fully decode (surfacing truncation) and apply EXIF orientation; returns a new image."""
+def _load(image: Image.Image) -> None:
+    """Fully decode, surfacing truncation as ``ImageError``."""
     try:
         image.load()
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image is too large ({exc})") from exc
     except Exception as exc:  # decoders raise OSError, SyntaxError, EOFError, ValueError...
         raise ImageError("truncated or corrupt image") from exc
+
+
+def _transpose(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; returns a new image."""
     try:
         return ImageOps.exif_transpose(image)  # a transposed copy, or a plain copy
     except Exception:  # unreadable EXIF data: keep the pixels as stored
@@ -210,6 +400,7 @@ def _limit_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.I
 
 
 RESIZE_MODES = ("shorter_side", "squash")
+SQUASH_MIN_SIDE = 2048
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                     "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 
@@ -225,6 +416,12 @@ def build_preprocessor(
     ``sample.py``). Then ``(x - mean) / std`` on [0, 1] values, as ``ToTensor`` + ``Normalize``.
     Written with PIL and torch directly: importing torchvision costs seconds of start-up that a
     one-shot command line call would otherwise pay.
+
+    The function's ``min_side`` attribute is what ``load_image`` may decode an image down to
+    (``prepare_pixels`` does): twice the side a shorter-side resize goes to, with no visible change
+    in the output. ``squash`` (the tutorial's preprocessing, kept exact) reduces only images whose
+    shorter side is at least ``2 * SQUASH_MIN_SIDE``: every camera photo up to about 16 MP is
+    resized from its full size, as ``sample.py`` does.
     """
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
@@ -251,6 +448,7 @@ def build_preprocessor(
         pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
         return pixels.permute(2, 0, 1).contiguous().float().div(255).sub_(mean_t).div_(std_t)
 
+    preprocess.min_side = SQUASH_MIN_SIDE if resize_mode == "squash" else 2 * resize  # type: ignore[attr-defined]
     return preprocess
 
 
@@ -269,9 +467,10 @@ def _centre_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def prepare_pixels(source: ImageSource, preprocess: Preprocessor) -> torch.Tensor | str:
-    """``preprocess(load_image(source))``, or the message saying why that image cannot be used."""
+    """``preprocess(load_image(source))``, or the message saying why that image cannot be used.
+    Large images are decoded only as large as ``preprocess`` needs (its ``min_side``, if it has one)."""
     try:
-        return preprocess(load_image(source))
+        return preprocess(load_image(source, min_side=getattr(preprocess, "min_side", None)))
     except ImageError as error:
         return str(error)
 

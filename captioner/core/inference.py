@@ -143,16 +143,24 @@ class Captioner:
         for bad settings. ``caption_many`` reports bad images per item instead.
         """
         options = _options(options, settings)
+        pixels, single = self.pixels_of(images)
+        if pixels is None:
+            return []
+        results = self.caption_pixels(pixels, options)
+        return results[0] if single else results
+
+    def pixels_of(self, images: ImageSource | Sequence[ImageSource]) -> tuple[torch.Tensor | None, bool]:
+        """(the batch for one image or a list of them, whether one image was given); ``None`` for an
+        empty list. Raises ``ImageError`` for an unusable image (for a list: naming the first one)."""
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:
-            return []
+            return None, single
         pixels, _, failures = load_pixels(batch, self.preprocess)
         if failures:
             index, why = failures[0]
             raise ImageError(why if single else f"image {index + 1} of {len(batch)}: {why}")
-        results = self.caption_pixels(pixels, options)
-        return results[0] if single else results
+        return pixels, single
 
     def caption_many(self, sources: Sequence[ImageSource], options: DecodeOptions | None = None, *,
                      names: Sequence[str] | None = None, batch_size: int = 8,

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from captioner.core.config import read_json
 from captioner.core.errors import ModelFormatError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -79,14 +80,7 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path, expected_size: int | None = None) -> Vocabulary:
         path = Path(path)
-        try:
-            if path.stat().st_size > MAX_VOCAB_FILE_BYTES:
-                raise ModelFormatError(f"{path} is larger than {MAX_VOCAB_FILE_BYTES // 2**20} MiB")
-            tokens = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelFormatError(f"{path} is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelFormatError(f"{path} is not valid JSON: {error}") from None
+        tokens = read_json(path, MAX_VOCAB_FILE_BYTES)
         if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
             raise ModelFormatError(f"{path} must be a JSON list of non-empty strings")
         if expected_size is not None and len(tokens) != expected_size:

@@ -4,8 +4,10 @@ one row per image out, as a table or as CSV / JSON files.
 Zip archives are read in memory, member by member: nothing is extracted to disk, so member
 names (``../../etc/passwd``) are only labels. The number of members and the total size they
 unpack to are capped, and each member is read with a byte limit, so a zip bomb costs no more
-than the limits allow. A file that cannot be read or captioned becomes a row with an error;
-it never stops the batch.
+than the limits allow. Decoding is bounded too: every image, loose or zipped, is held to the
+loader's pixel cap, and the images of one batch together to ``MAX_BATCH_PIXELS`` (read from
+their headers before decoding). A file that cannot be read or captioned becomes a row with an
+error; it never stops the batch.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from captioner.core.errors import ImageError
-from captioner.core.images import MAX_IMAGE_BYTES
+from captioner.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size
 from captioner.core.inference import Captioner
 from captioner.core.options import DecodeOptions
 from captioner.core.results import CaptionResult, failed
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together
+MAX_BATCH_PIXELS = 1_000_000_000  # what the images of one batch may hold together (20 images at the 50 MP cap)
 _SKIPPED_NAMES = {"thumbs.db", "desktop.ini"}  # files that operating systems add to folders
 
 
@@ -105,16 +108,30 @@ def _member_error(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def total_bytes(paths: Iterable[str | os.PathLike]) -> int:
+    """The size of the files at ``paths`` together (as stored: zip archives count compressed)."""
+    total = 0
+    for path in paths:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass  # collect_inputs reports it
+    return total
+
+
 def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: DecodeOptions | None = None, *,
-                   batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> list[CaptionResult]:
+                   batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
+                   max_pixels: int = MAX_BATCH_PIXELS) -> list[CaptionResult]:
     """Caption every input, ``batch_size`` images per forward pass; one result per input, in order,
-    named after the input. Unreadable inputs become results with an error.
+    named after the input. Unreadable inputs become results with an error, and so do the images
+    beyond ``max_pixels`` in all (counted from their headers, before decoding).
 
     ``progress(done, total)`` is called before the first pass and after each one.
     """
     options = options or DecodeOptions(num_candidates=1)
     results: list[CaptionResult] = []
     total = len(inputs)
+    used = 0
     if progress:
         progress(0, total)
     for start in range(0, total, batch_size):
@@ -123,7 +140,14 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: 
         readable, data = [], []
         for index, item in enumerate(chunk):
             try:
-                data.append(item.read())
+                blob = item.read()
+                width, height = image_size(blob) or (0, 0)
+                pixels = width * height if width * height <= MAX_IMAGE_PIXELS else 0  # else the loader refuses it
+                if used + pixels > max_pixels:
+                    raise ImageError(f"this batch's images exceed {max_pixels / 1e6:g} megapixels together; "
+                                     "caption this file in another batch")
+                used += pixels
+                data.append(blob)
                 readable.append(index)
             except ImageError as error:
                 chunk_results[index] = failed(item.name, str(error), captioner.loaded.source)

@@ -185,7 +185,7 @@ def build_http_app(service: CaptionService) -> FastAPI:
         demo = demo_module.build_demo(service.model, batch_size=service.max_batch_size)
         options = demo_module.launch_options()
         gr.mount_gradio_app(http, demo, path="/", max_file_size=options["max_file_size"], theme=options["theme"],
-                            css=options["css"])
+                            css=options["css"], app_kwargs=options.get("app_kwargs"))  # the app's request limits
     return http
 
 
