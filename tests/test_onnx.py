@@ -320,6 +320,16 @@ def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_di
         "error: the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"]
 
 
+def test_without_onnxruntime_the_app_refuses_the_onnx_backend_at_start(tmp_path):
+    done = run_without("onnxruntime", """
+        import app
+        app.main(["--backend", "onnx"])
+    """, tmp_path)
+    assert done.returncode == 2  # argparse's usage error, before any model is loaded or server started
+    assert done.stderr.splitlines()[-1].endswith(
+        "error: the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')")
+
+
 @needs_onnxruntime
 def test_cli_backend_flag(tiny_model_dir, tmp_path):
     env = {**_env(), "CAPTIONER_CACHE": str(tmp_path / "cache")}
