@@ -58,6 +58,14 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def app_model(tmp_path_factory) -> Path:
+    """The small model the app tests show (see ``app_fixtures.make_app_model``)."""
+    from app_fixtures import make_app_model
+
+    return make_app_model(tmp_path_factory.getbasetemp() / "app-model")
+
+
+@pytest.fixture(scope="session")
 def example_photos() -> dict[str, Path]:
     photos = {p.stem: p for p in sorted(EXAMPLES.glob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
     assert photos, "examples/ holds no photos"

@@ -15,17 +15,12 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app_fixtures import ROOT, app, free_port, make_app_model, serve
+from app_fixtures import ROOT, app, free_port, serve
 from captioner.core.inference import load_captioner
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio 6.31, with pandas 3
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
-
-
-@pytest.fixture(scope="module")
-def app_model(tmp_path_factory):
-    return make_app_model(tmp_path_factory.getbasetemp() / "app-model")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_fixtures import ROOT, app, make_app_model, serve
+from app_fixtures import ROOT, app, serve
 from captioner.core.inference import load_captioner
 
 EXAMPLES = ROOT / "examples"
@@ -20,11 +20,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT = 60_000  # ms; generous for two busy CPU cores
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio 6.31, with pandas 3
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
-
-
-@pytest.fixture(scope="module")
-def app_model(tmp_path_factory):
-    return make_app_model(tmp_path_factory.getbasetemp() / "app-model")
 
 
 @pytest.fixture(scope="module")
