@@ -467,6 +467,20 @@ def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server,
     assert status == "ok" and result["caption"]
 
 
+def test_one_client_cannot_take_more_than_its_share_of_the_explain_queue(server, huge_png):
+    """Heatmaps cost more than captions: one client gets 4 waiting or running, then a message."""
+    headers = {"X-Forwarded-For": "10.7.0.1"}
+    image = server.upload(huge_png, "huge.png", headers)
+    with ThreadPoolExecutor(8) as pool:  # slow images, so that all 8 arrive while 4 wait or run
+        answers = list(pool.map(lambda i: server.call([image, None, 1, 6 + i], headers=headers, api="explain"),
+                                range(8)))
+    refused = [message for status, message in answers if status == "error"]
+    assert refused and all("Too many requests" in message and "limit 4" in message for message in refused)
+    assert sum(status == "ok" for status, _ in answers) >= 4
+    status, result = server.call([image, None, 1, 6], headers={"X-Forwarded-For": "10.7.0.2"}, api="explain")
+    assert status == "ok" and result["words"], result
+
+
 # ---- unit checks of the guards -----------------------------------------------------------------------
 
 def test_upload_source_accepts_only_files_inside_the_upload_folder(tmp_path):
