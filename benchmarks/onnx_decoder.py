@@ -24,28 +24,19 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from captioner.core.onnx_backend import DecoderStep  # noqa: E402
 from captioner.core.repository import load_model  # noqa: E402
 
 
 class TokenStep(nn.Module):
-    """tokens (B,), hidden and cell (L, B, H) -> log-probabilities (B, V), hidden, cell."""
+    """tokens (B,), hidden and cell (L, B, H) -> the library's ``DecoderStep`` on the tokens' embeddings."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
-        self.decoder = decoder
+        self.embed, self.step = decoder.embed, DecoderStep(decoder)
 
     def forward(self, tokens, hidden, cell):
-        inputs = self.decoder.embed(tokens)
-        hiddens, cells = [], []
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.decoder.lstm.all_weights):
-            gates = inputs @ w_ih.t() + b_ih + hidden[layer] @ w_hh.t() + b_hh  # the arithmetic of lstm_cell
-            i, f, g, o = gates.chunk(4, 1)
-            c = torch.sigmoid(f) * cell[layer] + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            hiddens.append(h)
-            cells.append(c)
-            inputs = h
-        return torch.log_softmax(self.decoder.linear(inputs), dim=1), torch.stack(hiddens), torch.stack(cells)
+        return self.step(self.embed(tokens), hidden, cell)
 
 
 def session_for(step: TokenStep, layers: int, hidden_size: int):

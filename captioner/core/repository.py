@@ -136,7 +136,7 @@ def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.
     config = ModelConfig.load(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
     # Built as usual, then its weights replaced. The meta device would skip the random initialisation,
-    # but its first use costs seconds per process, more than the initialisation (benchmarks/model_init.py).
+    # but its first use per process costs more than that for the bundled model (benchmarks/model_init.py).
     model = ShowAndTell(config)
     model.load_state_dict(read_weights(path / "model.safetensors", model, config), strict=True, assign=True)
     model.to(device).eval()
