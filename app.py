@@ -266,8 +266,6 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                 raise ValueError(f"caption must be text, got {caption!r}")
         except ValueError as error:
             raise _user_error(error, "Bad request") from None
-        if not image:
-            raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
         source = image_source(image)
         try:
             with in_flight:
@@ -290,8 +288,6 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             options = api_options(beam_size, num_candidates, max_length, default_length)
         except ValueError as error:
             raise _user_error(error, "Bad request") from None
-        if not image:
-            raise gr.Error("No image was given.", title="Unusable image", print_exception=False)
         source = image_source(image)
         try:
             with in_flight:
