@@ -133,9 +133,6 @@ class FeatureInputs:
     def features_of(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
         return inputs
 
-    def embed(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
-        return model.encoder.project(inputs)
-
 
 class ImageInputs:
     """Image files, run through the whole encoder every step (for fine-tuning the backbone).
@@ -188,13 +185,15 @@ class ImageInputs:
     def features_of(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
         return model.encoder.backbone_features(inputs)
 
-    def embed(self, model: ShowAndTell, inputs: torch.Tensor) -> torch.Tensor:
-        return model.encoder(inputs)
-
 
 Inputs = FeatureInputs | ImageInputs
 GREEDY = DecodeOptions(beam_size=1, top_classes=0)
 MIN_VALID_CAPTIONS = 0.9  # an epoch can be kept only if this share of its validation captions ends properly
+
+
+def _embeddings(model: ShowAndTell, inputs: Inputs, batch: torch.Tensor) -> torch.Tensor:
+    """The image embeddings the decoder reads: the encoder's projection of the batch's backbone outputs."""
+    return model.encoder.project(inputs.features_of(model, batch))
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -469,7 +468,7 @@ class _TrainStep:
             group["lr"] = base * self.schedule.factor()
         with torch.autocast(device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             position = torch.searchsorted(kept, rows).to(batch.device)
-            embeddings = inputs.embed(self.model, batch)[position]
+            embeddings = _embeddings(self.model, inputs, batch)[position]
             loss = _loss(self.decoder, embeddings, captions, lengths)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -567,7 +566,7 @@ def _validation_loss(model: ShowAndTell, inputs: Inputs, pairs: _Pairs, batch_si
             continue
         keep = torch.isin(rows, kept_rows)
         rows, captions, lengths = rows[keep], captions[keep], lengths[keep]
-        embeddings = inputs.embed(model, inputs_batch)[torch.searchsorted(kept_rows, rows).to(inputs_batch.device)]
+        embeddings = _embeddings(model, inputs, inputs_batch)[torch.searchsorted(kept_rows, rows).to(inputs_batch.device)]
         count = int(lengths.sum())
         total += _loss(model, embeddings, captions, lengths).item() * count
         tokens += count
