@@ -63,6 +63,7 @@ EXAMPLES = ROOT / "examples"
 # single-threaded (``--threads 1``) ratios steady on a machine that other work keeps busy.
 clock = time.perf_counter
 TUTORIAL_VOCAB_SIZE = 9956  # the tutorial's published COCO vocabulary
+IDLE_GAP_S = 0.02  # between timed calls (see ``interleaved``)
 TYPICAL_LENGTH = 12  # tokens: a COCO caption averages about 10.5 words, plus <end>
 
 
@@ -73,12 +74,15 @@ def _ms(seconds: float) -> float:
 def interleaved(functions: dict[str, Callable[[int], object]], rounds: int) -> dict[str, list[float]]:
     """Run each function once per round (round index as argument), rotating the order; times in s.
 
-    One untimed round first, so every row is measured warm."""
+    One untimed round first, so every row is measured warm. Each call starts after an idle gap:
+    thread pools (torch's OpenMP, ONNX Runtime's) may spin for a while after a call, and on a
+    2-core machine that spinning would be charged to whichever function runs next."""
     names = list(functions)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds + 1):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            time.sleep(IDLE_GAP_S)
             start = clock()
             functions[name](r)
             if r:
@@ -267,6 +271,7 @@ def throughput(name: str, captioners: dict[str, Captioner], images: list[Path], 
         while not times["torch"] or (time.perf_counter() - started < budget_s * len(captioners)
                                      and len(times["torch"]) < 20):
             for backend, captioner in captioners.items():
+                time.sleep(IDLE_GAP_S)
                 start = clock()
                 captioner.caption(batch)
                 times[backend].append(clock() - start)

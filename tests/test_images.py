@@ -314,6 +314,28 @@ def test_elongated_images_give_the_standard_centre_crop():
     assert torch.allclose(ours, standard(image), atol=0.05)
 
 
+def test_the_centre_crop_is_resampled_alone_with_the_pixels_of_a_whole_resize(example_photos):
+    """Only the region the crop keeps is resampled; the pixels are those of resizing the whole photo
+    and cropping, give or take one level where the filter's coordinates round differently."""
+    preprocess = build_preprocessor(256, 224, (0, 0, 0), (1, 1, 1))
+    for photo in example_photos.values():
+        image = Image.open(photo).convert("RGB")
+        width, height = image.size
+        size = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
+        whole = image.resize(size, Image.Resampling.BILINEAR)
+        left, top = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
+        want = np.asarray(whole.crop((left, top, left + 224, top + 224)), np.float32).transpose(2, 0, 1) / 255
+        difference = (preprocess(image) - torch.from_numpy(want)).abs()
+        assert difference.max() <= 1 / 255 + 1e-6, photo.name
+        assert (difference > 1e-6).float().mean() < 1e-3, photo.name
+
+
+def test_normalisation_is_exactly_to_tensor_then_normalize():
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    want = transforms.Normalize(MEAN, STD)(transforms.ToTensor()(image))
+    assert torch.equal(build_preprocessor(224, 224, MEAN, STD)(image), want)
+
+
 def test_load_pixels_stacks_the_usable_images_in_order_and_names_the_others():
     preprocess = build_preprocessor(32, 28, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     red, blue = Image.new("RGB", (40, 30), (255, 0, 0)), Image.new("RGB", (30, 40), (0, 0, 255))

@@ -430,6 +430,7 @@ def build_preprocessor(
     method = RESAMPLE_FILTERS[resample]
     mean_t = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+    mean_np, std_np = mean_t.numpy(), std_t.numpy()
 
     def preprocess(image: Image.Image) -> torch.Tensor:
         image = image if image.mode == "RGB" else image.convert("RGB")
@@ -442,11 +443,12 @@ def build_preprocessor(
             short, long = min(width, height), max(width, height)
             new_long = int(resize * long / short)
             size = (resize, new_long) if width <= height else (new_long, resize)
-            if size != image.size:
-                image = image.resize(size, method)
-            image = _centre_crop(image, crop)
-        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
-        return pixels.permute(2, 0, 1).contiguous().float().div(255).sub_(mean_t).div_(std_t)
+            image = _resized_centre_crop(image, size, crop, method)
+        pixels = np.asarray(image, np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")
+        pixels /= 255
+        pixels -= mean_np
+        pixels /= std_np
+        return torch.from_numpy(pixels)
 
     preprocess.min_side = SQUASH_MIN_SIDE if resize_mode == "squash" else 2 * resize  # type: ignore[attr-defined]
     return preprocess
@@ -456,6 +458,19 @@ def preprocessor_for(config) -> Preprocessor:
     """The preprocessing a model's ``ModelConfig`` records."""
     return build_preprocessor(config.resize, config.image_size, config.mean, config.std,
                               resize_mode=config.resize_mode, resample=config.resample)
+
+
+def _resized_centre_crop(image: Image.Image, size: tuple[int, int], crop: int, method: int) -> Image.Image:
+    """The centre ``crop`` x ``crop`` of ``image`` resized to ``size``, resampling only the source region
+    that the crop keeps (Pillow's ``box``): half the work of resizing the whole image for a 3:2 photo,
+    and the same pixels give or take one level in about one value in 10,000 (where the filter's
+    coordinates round differently)."""
+    if size == image.size or crop > min(size):
+        return _centre_crop(image if size == image.size else image.resize(size, method), crop)
+    left, top = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
+    box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
+    return image.resize((crop, crop), method, box=box)
 
 
 def _centre_crop(image: Image.Image, size: int) -> Image.Image:
@@ -483,4 +498,4 @@ def load_pixels(sources: Sequence[ImageSource], preprocess: Preprocessor, pool: 
                    (prepare_pixels(source, preprocess) for source in sources))
     kept = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     failures = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
-    return (torch.stack([results[i] for i in kept]) if kept else None), kept, failures
+    return (torch.from_numpy(np.stack([results[i].numpy() for i in kept])) if kept else None), kept, failures

@@ -230,7 +230,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _session(graph: Path):
+# The pool's threads spin between the operators of one run, but not after it: spinning on past a run
+# takes the cores from the torch and Python work between runs (the decoding loop, the next image),
+# which with 2 threads made a whole caption slower than torch's (benchmarks/onnx_threads.py).
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+
+
+def session_options(config: dict[str, str] | None = None):
+    """The ``SessionOptions`` every session here uses: all graph optimisations, sequential execution,
+    as many intra-op threads as torch uses now, and ``config`` entries (default ``SESSION_CONFIG``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -239,7 +247,15 @@ def _session(graph: Path):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    for key, value in (SESSION_CONFIG if config is None else config).items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def _session(graph: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(graph), session_options(), providers=["CPUExecutionProvider"])
 
 
 class OnnxBackend:
