@@ -428,9 +428,11 @@ def build_preprocessor(
     if resample not in RESAMPLE_FILTERS:
         raise ValueError(f"resample must be one of {tuple(RESAMPLE_FILTERS)}, got {resample!r}")
     method = RESAMPLE_FILTERS[resample]
-    mean_t = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
-    mean_np, std_np = mean_t.numpy(), std_t.numpy()
+    # numpy, not torch: the same float32 arithmetic as ToTensor + Normalize (bit for bit), on the calling
+    # thread, where torch's ops on a tensor this size wake its thread pool, which then competes with
+    # ONNX Runtime's for the cores (benchmarks/onnx_threads.py).
+    mean_np = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    std_np = np.asarray(std, np.float32).reshape(-1, 1, 1)
 
     def preprocess(image: Image.Image) -> torch.Tensor:
         image = image if image.mode == "RGB" else image.convert("RGB")
@@ -498,4 +500,5 @@ def load_pixels(sources: Sequence[ImageSource], preprocess: Preprocessor, pool: 
                    (prepare_pixels(source, preprocess) for source in sources))
     kept = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     failures = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
-    return (torch.from_numpy(np.stack([results[i].numpy() for i in kept])) if kept else None), kept, failures
+    batch = torch.from_numpy(np.stack([results[i].numpy() for i in kept])) if kept else None  # numpy: see build_preprocessor
+    return batch, kept, failures
