@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import ROOT, make_tiny_model
-from captioner.core.errors import CaptionerError
+from captioner.core import inference
+from captioner.core.errors import CaptionerError, ModelFormatError
 from captioner.core.inference import Captioner, load_captioner
 from captioner.core.onnx_backend import (SHIPPED_EXPORT, BackendUnavailable, export_to_repo, onnxruntime_available,
                                          resolve_backend)
@@ -352,3 +353,35 @@ def test_cli_backend_flag(tiny_model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "captioner", "caption", photo, "--backend", "tvm"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "invalid choice: 'tvm'" in done.stderr
+
+
+@needs_onnxruntime
+def test_the_onnx_backend_reads_the_torch_backbone_only_when_asked(tiny_model_dir, onnx_cache, example_photos):
+    """``load_captioner`` with the ONNX backend defers the torch backbone: with the export cached it is
+    never built, and an explanation (which needs it) builds it once, with the model file's weights."""
+    photo = example_photos["coffee"]
+    reference = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch")
+    Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")  # exports into the cache
+    inference._cache.clear()
+    captioner = load_captioner(tiny_model_dir, "cpu", "onnx")
+    encoder = captioner.model.encoder
+    assert captioner._onnx.origin == "cache" and "backbone" not in encoder._modules
+    assert_same_results(reference.caption(photo), captioner.caption(photo))
+    assert "backbone" not in encoder._modules
+    with ThreadPoolExecutor(4) as pool:
+        backbones = list(pool.map(lambda _: encoder.backbone, range(8)))
+    assert all(backbone is backbones[0] for backbone in backbones)
+    for name, tensor in load_model(tiny_model_dir, CPU).model.encoder.backbone.state_dict().items():
+        assert torch.equal(backbones[0].state_dict()[name], tensor), name
+    explained = captioner.explain(photo)
+    assert explained.caption == reference.explain(photo).caption
+    inference._cache.clear()
+
+
+def test_a_deferred_backbone_checks_the_weights_when_it_is_built(tiny_model_copy):
+    loaded = load_model(tiny_model_copy, CPU, defer_backbone=True)
+    assert not any(name.startswith("encoder.backbone.") for name in loaded.model.state_dict())
+    (tiny_model_copy / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFormatError, match="SHA-256|not a valid"):
+        loaded.model.encoder.backbone
+    assert "backbone" not in loaded.model.encoder._modules

@@ -221,8 +221,9 @@ def load_captioner(source: str | os.PathLike | None = None, device: str | torch.
     ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached."""
     device = select_device(device)
     backend = onnx_backend.requested_backend(backend)
-    key = (describe_source(source), str(device), onnx_backend.resolve_backend(backend, device))
+    resolved = onnx_backend.resolve_backend(backend, device)
+    key = (describe_source(source), str(device), resolved)
     with _cache_lock:
-        if key not in _cache:
-            _cache[key] = Captioner(load_model(source, device), device, backend)
+        if key not in _cache:  # ONNX Runtime runs the backbone from its graph: torch's is built only if needed
+            _cache[key] = Captioner(load_model(source, device, defer_backbone=resolved == "onnx"), device, backend)
         return _cache[key]

@@ -7,6 +7,8 @@ step, so an imported tutorial checkpoint decodes exactly as the tutorial's own c
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,15 +23,38 @@ from captioner.core.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 NEVER_GENERATED = (PAD_ID, START_ID, UNK_ID)  # after the first step, which is always <start>
 
 
-class Encoder(nn.Module):
-    """Backbone (frozen unless ``train_backbone``) -> Linear -> BatchNorm1d, the tutorial's EncoderCNN."""
+_BACKBONE_LOCK = threading.Lock()
 
-    def __init__(self, config: ModelConfig):
+
+class Encoder(nn.Module):
+    """Backbone (frozen unless ``train_backbone``) -> Linear -> BatchNorm1d, the tutorial's EncoderCNN.
+
+    ``with_backbone=False`` leaves the backbone out until ``defer_backbone`` says how to load it, the
+    first time ``backbone`` is used: a model whose backbone runs elsewhere (the ONNX Runtime backend,
+    from an exported graph) then never builds or reads it, unless it is asked for (explanations).
+    """
+
+    def __init__(self, config: ModelConfig, *, with_backbone: bool = True):
         super().__init__()
-        self.backbone = build_backbone(config.backbone, config.encoder_output)
+        self._load_backbone: Callable[[], nn.Module] | None = None
+        if with_backbone:
+            self.backbone = build_backbone(config.backbone, config.encoder_output)
         self.linear = nn.Linear(output_size(config.backbone, config.encoder_output), config.embed_size)
         self.bn = nn.BatchNorm1d(config.embed_size, momentum=0.01)
         self.train_backbone = False
+
+    def defer_backbone(self, load: Callable[[], nn.Module]) -> None:
+        """``load()`` returns the backbone, ready to use, when ``backbone`` is first read."""
+        self._load_backbone = load
+
+    def __getattr__(self, name: str):
+        if name == "backbone" and self.__dict__.get("_load_backbone") is not None:
+            with _BACKBONE_LOCK:
+                if self.__dict__.get("_load_backbone") is not None:
+                    self.backbone = self._load_backbone()
+                    self._load_backbone = None
+            return self._modules["backbone"]
+        return super().__getattr__(name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.backbone_features(images))
@@ -90,10 +115,10 @@ class Hypothesis:
 
 
 class ShowAndTell(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, with_backbone: bool = True):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = Encoder(config, with_backbone=with_backbone)
         self.decoder = Decoder(config)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:

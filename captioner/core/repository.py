@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from captioner.core.config import ModelConfig
+from captioner.core.encoders import build_backbone
 from captioner.core.errors import ModelFormatError, ModelSourceError
 from captioner.core.model import ShowAndTell
 from captioner.core.modelcard import build_card
@@ -117,36 +118,57 @@ def _hub_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {first_line}"
 
 
-def load_model(source: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(source: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
+               defer_backbone: bool = False) -> LoadedModel:
     """Resolve ``source`` and load the model, in eval mode, on ``device``.
 
+    ``defer_backbone``: the encoder's backbone is built and its weights read (and checked) only when
+    it is first used (``Encoder.defer_backbone``), for a backend that runs it from an exported graph.
     A Hub model whose cached files fail the checks (a download damaged in transit) is
     downloaded again once, so a bad cache entry does not stick.
     """
     path, from_hub = _resolve(source)
     try:
-        return _load_dir(path, source, device)
+        return _load_dir(path, source, device, defer_backbone)
     except ModelFormatError:
         if not from_hub:
             raise
-    return _load_dir(_resolve(source, force_download=True)[0], source, device)
+    return _load_dir(_resolve(source, force_download=True)[0], source, device, defer_backbone)
 
 
-def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.device) -> LoadedModel:
+BACKBONE_PREFIX = "encoder.backbone."
+
+
+def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.device,
+              defer_backbone: bool = False) -> LoadedModel:
     config = ModelConfig.load(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
     # Built as usual, then its weights replaced. The meta device would skip the random initialisation,
     # but its first use per process costs more than that for the bundled model (benchmarks/model_init.py).
-    model = ShowAndTell(config)
-    model.load_state_dict(read_weights(path / "model.safetensors", model, config), strict=True, assign=True)
+    model = ShowAndTell(config, with_backbone=not defer_backbone)
+    weights = path / "model.safetensors"
+    model.load_state_dict(read_weights(weights, model, config, exclude=BACKBONE_PREFIX if defer_backbone else None),
+                          strict=True, assign=True)
     model.to(device).eval()
+    if defer_backbone:
+        def load_backbone() -> torch.nn.Module:
+            backbone = build_backbone(config.backbone, config.encoder_output)
+            backbone.load_state_dict(read_weights(weights, backbone, config, prefix=BACKBONE_PREFIX), strict=True,
+                                     assign=True)
+            return backbone.to(device).eval()
+
+        model.encoder.defer_backbone(load_backbone)
     card_path = path / "README.md"
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     return LoadedModel(model, vocab, config, card, describe_source(source), path)
 
 
-def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Tensors from ``path`` after checking names, shapes and (when recorded) the file's SHA-256."""
+def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig, *, prefix: str = "",
+                 exclude: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from ``path`` after checking names, shapes and (when recorded) the file's SHA-256.
+
+    ``prefix``: only the file's tensors under it (``model`` is that part, e.g. the backbone);
+    ``exclude``: the file's tensors under this prefix are left out (``model`` lacks that part)."""
     expected = model.state_dict()
     if not path.is_file():
         raise ModelFormatError(f"{path} is missing")
@@ -155,17 +177,19 @@ def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig) -> dic
         raise ModelFormatError(f"{path} does not match the SHA-256 recorded in config.json (altered or truncated)")
     try:
         with safe_open(path, framework="pt", device="cpu") as weights:
-            names = set(weights.keys())
+            in_file = {name[len(prefix):]: name for name in weights.keys()
+                       if name.startswith(prefix) and not (exclude and name.startswith(exclude))}
+            names = set(in_file)
             missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
             if missing or unexpected:
                 raise ModelFormatError(f"{path} does not fit config.json: missing {missing[:5]}, "
                                        f"unexpected {unexpected[:5]}")
             for name in expected:
-                shape = tuple(weights.get_slice(name).get_shape())
+                shape = tuple(weights.get_slice(in_file[name]).get_shape())
                 if shape != tuple(expected[name].shape):
                     raise ModelFormatError(f"{path}: {name} has shape {shape}, config.json implies "
                                            f"{tuple(expected[name].shape)}")
-            return {name: _cast(weights.get_tensor(name), expected[name].dtype) for name in expected}
+            return {name: _cast(weights.get_tensor(in_file[name]), expected[name].dtype) for name in expected}
     except SafetensorError as error:
         raise ModelFormatError(f"{path} is not a valid safetensors file (truncated or corrupt?): {error}") from None
 
