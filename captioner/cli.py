@@ -17,6 +17,10 @@ from captioner.core.errors import CaptionerError
 from captioner.core.options import DecodeOptions
 
 
+BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
+BACKENDS = ("auto", "torch", "onnx")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -89,8 +93,7 @@ def _add_caption(sub) -> None:
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                   help="auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--explain", metavar="DIR", default=None,
                    help="write each word's heatmap over the photo to DIR/NAME.NN-WORD.png (listed in --json)")
@@ -108,6 +111,28 @@ def _add_import_legacy(sub) -> None:
     p.add_argument("--model-zip-url", default=None, help="where pretrained_model.zip is (with --download; default: the tutorial's link)")
     p.add_argument("--vocab-zip-url", default=None, help="where vocap.zip is (with --download; default: the tutorial's link)")
     p.set_defaults(func=cmd_import_legacy)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from captioner.core.extras import require_extra
+
+    require_extra("onnx", "onnx", purpose="export-onnx")
+    from captioner.core.onnx_backend import export_to_repo
+
+    for path in export_to_repo(args.model_dir):
+        print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB)")
+    return 0
+
+
+def _add_export_onnx(sub) -> None:
+    p = sub.add_parser("export-onnx", help="write a model folder's ONNX export (onnx/), used by the onnx backend",
+                       description="Export the model's backbone and decoder step to MODEL_DIR/onnx/encoder_model.onnx "
+                                   "and MODEL_DIR/onnx/decoder_step.onnx (each written whole or not at all), "
+                                   "recording the weights' SHA-256. The onnx backend then uses them instead of "
+                                   "exporting, with onnxruntime alone; `push` publishes them with the model. "
+                                   "Needs: pip install \"captioner[onnx]\".")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a local model folder")
+    p.set_defaults(func=cmd_export_onnx)
 
 
 def _add_push(sub) -> None:
@@ -484,7 +509,8 @@ def cmd_caption_dataset(args: argparse.Namespace) -> int:
     run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                           batch_size=args.batch_size, model=args.model, options=options, resume=args.resume,
-                          path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part)
+                          path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part,
+                          backend=args.backend)
     print(run.summary())
     return 0
 
@@ -512,6 +538,7 @@ def _add_caption_dataset(sub) -> None:
     p.add_argument("--rows-per-part", type=_positive, default=1000, help="rows per output part file (default 1000)")
     p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
                                    "else the bundled model); every worker must be able to load it")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP + "; for every worker")
     p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
     p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
@@ -536,7 +563,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = {name: getattr(args, name) for name in (
             "model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
-            "max_batch_size", "batch_wait_ms", "max_upload_mb") if getattr(args, name) is not None}
+            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend") if getattr(args, name) is not None}
         application = build_app(settings, ui=not args.no_ui)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(application, name="captioner", route_prefix="/")
@@ -575,12 +602,14 @@ def _add_serve(sub) -> None:
     p.add_argument("--batch-wait-ms", type=_non_negative, default=None,
                    help="how long a request waits for others to share its pass (default 10)")
     p.add_argument("--max-upload-mb", type=_above_zero, default=None, help="largest image accepted (default 50)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP + "; for every replica")
     p.add_argument("--no-ui", action="store_true", help="the REST API only, without the Gradio app at /")
     p.set_defaults(func=cmd_serve)
 
 
-PARSERS: list[Callable] = [_add_caption, _add_score, _add_import_legacy, _add_push, _add_build_default, _add_train,
-                           _add_evaluate, _add_caption_dataset, _add_serve, _add_deploy_space]
+PARSERS: list[Callable] = [_add_caption, _add_score, _add_import_legacy, _add_export_onnx, _add_push,
+                           _add_build_default, _add_train, _add_evaluate, _add_caption_dataset, _add_serve,
+                           _add_deploy_space]
 
 
 def build_parser() -> argparse.ArgumentParser:

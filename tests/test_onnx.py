@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from conftest import ROOT, make_tiny_model
 from captioner.core import inference
 from captioner.core.errors import CaptionerError, ModelFormatError
 from captioner.core.inference import Captioner, load_captioner
-from captioner.core.onnx_backend import (SHIPPED_EXPORT, BackendUnavailable, export_to_repo, onnxruntime_available,
-                                         resolve_backend)
+from captioner.core.onnx_backend import (SHIPPED_EXPORT, SHIPPED_STEP, BackendUnavailable, export_to_repo,
+                                         onnxruntime_available, resolve_backend)
 from captioner.core.repository import load_model, save_model
 from captioner.serving.batcher import SharedCaptioner
 
@@ -215,24 +216,55 @@ def test_the_cache_key_holds_the_weights(tmp_path, onnx_cache, one_thread):
 def test_a_shipped_export_is_used_only_for_its_own_weights(tiny_model_copy, tmp_path, onnx_cache, example_photos,
                                                           one_thread):
     shipped = export_to_repo(tiny_model_copy)
-    assert shipped == tiny_model_copy / SHIPPED_EXPORT
+    assert shipped == [tiny_model_copy / SHIPPED_EXPORT, tiny_model_copy / SHIPPED_STEP]
+    assert sorted(p.name for p in (tiny_model_copy / "onnx").iterdir()) == ["decoder_step.onnx", "encoder_model.onnx"]
     captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
-    assert captioner._onnx.origin == "shipped" and captioner._onnx.path == shipped
-    assert cache_files(onnx_cache) == []  # the backbone was not exported (the decoder step was)
+    assert (captioner._onnx.origin, captioner._onnx.path) == ("shipped", shipped[0])
+    assert (captioner._onnx.step_origin, captioner._onnx.step_path) == ("shipped", shipped[1])
+    assert list(onnx_cache.glob("*")) == []  # neither graph was exported
+    photo = example_photos["coffee"]
+    assert_same_results(Captioner(load_model(tiny_model_copy, CPU), CPU, "torch").caption(photo, beam_size=3),
+                        captioner.caption(photo, beam_size=3))
 
     model, vocab = make_tiny_model(seed=7)  # other weights, the first model's export beside them
     other = save_model(model, vocab, tmp_path / "other")
     shutil.copytree(tiny_model_copy / "onnx", other / "onnx")
-    with pytest.warns(UserWarning, match=r"refusing .*encoder_model\.onnx: its recorded weights_sha256 do not match"):
+    with pytest.warns(UserWarning) as caught:
         refused = Captioner(load_model(other, CPU), CPU, "onnx")
-    assert refused._onnx.origin == "exported"
-    photo = example_photos["coffee"]
+    messages = [str(w.message) for w in caught]
+    for name, what in (("encoder_model", "backbone"), ("decoder_step", "decoder step")):
+        assert any(re.search(rf"refusing .*{name}\.onnx: its recorded weights_sha256 do not match .*; using the "
+                             rf"cached or a fresh export of the {what} instead", m) for m in messages), messages
+    assert (refused._onnx.origin, refused._onnx.step_origin) == ("exported", "exported")
     assert_same_results(Captioner(load_model(other, CPU), CPU, "torch").caption(photo, beam_size=3),
                         refused.caption(photo, beam_size=3))
 
     (other / SHIPPED_EXPORT).write_bytes(b"not an onnx file")
-    with pytest.warns(UserWarning, match="not a usable ONNX file"):
+    with pytest.warns(UserWarning) as caught:
         assert Captioner(load_model(other, CPU), CPU, "onnx")._onnx.origin == "cache"
+    assert [str(w.message).split(": ")[0].split(" ")[0] for w in caught] == [
+        str(other / SHIPPED_EXPORT), "refusing"]  # the backbone's file is no graph; the step's is the other model's
+    assert "is not a usable ONNX file" in str(caught[0].message)
+
+
+@needs_onnxruntime
+def test_a_shipped_graph_must_fit_the_model_it_is_used_for(tiny_model_copy, onnx_cache, one_thread):
+    export_to_repo(tiny_model_copy)
+    encoder, step = tiny_model_copy / SHIPPED_EXPORT, tiny_model_copy / SHIPPED_STEP
+    step.write_bytes(encoder.read_bytes())  # the right weights' metadata, the wrong graph
+    with pytest.warns(UserWarning, match=r"refusing .*decoder_step\.onnx: it maps \['pixels'\] to \['features'\], "
+                                         r"not \['inputs', 'hidden', 'cell'\]"):
+        captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
+    assert (captioner._onnx.origin, captioner._onnx.step_origin) == ("shipped", "exported")
+
+    config = json.loads((tiny_model_copy / "config.json").read_text())
+    (tiny_model_copy / "config.json").write_text(json.dumps({**config, "image_size": 192}))  # same weights
+    step.unlink()
+    with pytest.warns(UserWarning, match=r"encoder_model\.onnx: its input pixels has dimensions \[None, 3, 224, "
+                                         r"224\], this model needs \[None, 3, 192, 192\]"):
+        captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
+    assert captioner._onnx.origin == "exported"
+    assert captioner.backbone_features(torch.zeros(2, 3, 192, 192)).shape[0] == 2
 
 
 @needs_onnxruntime

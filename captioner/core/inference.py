@@ -218,12 +218,20 @@ def load_captioner(source: str | os.PathLike | None = None, device: str | torch.
                    backend: str | None = None) -> Captioner:
     """The captioner for ``source`` (a directory, ``owner/name[@rev]``, or None for
     ``$CAPTIONER_MODEL`` / the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or
-    ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached."""
+    ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached. A Hub model loaded
+    for the onnx backend brings its repository's ONNX export (``onnx/``) when it has one."""
     device = select_device(device)
     backend = onnx_backend.requested_backend(backend)
-    resolved = onnx_backend.resolve_backend(backend, device)
-    key = (describe_source(source), str(device), resolved)
+    first_choice = onnx_backend.resolve_backend(backend, device)
+    name = describe_source(source)
     with _cache_lock:
-        if key not in _cache:  # ONNX Runtime runs the backbone from its graph: torch's is built only if needed
-            _cache[key] = Captioner(load_model(source, device, defer_backbone=resolved == "onnx"), device, backend)
-        return _cache[key]
+        for key in ((name, str(device), backend), (name, str(device), first_choice)):
+            if key in _cache:  # "auto" shares the captioner of the backend it chose
+                return _cache[key]
+        onnx = first_choice == "onnx"  # ONNX Runtime runs the backbone from its graph: torch's is built if needed
+        loaded = load_model(source, device, defer_backbone=onnx,
+                            optional_files=onnx_backend.SHIPPED_FILES if onnx else ())
+        captioner = Captioner(loaded, device, backend)
+        _cache[(name, str(device), backend)] = captioner
+        _cache.setdefault((name, str(device), captioner.backend), captioner)  # auto fell back: not under "onnx"
+        return captioner

@@ -5,18 +5,20 @@ log-softmax) is small, but ONNX Runtime runs it in a fraction of torch's time,
 which pays in beam search (``benchmarks/onnx_decoder.py`` measures both). The decoding loop, the
 projection and the results stay in torch (``inference.caption_features``).
 
-Where the backbone's graph comes from, in order (the decoder step's: 2 and 3):
+Where each graph comes from, in order:
 
-1. ``onnx/encoder_model.onnx`` in the model repository (the ``onnx/`` folder Hugging Face Optimum
-   writes; ``export_to_repo`` makes it), used only when the SHA-256 of the weights it was exported
-   from (recorded in its metadata) is the ``model.safetensors`` file's; otherwise it is refused with
-   a warning and not used.
+1. The model repository's export: ``onnx/encoder_model.onnx`` (the backbone; the ``onnx/`` folder
+   Hugging Face Optimum writes) and ``onnx/decoder_step.onnx``, written by ``export_to_repo``
+   (``python -m captioner export-onnx DIR``). Each is used only when its metadata records this
+   model's weights (the SHA-256 of ``model.safetensors``), backbone and encoder output, and its
+   inputs and outputs are the ones this model needs; otherwise it is refused with a warning.
 2. The export cache (``$CAPTIONER_CACHE/onnx``, else ``$XDG_CACHE_HOME/captioner/onnx``, else
    ``~/.cache/captioner/onnx``): one file per weights hash, export settings and torch/onnxruntime
    versions, named with the SHA-256 of its own bytes, which is checked on every load: a damaged
    file is rebuilt, never trusted.
 3. A fresh export of the loaded weights (``torch.onnx.export``, opset 17, dynamic batch; about a
-   second for EfficientNet-Lite0), written to the cache atomically.
+   second for EfficientNet-Lite0), written to the cache atomically. This needs the ``onnx`` package;
+   with both graphs shipped (or cached), onnxruntime alone runs the model.
 
 Threads: one ``InferenceSession`` per graph and loaded model, shared by every thread (its ``run`` is
 thread-safe); each uses as many intra-op threads as torch (``torch.get_num_threads()`` when the
@@ -40,18 +42,29 @@ import torch
 from torch import nn
 
 from captioner.core.config import ModelConfig
-from captioner.core.errors import CaptionerError
+from captioner.core.errors import CaptionerError, ModelSourceError
 
 BACKENDS = ("auto", "torch", "onnx")
 OPSET = 17
 EXPORT_VERSION = 1  # bump when what export() writes changes: old cache entries are then left unused
-SHIPPED_EXPORT = Path("onnx") / "encoder_model.onnx"
+SHIPPED_EXPORT = Path("onnx") / "encoder_model.onnx"  # the backbone, where Optimum puts an encoder
+SHIPPED_STEP = Path("onnx") / "decoder_step.onnx"
+SHIPPED_FILES = (SHIPPED_EXPORT.as_posix(), SHIPPED_STEP.as_posix())  # a repository's export, as repo paths
 INPUT_NAME, OUTPUT_NAME = "pixels", "features"
 INSTALL_HINT = "the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"
+EXPORTER_HINT = "exporting to ONNX needs the onnx package: pip install onnx (or pip install 'captioner[onnx]')"
 
 
 class BackendUnavailable(CaptionerError):
     """The backend asked for cannot run here (a package is missing, or the device does not fit)."""
+
+
+class ExporterMissing(BackendUnavailable):
+    """A graph has to be exported (it is neither shipped nor cached) and the onnx package is not installed."""
+
+
+class ShippedExportError(CaptionerError):
+    """A repository's ``onnx/`` export that does not belong to its weights, or is not a usable graph."""
 
 
 def requested_backend(backend: str | None = None) -> str:
@@ -71,20 +84,21 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def _exporter_available() -> bool:
+def exporter_available() -> bool:
+    """Whether the onnx package (what ``export`` needs) can be found."""
     try:
         return importlib.util.find_spec("onnx") is not None
-    except ImportError:
+    except (ImportError, ValueError):
         return False
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """``"torch"`` or ``"onnx"`` for a model on ``device``. ``auto``: ONNX Runtime on CPU when onnxruntime
-    (and onnx) are installed, else torch (always torch on CUDA and MPS). Raises ``BackendUnavailable`` when
-    ``onnx`` is asked for and cannot run."""
+    """The backend to try first for a model on ``device``: ``"torch"`` or ``"onnx"``. ``auto``: ONNX Runtime
+    on CPU when onnxruntime is installed, else torch (always torch on CUDA and MPS); ``start`` may still
+    fall back to torch. Raises ``BackendUnavailable`` when ``onnx`` is asked for and cannot run."""
     name = requested_backend(backend)
-    if name == "auto":  # onnx (the exporter) is needed too, unless the graph is shipped or cached
-        return "onnx" if device.type == "cpu" and onnxruntime_available() and _exporter_available() else "torch"
+    if name == "auto":
+        return "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
     if name == "onnx":
         if device.type != "cpu":
             raise BackendUnavailable(f"the onnx backend runs on the CPU, not {device}: use --device cpu "
@@ -96,14 +110,19 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 
 def start(loaded: Any, backend: str | None, device: torch.device) -> OnnxBackend | None:
     """The ONNX Runtime backend for ``loaded`` when ``backend`` resolves to it, else None (torch).
-    Under ``auto`` a model whose graph cannot be exported or loaded falls back to torch with a
-    warning; when ``onnx`` was asked for, the error is raised."""
+
+    Under ``auto``: a graph that has to be exported while the onnx package is missing means torch
+    (quietly: a shipped or cached export runs on onnxruntime alone, an export needs onnx too); any
+    other failure to export or load a graph means torch with a warning. When ``onnx`` was asked
+    for, the error is raised."""
     if resolve_backend(backend, device) != "onnx":
         return None
     if requested_backend(backend) == "onnx":
         return OnnxBackend(loaded)
     try:
         return OnnxBackend(loaded)
+    except ExporterMissing:
+        return None
     except Exception as error:  # noqa: BLE001 - the exporter and onnxruntime raise many types
         warnings.warn(f"the ONNX Runtime backend could not start ({type(error).__name__}: {error}); "
                       "using torch", stacklevel=3)
@@ -146,8 +165,7 @@ def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[lis
     try:
         import onnx
     except ImportError:
-        raise BackendUnavailable("exporting to ONNX needs the onnx package: pip install onnx "
-                                 "(or pip install 'captioner[onnx]')") from None
+        raise ExporterMissing(EXPORTER_HINT) from None
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on constant folding and deprecation
@@ -193,29 +211,150 @@ STEP_NAMES = (["inputs", "hidden", "cell"], ["log_probs", "hidden_out", "cell_ou
 
 
 def export_decoder_step(decoder: nn.Module, metadata: dict[str, str] | None = None) -> bytes:
+    """One decoder step (``DecoderStep``): inputs (B, E), hidden and cell (L, B, H) -> log-probabilities, state."""
     lstm = decoder.lstm
     state = torch.zeros(lstm.num_layers, 1, lstm.hidden_size)
     return export(DecoderStep(decoder).eval(), (torch.zeros(1, lstm.input_size), state, state), STEP_NAMES,
                   {"inputs": 0, "hidden": 1, "cell": 1, "log_probs": 0, "hidden_out": 1, "cell_out": 1}, metadata)
 
 
-def export_to_repo(model_dir: str | os.PathLike) -> Path:
-    """Write ``onnx/encoder_model.onnx`` into a model repository, recording the weights' SHA-256, so
-    that the onnx backend uses it instead of exporting (for repositories shipped to many machines)."""
+def shipped_metadata(weights_sha256: str, config: ModelConfig) -> dict[str, str]:
+    """What a shipped graph's metadata must record to be used for a model: its weights, backbone and output."""
+    return {"weights_sha256": weights_sha256, "backbone": config.backbone, "encoder_output": config.encoder_output}
+
+
+Interface = tuple[list[str], list[str], dict[str, list[Any]]]  # inputs, outputs, each input's dims (None: dynamic)
+
+
+def graph_interface(graph: Path, loaded: Any) -> Interface:
+    """The inputs, outputs and input dimensions that the shipped graph ``graph`` (``SHIPPED_EXPORT`` or
+    ``SHIPPED_STEP``) must have to run ``loaded``."""
+    if graph == SHIPPED_EXPORT:
+        size = loaded.config.image_size
+        return [INPUT_NAME], [OUTPUT_NAME], {INPUT_NAME: [None, 3, size, size]}
+    lstm = loaded.model.decoder.lstm
+    state = [lstm.num_layers, None, lstm.hidden_size]
+    return list(STEP_NAMES[0]), list(STEP_NAMES[1]), {"inputs": [None, lstm.input_size], "hidden": state,
+                                                      "cell": state}
+
+
+GraphInfo = tuple[dict[str, str], list[str], list[str], dict[str, list[Any]]]  # metadata, inputs, outputs, dims
+
+
+def _session_info(session: Any) -> GraphInfo:
+    inputs = session.get_inputs()
+    return (dict(session.get_modelmeta().custom_metadata_map), [i.name for i in inputs],
+            [o.name for o in session.get_outputs()],
+            {i.name: [d if isinstance(d, int) else None for d in i.shape] for i in inputs})
+
+
+def _file_info(path: Path) -> GraphInfo:
+    """A graph file's metadata and interface, read with onnx when installed, else with onnxruntime."""
+    if exporter_available():
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+
+        def dims(value: Any) -> list[Any]:
+            return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+        return ({prop.key: prop.value for prop in model.metadata_props}, [v.name for v in model.graph.input],
+                [v.name for v in model.graph.output], {v.name: dims(v) for v in model.graph.input})
+    if onnxruntime_available():
+        return _session_info(_session(path))
+    raise BackendUnavailable(f"checking {path} needs onnx or onnxruntime: pip install 'captioner[onnx]' "
+                             f"(or remove the onnx/ folder)")
+
+
+def _mismatch(info: GraphInfo, expected: dict[str, str], interface: Interface) -> str | None:
+    """Why a shipped graph does not belong to the model (None: it does)."""
+    recorded, inputs, outputs, dims = info
+    wrong = [key for key, value in expected.items() if recorded.get(key) != value]
+    if wrong:
+        return (f"its recorded {', '.join(wrong)} do not match this model's (weights SHA-256 "
+                f"{expected['weights_sha256'][:12]}..., recorded {str(recorded.get('weights_sha256'))[:12]}...)")
+    if (inputs, outputs) != (interface[0], interface[1]):
+        return f"it maps {inputs} to {outputs}, not {interface[0]} to {interface[1]}"
+    for name, needed in interface[2].items():
+        found = dims.get(name, [])
+        if len(found) != len(needed) or any(n is not None and f != n for f, n in zip(found, needed)):
+            return f"its input {name} has dimensions {found}, this model needs {needed}"
+    return None
+
+
+def verify_shipped(loaded: Any) -> list[Path]:
+    """The graphs of ``loaded``'s repository export (``onnx/``) that are there, as paths inside the
+    repository, after checking that each belongs to these weights; raises ``ShippedExportError`` for
+    one that does not (``push_model`` publishes only an export that the onnx backend would use)."""
+    expected = shipped_metadata(weights_digest(loaded.path, loaded.config), loaded.config)
+    found = []
+    for graph in (SHIPPED_EXPORT, SHIPPED_STEP):
+        path = loaded.path / graph
+        if not path.is_file():
+            continue
+        try:
+            info = _file_info(path)
+        except BackendUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - onnx and onnxruntime raise their own types
+            raise ShippedExportError(f"{path} is not a usable ONNX file ({type(error).__name__}); export it again "
+                                     f"with `python -m captioner export-onnx {loaded.path}`, or remove it") from None
+        problem = _mismatch(info, expected, graph_interface(graph, loaded))
+        if problem:
+            raise ShippedExportError(f"{path} does not belong to this model: {problem}; export it again with "
+                                     f"`python -m captioner export-onnx {loaded.path}`, or remove it")
+        found.append(graph)
+    return found
+
+
+def export_to_repo(model_dir: str | os.PathLike) -> list[Path]:
+    """Write the model's ONNX export into its repository: ``onnx/encoder_model.onnx`` (the backbone) and
+    ``onnx/decoder_step.onnx``, each recording the weights' SHA-256, backbone and encoder output, so the
+    onnx backend uses them instead of exporting (and runs with onnxruntime alone). Both are written
+    under temporary names and renamed into place once both are complete. Returns their paths.
+    Raises ``ModelSourceError`` when ``model_dir`` is not a directory, ``CaptionerError`` when it
+    cannot be written."""
     from captioner.core.repository import load_model
 
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelSourceError(f"no model directory {str(model_dir)!r}")
     loaded = load_model(model_dir, "cpu")
-    digest = weights_digest(loaded.path, loaded.config)
-    data = export_backbone(loaded.model.encoder.backbone, loaded.config,
-                           {"weights_sha256": digest, "backbone": loaded.config.backbone,
-                            "encoder_output": loaded.config.encoder_output,
-                            "exporter": f"captioner (torch {torch.__version__})"})
-    _write_atomic(model_dir / SHIPPED_EXPORT, data)
-    return model_dir / SHIPPED_EXPORT
+    metadata = {**shipped_metadata(weights_digest(loaded.path, loaded.config), loaded.config),
+                "exporter": f"captioner (torch {torch.__version__})"}
+    graphs = {model_dir / SHIPPED_EXPORT: export_backbone(loaded.model.encoder.backbone, loaded.config, metadata),
+              model_dir / SHIPPED_STEP: export_decoder_step(loaded.model.decoder, metadata)}
+    folder = model_dir / SHIPPED_EXPORT.parent
+    if folder.exists() and not folder.is_dir():
+        raise CaptionerError(f"cannot write the ONNX export into {folder}: it is a file, not a folder")
+    existed = folder.is_dir()
+    try:
+        _write_all_atomic(graphs)
+    except OSError as error:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise CaptionerError(f"cannot write the ONNX export into {folder}: {_reason(error)}") from None
+    return list(graphs)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def _write_all_atomic(files: dict[Path, bytes]) -> None:
+    """Write every file under a temporary name beside it, then rename them all into place."""
+    temporaries: list[Path] = []
+    try:
+        for path, data in files.items():
+            temporaries.append(_write_temporary(path, data))
+        for temporary, path in zip(temporaries, files):
+            os.replace(temporary, path)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
@@ -224,10 +363,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return Path(temporary)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    _write_all_atomic({path: data})
 
 
 # The pool's threads spin between the operators of one run, but not after it: spinning on past a run
@@ -264,8 +407,9 @@ class OnnxBackend:
     ``backend(pixels) -> features`` replaces the torch backbone. The decoder's ``step`` is replaced
     on ``loaded.model`` (the decoding loop itself stays in torch), except where autograd is on: there
     the torch step runs, so gradients still flow. ``origin`` says where the backbone's graph came from:
-    ``"shipped"`` (the repository's ``onnx/`` export), ``"cache"`` or ``"exported"`` (exported now and
-    cached); ``path`` is that file; ``step_origin`` and ``step_path`` the same for the decoder step.
+    ``"shipped"`` (the repository's ``onnx/encoder_model.onnx``), ``"cache"`` or ``"exported"`` (exported
+    now and cached); ``path`` is that file; ``step_origin`` and ``step_path`` the same for the decoder
+    step (shipped as ``onnx/decoder_step.onnx``).
     """
 
     def __init__(self, loaded: Any, cache: str | os.PathLike | None = None):
@@ -275,15 +419,14 @@ class OnnxBackend:
         self.weights_sha256 = weights_digest(loaded.path, self.config)
         cache = Path(cache or cache_dir())
         settings = {"weights_sha256": self.weights_sha256, **export_settings(self.config)}
-        metadata = {"weights_sha256": self.weights_sha256, "backbone": self.config.backbone,
-                    "encoder_output": self.config.encoder_output}
+        metadata = shipped_metadata(self.weights_sha256, self.config)
         model = loaded.model
-        self.session = self._shipped(loaded.path)
-        if self.session is None:
-            self.session, self.origin, self.path = _cached_session(
-                cache, self.config.backbone, settings, lambda: export_backbone(model.encoder.backbone, self.config,
-                                                                             metadata))
-        step_session, self.step_origin, self.step_path = _cached_session(
+        shipped = self._shipped(loaded, SHIPPED_EXPORT, metadata, "backbone")
+        self.session, self.origin, self.path = shipped or _cached_session(
+            cache, self.config.backbone, settings,
+            lambda: export_backbone(model.encoder.backbone, self.config, metadata))
+        shipped = self._shipped(loaded, SHIPPED_STEP, metadata, "decoder step")
+        step_session, self.step_origin, self.step_path = shipped or _cached_session(
             cache, "decoder-step", settings, lambda: export_decoder_step(model.decoder, metadata))
         model.decoder.step = OnnxDecoderStep(step_session, model.decoder)
 
@@ -292,28 +435,25 @@ class OnnxBackend:
         (features,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
         return torch.from_numpy(features)
 
-    def _shipped(self, model_dir: Path):
-        path = model_dir / SHIPPED_EXPORT
+    @staticmethod
+    def _shipped(loaded: Any, graph: Path, expected: dict[str, str], what: str):
+        """(session, "shipped", path) for the repository's ``graph`` when it is there and belongs to
+        these weights; else None (with a warning when it is there but refused)."""
+        path = loaded.path / graph
         if not path.is_file():
             return None
+        instead = f"using the cached or a fresh export of the {what} instead"
         try:
             session = _session(path)
-            recorded = session.get_modelmeta().custom_metadata_map
-        except Exception as error:  # onnxruntime raises its own types for a malformed graph
-            warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); exporting the "
-                          "backbone from model.safetensors instead", stacklevel=4)
+            info = _session_info(session)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a malformed graph
+            warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); {instead}", stacklevel=5)
             return None
-        expected = {"weights_sha256": self.weights_sha256, "backbone": self.config.backbone,
-                    "encoder_output": self.config.encoder_output}
-        wrong = [key for key, value in expected.items() if recorded.get(key) != value]
-        if wrong:
-            warnings.warn(f"refusing {path}: its recorded {', '.join(wrong)} do not match this model's "
-                          f"(weights SHA-256 {self.weights_sha256[:12]}..., recorded "
-                          f"{str(recorded.get('weights_sha256'))[:12]}...); exporting the backbone from "
-                          "model.safetensors instead", stacklevel=4)
+        problem = _mismatch(info, expected, graph_interface(graph, loaded))
+        if problem:
+            warnings.warn(f"refusing {path}: {problem}; {instead}", stacklevel=5)
             return None
-        self.origin, self.path = "shipped", path
-        return session
+        return session, "shipped", path
 
 
 class OnnxDecoderStep:
@@ -353,10 +493,15 @@ def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Call
     path = cache / f"{stem}-{hashlib.sha256(data).hexdigest()}.onnx"
     try:
         _write_atomic(path, data)
-    except OSError as error:  # a read-only cache: the graph goes to a temporary file, used once
+    except OSError as error:  # a cache that cannot be written: the graph goes to a temporary file, used once
+        try:
+            with tempfile.TemporaryDirectory(prefix="captioner-onnx-") as folder:
+                path = Path(folder) / path.name
+                path.write_bytes(data)
+                session = _session(path)
+        except OSError as second:
+            raise CaptionerError(f"could not write the ONNX export of {name}: not to the cache {cache} "
+                                 f"({_reason(error)}), nor to a temporary folder ({_reason(second)})") from None
         warnings.warn(f"could not cache the ONNX export in {cache}: {error}", stacklevel=4)
-        with tempfile.TemporaryDirectory(prefix="captioner-onnx-") as folder:
-            path = Path(folder) / path.name
-            path.write_bytes(data)
-            return _session(path), "exported", path
+        return session, "exported", path
     return _session(path), "exported", path

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +69,8 @@ def resolve_source(source: str | os.PathLike | None = None) -> Path:
     return _resolve(source)[0]
 
 
-def _resolve(source: str | os.PathLike | None, force_download: bool = False) -> tuple[Path, bool]:
+def _resolve(source: str | os.PathLike | None, force_download: bool = False,
+             optional_files: Sequence[str] = ()) -> tuple[Path, bool]:
     """(local directory, whether it came from the Hub)."""
     if source is None or str(source) == "":
         source = os.environ.get("CAPTIONER_MODEL") or None
@@ -84,10 +87,11 @@ def _resolve(source: str | os.PathLike | None, force_download: bool = False) -> 
     if match is None or local.exists():
         raise ModelSourceError(f"model source {str(source)!r} is not a directory and not a Hub id "
                                "(owner/name or owner/name@revision)")
-    return _download(match["repo"], match["revision"], str(source), force_download), True
+    return _download(match["repo"], match["revision"], str(source), force_download, optional_files), True
 
 
-def _download(repo_id: str, revision: str | None, source: str, force_download: bool) -> Path:
+def _download(repo_id: str, revision: str | None, source: str, force_download: bool,
+              optional_files: Sequence[str] = ()) -> Path:
     from huggingface_hub import constants, snapshot_download
 
     tried = (f"no local directory {source!r}; then the Hugging Face Hub repo {repo_id!r}"
@@ -98,7 +102,25 @@ def _download(repo_id: str, revision: str | None, source: str, force_download: b
                                  force_download=force_download)
     except Exception as error:  # huggingface_hub and its HTTP client raise many types
         raise ModelSourceError(f"could not get model {source!r}: {_hub_reason(error)}. Tried: {tried}") from None
+    _fetch_optional(repo_id, Path(path).name, optional_files)
     return Path(path)
+
+
+def _fetch_optional(repo_id: str, commit: str, names: Sequence[str]) -> None:
+    """Fetch those of ``names`` the repository has at ``commit`` (the snapshot the model files came
+    from) into the same cached snapshot. A file the repository lacks, or that offline mode finds
+    no copy of, is left out quietly; another failure is left out with a warning: these files are
+    optional (the ONNX export, which the onnx backend can make itself)."""
+    from huggingface_hub import errors, hf_hub_download
+
+    for name in names:
+        try:
+            hf_hub_download(repo_id, name, revision=commit)
+        except (errors.EntryNotFoundError, errors.OfflineModeIsEnabled):  # not there; offline, not cached
+            continue
+        except Exception as error:  # noqa: BLE001 - huggingface_hub and its HTTP client raise many types
+            warnings.warn(f"could not fetch {name} of {repo_id!r} ({_hub_reason(error)}); going on without it",
+                          stacklevel=2)
 
 
 def _hub_reason(error: Exception) -> str:
@@ -119,21 +141,24 @@ def _hub_reason(error: Exception) -> str:
 
 
 def load_model(source: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
-               defer_backbone: bool = False) -> LoadedModel:
+               defer_backbone: bool = False, optional_files: Sequence[str] = ()) -> LoadedModel:
     """Resolve ``source`` and load the model, in eval mode, on ``device``.
 
     ``defer_backbone``: the encoder's backbone is built and its weights read (and checked) only when
     it is first used (``Encoder.defer_backbone``), for a backend that runs it from an exported graph.
     A Hub model whose cached files fail the checks (a download damaged in transit) is
-    downloaded again once, so a bad cache entry does not stick.
+    downloaded again once, so a bad cache entry does not stick. ``optional_files`` (paths inside
+    the repository, e.g. ``onnx_backend.SHIPPED_FILES``) are fetched too when a Hub repository
+    has them; the model files alone are fetched otherwise.
     """
-    path, from_hub = _resolve(source)
+    path, from_hub = _resolve(source, optional_files=optional_files)
     try:
         return _load_dir(path, source, device, defer_backbone)
     except ModelFormatError:
         if not from_hub:
             raise
-    return _load_dir(_resolve(source, force_download=True)[0], source, device, defer_backbone)
+    return _load_dir(_resolve(source, force_download=True, optional_files=optional_files)[0], source, device,
+                     defer_backbone)
 
 
 BACKBONE_PREFIX = "encoder.backbone."
@@ -256,14 +281,24 @@ def default_card(config: ModelConfig) -> str:
 
 def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
                revision: str | None = None, commit_message: str | None = None) -> str:
-    """Check that ``model_dir`` loads, then upload its model files to the Hub; returns the commit URL."""
+    """Check that ``model_dir`` loads, then upload its model files to the Hub; returns the commit URL.
+
+    The folder's ONNX export (``onnx/encoder_model.onnx``, ``onnx/decoder_step.onnx``) goes too, after
+    checking that it was exported from these weights (``ShippedExportError`` otherwise, and nothing
+    is uploaded); an export file the folder does not have is deleted from the repository, since one
+    left there from earlier weights would not be used."""
     from huggingface_hub import create_repo, upload_folder
 
+    from captioner.core.onnx_backend import SHIPPED_FILES, verify_shipped
+
     model_dir = Path(model_dir)
-    load_model(model_dir)  # refuse to publish something that does not load
+    loaded = load_model(model_dir)  # refuse to publish something that does not load
+    export = [graph.as_posix() for graph in verify_shipped(loaded)]
+    stale = [name for name in SHIPPED_FILES if name not in export]
     try:
         create_repo(repo_id, private=private, exist_ok=True)
-        info = upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=[*MODEL_FILES, *CARD_FILES],
+        info = upload_folder(repo_id=repo_id, folder_path=model_dir,
+                             allow_patterns=[*MODEL_FILES, *CARD_FILES, *export], delete_patterns=stale,
                              revision=revision, commit_message=commit_message or "Upload captioner model")
     except Exception as error:
         raise ModelSourceError(f"could not push {model_dir} to {repo_id!r}: {_hub_reason(error)}") from None
