@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -417,3 +420,152 @@ def test_a_deferred_backbone_checks_the_weights_when_it_is_built(tiny_model_copy
     with pytest.raises(ModelFormatError, match="SHA-256|not a valid"):
         loaded.model.encoder.backbone
     assert "backbone" not in loaded.model.encoder._modules
+
+
+def test_without_the_exporter_a_shipped_or_cached_export_still_runs_in_onnx_runtime(tiny_model_dir, tiny_model_copy,
+                                                                                    tmp_path, monkeypatch, one_thread):
+    from captioner.core.onnx_backend import EXPORTER_HINT
+
+    export_to_repo(tiny_model_copy)
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))  # the cache the subprocess uses
+    Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")  # both graphs of this one are cached now
+    unexported = save_model(*make_tiny_model(seed=9), tmp_path / "unexported")
+    photo = str(ROOT / "examples" / "coffee.jpg")
+    done = run_without("onnx", f"""
+        import json
+        from captioner.core.inference import load_captioner
+        answers = []
+        for model in {[str(tiny_model_copy), str(tiny_model_dir), str(unexported)]!r}:
+            captioner = load_captioner(model, "cpu")
+            onnx = captioner._onnx
+            result = captioner.caption({photo!r}, beam_size=3)
+            answers.append([captioner.backend, onnx and onnx.origin, onnx and onnx.step_origin, result.caption,
+                            result.candidates[0].score])
+        print(json.dumps(answers))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr  # the exporter's absence is the rule, not a fault
+    answers = json.loads(done.stdout)
+    assert [answer[:3] for answer in answers] == [["onnx", "shipped", "shipped"], ["onnx", "cache", "cache"],
+                                                  ["torch", None, None]]
+    for model, answer in zip((tiny_model_copy, tiny_model_dir, unexported), answers):
+        reference = Captioner(load_model(model, CPU), CPU, "torch").caption(photo, beam_size=3)
+        assert answer[3] == reference.caption and answer[4] == pytest.approx(reference.candidates[0].score, abs=1e-4)
+
+    done = run_without("onnx", f"""
+        from captioner.cli import main
+        sys.exit(main(["caption", {photo!r}, "--model", {str(unexported)!r}, "--backend", "onnx"]))
+    """, tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [f"error: {EXPORTER_HINT}"]
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before it runs Python: no file over ``limit`` bytes can be written
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@needs_onnxruntime
+@pytest.mark.skipif(sys.platform == "win32", reason="file size limits are a POSIX resource limit")
+def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(tiny_model_dir, tmp_path):
+    """The cache is a file, and no file as large as the backbone's graph (about 13 MB) may be written
+    anywhere (a quota): the graph cannot be made. ``auto`` says so and captions with torch;
+    ``--backend onnx`` stops with one line."""
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("")
+    photo = str(ROOT / "examples" / "coffee.jpg")
+    command = [sys.executable, "-m", "captioner", "caption", photo, "--model", str(tiny_model_dir), "--json"]
+    run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**_env(), "CAPTIONER_CACHE": str(blocked)}, preexec_fn=_file_size_limit(2 ** 20))
+    expected = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch").caption(photo)
+
+    auto = run(command)
+    assert auto.returncode == 0, auto.stderr
+    found = json.loads(auto.stdout)
+    assert found["caption"] == expected.caption
+    assert found["candidates"][0]["score"] == pytest.approx(expected.candidates[0].score, abs=1e-5)
+    reason = (f"could not write the ONNX export of efficientnet-lite0: not to the cache {blocked / 'onnx'} "
+              "(Not a directory), nor to a temporary folder (File too large)")
+    assert f"UserWarning: the ONNX Runtime backend could not start (CaptionerError: {reason}); using torch" \
+        in auto.stderr
+
+    forced = run([*command, "--backend", "onnx"])
+    assert (forced.returncode, forced.stdout) == (1, "")
+    assert forced.stderr.splitlines() == [f"error: {reason}"]
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "captioner", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, **{"env": _env(), **kwargs})
+
+
+@needs_onnxruntime
+def test_the_export_onnx_command_writes_both_graphs(tiny_model_copy, onnx_cache, one_thread):
+    done = _cli("export-onnx", str(tiny_model_copy))
+    assert done.returncode == 0, done.stderr
+    folder = tiny_model_copy / "onnx"
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    for line, name in zip(lines, ("encoder_model.onnx", "decoder_step.onnx")):
+        assert re.fullmatch(rf"wrote {re.escape(str(folder / name))} \(\d+\.\d MB\)", line), line
+    assert sorted(path.name for path in folder.iterdir()) == ["decoder_step.onnx", "encoder_model.onnx"]
+    captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
+    assert (captioner._onnx.origin, captioner._onnx.step_origin) == ("shipped", "shipped")
+
+
+def test_the_export_onnx_command_refuses_in_one_line(tiny_model_copy, tmp_path):
+    def error_of(done: subprocess.CompletedProcess) -> str:
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        [line] = done.stderr.splitlines()
+        return line
+
+    assert error_of(_cli("export-onnx", str(tmp_path / "nowhere"))) == f"error: no model directory {str(tmp_path / 'nowhere')!r}"
+    (tmp_path / "empty").mkdir()
+    assert error_of(_cli("export-onnx", str(tmp_path / "empty"))).startswith(f"error: {tmp_path / 'empty' / 'config.json'}")
+    done = run_without("onnx", f"""
+        from captioner.cli import main
+        sys.exit(main(["export-onnx", {str(tiny_model_copy)!r}]))
+    """, tmp_path)
+    assert error_of(done) == ("error: export-onnx needs the 'onnx' extra (onnx is not installed): "
+                              "pip install 'captioner[onnx]'")
+    if not onnxruntime_available() or importlib.util.find_spec("onnx") is None:
+        return
+    (tiny_model_copy / "onnx").write_text("a file where the folder goes")
+    assert error_of(_cli("export-onnx", str(tiny_model_copy))) == (
+        f"error: cannot write the ONNX export into {tiny_model_copy / 'onnx'}: it is a file, not a folder")
+
+
+def _without_root_powers() -> None:
+    """In the child, before it runs Python: root keeps its uid but loses the capabilities that let it write
+    where permissions say no (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as an ordinary user would be."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone once Python is exec'd
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or importlib.util.find_spec("onnx") is None,
+                    reason="POSIX permissions and Linux capabilities; the exporter is needed")
+def test_the_export_onnx_command_in_a_read_only_folder(tiny_model_copy):
+    """A folder the user may read but not write: one line, and nothing left behind."""
+    import os
+
+    before = sorted(path.name for path in tiny_model_copy.iterdir())
+    tiny_model_copy.chmod(0o555)
+    try:
+        try:
+            done = _cli("export-onnx", str(tiny_model_copy),
+                        preexec_fn=_without_root_powers if os.geteuid() == 0 else None)
+        except subprocess.SubprocessError as error:  # a container that may not drop capabilities
+            pytest.skip(f"cannot run the command without root's powers here: {error}")
+    finally:
+        tiny_model_copy.chmod(0o755)
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr.splitlines() == [f"error: cannot write the ONNX export into {tiny_model_copy / 'onnx'}: "
+                                        "Permission denied"]
+    assert sorted(path.name for path in tiny_model_copy.iterdir()) == before
