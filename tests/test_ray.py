@@ -128,12 +128,14 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 @needs_ray
 def test_caption_dataset_matches_the_cli_and_resume_does_no_model_work(cluster, photos, cli_results, tmp_path):
+    from captioner.core.inference import load_captioner
     from captioner.serving.ray_data import caption_dataset, read_results
 
     root, good, broken = photos
     out = tmp_path / "captions"
     run = caption_dataset(root, out, workers=2, batch_size=4, rows_per_part=10)
     assert (run.inputs, run.captioned, run.failed, run.parts, run.workers) == (43, 43, 3, 5, 2)
+    assert run.backends == (load_captioner(None, "cpu").backend,)  # the workers' auto chose as this process does
     rows = read_results(out)
     assert len(rows) == 43
     assert sorted(row["path"] for row in rows) == sorted(str(path) for path in good + broken)
@@ -192,7 +194,8 @@ def test_a_killed_job_resumed_ends_with_every_input_once(cluster, photos, cli_re
 
 
 @needs_ray
-def test_a_table_of_paths_and_clear_refusals(cluster, photos, cli_results, tmp_path):
+def test_a_table_of_paths_and_clear_refusals(cluster, photos, cli_results, tmp_path, capsys):
+    from captioner.cli import main
     from captioner.core.errors import CaptionerError
     from captioner.serving.ray_data import caption_dataset, read_results
 
@@ -209,8 +212,16 @@ def test_a_table_of_paths_and_clear_refusals(cluster, photos, cli_results, tmp_p
         from captioner.core.options import DecodeOptions
 
         caption_dataset(table, tmp_path / "c", path_column="file", options=DecodeOptions(beam_size=0))
-    run = caption_dataset(table, tmp_path / "d.jsonl", path_column="file", workers=1)
-    assert (run.captioned, run.failed) == (4, 1)
+    with pytest.raises(CaptionerError, match="unknown backend 'tvm'"):
+        caption_dataset(table, tmp_path / "e", path_column="file", backend="tvm")
+    with pytest.raises(SystemExit):
+        main(["caption-dataset", str(table), "--out", str(tmp_path / "f"), "--backend", "tvm"])
+    assert "invalid choice: 'tvm'" in capsys.readouterr().err
+    assert main(["caption-dataset", str(table), "--out", str(tmp_path / "d.jsonl"), "--path-column", "file",
+                 "--workers", "1", "--backend", "torch"]) == 0  # auto would be onnx on these CPU workers
+    [summary] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("captioned ")]
+    assert summary.startswith("captioned 3 of 4 images (1 could not be read: see the error column) (torch backend); "
+                              "wrote 1 part file(s)"), summary
     rows = {row["path"]: row for row in read_results(tmp_path / "d.jsonl")}
     assert sorted(rows) == sorted([*map(str, chosen), str(root / "examples" / "missing.jpg")])
     assert rows[str(root / "examples" / "missing.jpg")]["error"].startswith("file not found")
@@ -227,6 +238,10 @@ def test_serve_settings_are_checked():
         build_app(replica=2)
     with pytest.raises(ValueError, match="max_batch_size must be a number of at least 1"):
         build_app(max_batch_size=0)
+    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
+        build_app(backend="tvm")
+    with pytest.raises(ValueError, match="the onnx backend runs on the CPU"):
+        build_app(backend="onnx", gpus_per_replica=1)
     assert decode_options({"beam_size": "1", "length_penalty": "0.5"}).beam_size == 1
     with pytest.raises(Exception, match="unknown query parameter 'beam'"):
         decode_options({"beam": "2"})
@@ -244,7 +259,8 @@ def service(cluster) -> str:
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(max_batch_size=8, batch_wait_ms=100, max_upload_mb=2), name="captioner", route_prefix="/")
+    serve.run(build_app(max_batch_size=8, batch_wait_ms=100, max_upload_mb=2, backend="torch"), name="captioner",
+              route_prefix="/")  # torch: not the onnx that auto would choose on this CPU
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -273,7 +289,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_captions(ser
     assert [answer.get("caption") for answer in answers] == expected
     assert set(answers[0]) == {"caption", "candidates", "words", "top_classes", "model"}
     health = httpx.get(f"{service}/healthz", timeout=60).json()
-    assert health["status"] == "ok" and health["requests"] >= 16
+    assert health["status"] == "ok" and health["requests"] >= 16 and health["backend"] == "torch"
     assert health["largest_batch"] > 1  # at least one forward pass served several requests
 
 
