@@ -522,9 +522,10 @@ def test_the_export_onnx_command_refuses_in_one_line(tiny_model_copy, tmp_path):
         [line] = done.stderr.splitlines()
         return line
 
-    assert error_of(_cli("export-onnx", str(tmp_path / "nowhere"))) == f"error: no model directory {str(tmp_path / 'nowhere')!r}"
-    (tmp_path / "empty").mkdir()
-    assert error_of(_cli("export-onnx", str(tmp_path / "empty"))).startswith(f"error: {tmp_path / 'empty' / 'config.json'}")
+    nowhere, empty = tmp_path / "nowhere", tmp_path / "empty"
+    assert error_of(_cli("export-onnx", str(nowhere))) == f"error: no model directory {str(nowhere)!r}"
+    empty.mkdir()
+    assert error_of(_cli("export-onnx", str(empty))).startswith(f"error: {empty / 'config.json'}")
     done = run_without("onnx", f"""
         from captioner.cli import main
         sys.exit(main(["export-onnx", {str(tiny_model_copy)!r}]))
