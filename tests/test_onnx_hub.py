@@ -129,3 +129,23 @@ def test_push_refuses_an_export_of_other_weights_and_removes_one_the_folder_no_l
     push_model(exported, "me/model")  # the old export goes from the repository too
     assert set(hub.files("me/model")) == set(MODEL_FILES)
     assert hub.files("me/model")["model.safetensors"] == (exported / "model.safetensors").read_bytes()
+
+
+def test_an_export_that_cannot_be_fetched_is_left_out_with_a_warning(hub, exported, monkeypatch,
+                                                                     one_thread):  # noqa: F811
+    from hub_server import free_port_url
+
+    hub.add_repo("team/flaky", exported)
+    hub.fail_next("paths-info", "500", method="POST")
+    with pytest.warns(UserWarning, match=r"could not fetch onnx/encoder_model\.onnx, onnx/decoder_step\.onnx of "
+                                         r"'team/flaky' \(.*500.*\); going on without them"):
+        captioner = Captioner(load_model("team/flaky", optional_files=SHIPPED_FILES), CPU, "onnx")
+    assert origins(captioner) == ("exported", "exported")
+
+    assert origins(Captioner(load_model("team/flaky", optional_files=SHIPPED_FILES), CPU, "onnx")) == (
+        "shipped", "shipped")  # the next load fetches them
+    hub_env(monkeypatch, free_port_url(), hub.cache_dir)  # the Hub unreachable: a cached export needs no request
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert origins(Captioner(load_model("team/flaky", optional_files=SHIPPED_FILES), CPU, "onnx")) == (
+            "shipped", "shipped")

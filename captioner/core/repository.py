@@ -102,25 +102,28 @@ def _download(repo_id: str, revision: str | None, source: str, force_download: b
                                  force_download=force_download)
     except Exception as error:  # huggingface_hub and its HTTP client raise many types
         raise ModelSourceError(f"could not get model {source!r}: {_hub_reason(error)}. Tried: {tried}") from None
-    _fetch_optional(repo_id, Path(path).name, optional_files)
+    if optional_files:
+        _fetch_optional(repo_id, Path(path), optional_files)
     return Path(path)
 
 
-def _fetch_optional(repo_id: str, commit: str, names: Sequence[str]) -> None:
-    """Fetch those of ``names`` the repository has at ``commit`` (the snapshot the model files came
-    from) into the same cached snapshot. A file the repository lacks, or that offline mode finds
-    no copy of, is left out quietly; another failure is left out with a warning: these files are
-    optional (the ONNX export, which the onnx backend can make itself)."""
-    from huggingface_hub import errors, hf_hub_download
+def _fetch_optional(repo_id: str, snapshot: Path, names: Sequence[str]) -> None:
+    """Fetch those of ``names`` that the repository has at the commit of ``snapshot`` (the cached
+    snapshot the model files came from) into that snapshot. Optional files (the ONNX export, which
+    the onnx backend can make itself): a commit's files never change, so ones already cached are not
+    asked for again; offline, the cache is all there is; a repository without them is no fault;
+    another failure (the Hub unreachable, an HTTP error) leaves them out with a warning."""
+    from huggingface_hub import constants, get_paths_info, hf_hub_download
 
-    for name in names:
-        try:
-            hf_hub_download(repo_id, name, revision=commit)
-        except (errors.EntryNotFoundError, errors.OfflineModeIsEnabled):  # not there; offline, not cached
-            continue
-        except Exception as error:  # noqa: BLE001 - huggingface_hub and its HTTP client raise many types
-            warnings.warn(f"could not fetch {name} of {repo_id!r} ({_hub_reason(error)}); going on without it",
-                          stacklevel=2)
+    missing = [name for name in names if not (snapshot / name).is_file()]
+    if not missing or constants.HF_HUB_OFFLINE:
+        return
+    try:
+        for entry in get_paths_info(repo_id, missing, revision=snapshot.name):
+            hf_hub_download(repo_id, entry.path, revision=snapshot.name)
+    except Exception as error:  # noqa: BLE001 - huggingface_hub and its HTTP client raise many types
+        warnings.warn(f"could not fetch {', '.join(missing)} of {repo_id!r} ({_hub_reason(error)}); "
+                      "going on without them", stacklevel=2)
 
 
 def _hub_reason(error: Exception) -> str:
