@@ -161,7 +161,8 @@ def test_heatmap_size():
     assert heatmap_size((7, 1500), 1024) == (5, 1024)
     assert heatmap_size((1200, 800), 300) == (300, 200)
     assert heatmap_size((10000, 1), 100) == (100, 1)  # never 0 pixels
-    assert heatmap_size((600, 400), 1024) == heatmap_size((600, 400), 600) == heatmap_size((600, 400), None) == (600, 400)
+    assert heatmap_size((600, 400), 1024) == heatmap_size((600, 400), 600) == (600, 400)
+    assert heatmap_size((6000, 4000), None) == (6000, 4000)
 
 
 @pytest.mark.parametrize("side", [0, -5, True, 2.5, "512"])

@@ -11,8 +11,10 @@ decoded as the caption path decodes it (``images.load_for``: a large photo at re
 model sees the same pixels and gives the same caption and word probabilities as ``caption`` and
 ``score``. The maps are resampled straight from the feature map's grid to the image's geometry
 scaled down to ``heatmap_side`` pixels on the longer side (``heatmap_size``), so their memory stays
-bounded whatever the photo's size. The feature map is computed once; the rest of the model (the backbone's pooling and classifier head, the
-projection, the decoder) runs on one copy of it per word, so a single backward pass gives every
+bounded whatever the photo's size.
+
+The feature map is computed once; the rest of the model (the backbone's pooling and classifier head,
+the projection, the decoder) runs on one copy of it per word, so a single backward pass gives every
 word its own gradient: rows of a batch do not interact. On CUDA that pass runs without cuDNN, whose
 LSTM has no backward pass in eval mode (``torch.backends.cudnn.flags`` is process-wide, so work on
 other threads meanwhile runs on PyTorch's own kernels too); the model is never switched to training
@@ -178,7 +180,7 @@ def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     heatmap = np.asarray(heatmap, np.float32)
     if heatmap.shape == (size[1], size[0]):
         return heatmap
-    resized = Image.fromarray(heatmap, mode="F").resize(tuple(size), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(heatmap).resize(tuple(size), Image.Resampling.BILINEAR)  # float32: mode "F"
     return np.clip(np.asarray(resized, np.float32), 0, 1)
 
 
@@ -199,7 +201,7 @@ def _check_side(heatmap_side: int | None) -> None:
         raise ValueError(f"heatmap_side must be a whole number of at least 1 or None, got {heatmap_side!r}")
 
 
-# --- from the feature map's grid back to the original image ----------------------------------------
+# --- from the feature map's grid back to the image ----------------------------------------------
 
 def _geometry(size: tuple[int, int], config) -> tuple[int, tuple[float, float, float], tuple[float, float, float]]:
     """The model's input size and, for x and y: (offset in the original image, scale to the resized image, crop start in the resized
