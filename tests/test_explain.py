@@ -156,6 +156,18 @@ def test_heatmaps_of_hostile_images_have_the_bounded_original_size(bundled, name
         _check_maps(own, size)
 
 
+def test_a_long_caption_gets_the_probabilities_score_gives(bundled, example_photos):
+    """``explain`` takes each word's log-probability at its own step only (``own_word_log_probs``), rows
+    cut to different lengths; for a long caption that is still ``score``'s teacher-forced probability."""
+    caption = " ".join(["a", "cat", "sitting", "on", "a", "table", "next", "to", "cup", "of", "coffee"] * 6)
+    explanation = bundled.explain(example_photos["chelsea-the-cat"], caption, heatmap_side=32)
+    scores = bundled.score(example_photos["chelsea-the-cat"], caption)
+    assert [w.word for w in explanation.words] == caption.split() and len(explanation.words) == 66
+    assert np.allclose([w.probability for w in explanation.words], [s.probability for s in scores[:-1]],
+                       atol=1e-5, rtol=0)
+    assert explanation.words[-1].heatmap.shape == (21, 32)
+
+
 def test_heatmap_size():
     assert heatmap_size((3000, 6), 1024) == (1024, 2)
     assert heatmap_size((7, 1500), 1024) == (5, 1024)
