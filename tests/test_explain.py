@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,18 @@ def test_a_long_caption_gets_the_probabilities_score_gives(bundled, example_phot
     assert np.allclose([w.probability for w in explanation.words], [s.probability for s in scores[:-1]],
                        atol=1e-5, rtol=0)
     assert explanation.words[-1].heatmap.shape == (21, 32)
+
+
+def test_an_explanation_holds_grids_and_makes_each_map_when_asked(bundled, large_photo):
+    """66 maps of 1024 x 683 would be 185 MB; the explanation holds 66 grids of 7 x 7 and makes a map on
+    access, the same each time."""
+    caption = " ".join(["a", "cup", "of", "coffee", "on", "a", "table", "next", "to", "a", "spoon"] * 6)
+    explanation = bundled.explain(large_photo, caption)
+    assert len(pickle.dumps(explanation.words)) < 1024 * 1024
+    word = explanation.words[3]
+    assert word.grid.shape == (7, 7) and word.grid.max() == pytest.approx(1)
+    assert word.heatmap.shape == (683, 1024) and np.array_equal(word.heatmap, word.heatmap)
+    assert word.heatmap is not word.heatmap  # a new array each time: holding it is the caller's choice
 
 
 def test_heatmap_size():

@@ -58,8 +58,15 @@ class WordScore:
 class ExplainedWord:
     word: str
     probability: float  # as in ``score``: given the image and the words before it
-    # float32, values in [0, 1], shaped (height, width) of ``heatmap_size(explanation.image.size, heatmap_side)``
-    heatmap: np.ndarray = field(repr=False)
+    grid: np.ndarray = field(repr=False)  # float32 in [0, 1]: the word's map on the encoder's grid (7 x 7 for 224)
+    layout: Layout = field(repr=False, compare=False)  # how the grid lies on the image
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """The word's map on the image: float32 in [0, 1], shaped (height, width) of
+        ``heatmap_size(explanation.image.size, heatmap_side)``. Resampled from ``grid`` on each access
+        (milliseconds), so an explanation holds only the grids: keep the array to use it twice."""
+        return self.layout.resample(self.grid)
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,8 @@ def own_word_log_probs(model: ShowAndTell, embeddings: torch.Tensor, ids: Sequen
 
     Teacher forcing through ``Decoder.forward`` with row ``i`` cut after the words it needs, and the
     softmax taken at its last step only: about half the decoder's steps, and one softmax row per word
-    instead of one per word and step (for a 198-word caption and a 1,197-word vocabulary that is 1.5
-    MB of softmax instead of 0.5 GB, with as much again for its gradient)."""
+    instead of one per word and step (for a 198-word caption and a 1,197-word vocabulary, 2 MB of
+    float64 softmax instead of 0.4 GB, with as much again for its gradient)."""
     batch, length = embeddings.size(0), len(ids)
     device = embeddings.device
     captions = torch.tensor(list(ids), device=device).expand(batch, length)
@@ -176,9 +183,9 @@ def explain(captioner, image: ImageSource, caption: str | None = None, *, beam_s
         (gradients,) = torch.autograd.grad(own.sum(), copies)
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     maps = torch.relu((weights * copies.detach()).sum(1)).float().cpu().numpy()  # (words, h, w)
-    geometry = _geometry(picture.size, captioner.config)
-    out_size = heatmap_size(picture.size, heatmap_side)
-    explained = tuple(ExplainedWord(word, float(np.exp(lp)), _to_image(grid, picture.size, geometry, out_size))
+    layout = Layout(picture.size, _geometry(picture.size, captioner.config), maps.shape[1:],
+                    heatmap_size(picture.size, heatmap_side))
+    explained = tuple(ExplainedWord(word, float(np.exp(lp)), _normalised(grid), layout)
                       for word, lp, grid in zip(words, own.detach().double().cpu().tolist(), maps))
     return Explanation(caption, explained, picture)
 
@@ -265,14 +272,31 @@ def _axis(pixels: int, offset: float, scale: float, start: float, crop: int, cel
     return weights
 
 
+class Layout:
+    """Where the cells of a ``cells`` (rows, columns) grid lie on an image of ``size`` (width, height)
+    with ``geometry`` (``_geometry``): bilinear weights onto ``out_size`` (width, height; default
+    ``size``) pixels spanning that image."""
+
+    def __init__(self, size: tuple[int, int], geometry, cells: tuple[int, int],
+                 out_size: tuple[int, int] | None = None):
+        crop, x_axis, y_axis = geometry
+        width, height = out_size if out_size is not None else size
+        self.rows = _axis(size[1], *y_axis, crop, cells[0], height)  # (height, cells[0])
+        self.columns = _axis(size[0], *x_axis, crop, cells[1], width)  # (width, cells[1])
+
+    def resample(self, grid: np.ndarray) -> np.ndarray:
+        """``grid`` (values in [0, 1]) on the image: float32 (height, width), values in [0, 1]."""
+        return np.clip(self.rows @ np.asarray(grid, np.float32) @ self.columns.T, 0, 1).astype(np.float32)
+
+
+def _normalised(grid: np.ndarray) -> np.ndarray:
+    """``grid`` scaled to [0, 1] by its peak (all zero when it has none)."""
+    peak = float(grid.max())
+    return (grid / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(grid)).astype(np.float32)
+
+
 def _to_image(grid: np.ndarray, size: tuple[int, int], geometry, out_size: tuple[int, int] | None = None
-               ) -> np.ndarray:
+              ) -> np.ndarray:
     """One word's map: scaled to [0, 1] on its grid, then resampled onto an image of ``size`` (width,
     height), at ``out_size`` (width, height; default ``size``)."""
-    peak = float(grid.max())
-    grid = grid / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(grid)
-    crop, x_axis, y_axis = geometry
-    width, height = out_size if out_size is not None else size
-    rows = _axis(size[1], *y_axis, crop, grid.shape[0], height)
-    columns = _axis(size[0], *x_axis, crop, grid.shape[1], width)
-    return np.clip(rows @ grid.astype(np.float32) @ columns.T, 0, 1).astype(np.float32)
+    return Layout(size, geometry, grid.shape, out_size).resample(_normalised(grid))
