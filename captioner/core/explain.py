@@ -38,7 +38,7 @@ from captioner.core.vocabulary import END, END_ID, START_ID, UNK_ID, Vocabulary,
 
 MAX_CAPTION_WORDS = 198  # the longest sequence the model format allows (max_length 200) less <start> and <end>
 # Longest side of the heatmaps ``explain`` returns unless told otherwise: plenty for display (a map holds
-# one value per cell of the encoder's grid, 7 x 7 for a 224-pixel input), at most 4 MB per word.
+# one value per cell of the encoder's grid, 7 x 7 for a 224-pixel input), at most 4 MB per map.
 DEFAULT_HEATMAP_SIDE = 1024
 
 
@@ -58,7 +58,7 @@ class WordScore:
 class ExplainedWord:
     word: str
     probability: float  # as in ``score``: given the image and the words before it
-    grid: np.ndarray = field(repr=False)  # float32 in [0, 1]: the word's map on the encoder's grid (7 x 7 for 224)
+    grid: np.ndarray = field(repr=False)  # float32, peak 1 (or all 0): the map on the encoder's grid (7 x 7)
     layout: Layout = field(repr=False, compare=False)  # how the grid lies on the image
 
     @property
@@ -179,7 +179,7 @@ def explain(captioner, image: ImageSource, caption: str | None = None, *, beam_s
     copies = feature_map.detach().repeat(count, 1, 1, 1).requires_grad_(True)  # one per word
     no_cudnn = torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" else contextlib.nullcontext()
     with torch.enable_grad(), no_cudnn:
-        own = own_word_log_probs(model, model.encoder.project(backbone.head(copies)), ids)  # row i: word i's
+        own = own_word_log_probs(model, model.encoder.project(backbone.head(copies)), ids)  # row i: word i
         (gradients,) = torch.autograd.grad(own.sum(), copies)
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     maps = torch.relu((weights * copies.detach()).sum(1)).float().cpu().numpy()  # (words, h, w)
