@@ -55,7 +55,9 @@ MAX_BATCH_UPLOAD_BYTES = 500 * 1024 * 1024  # all files of one batch together
 DOWNLOAD_MAX_AGE_S = 3600  # batch downloads and heatmap overlays are removed after this
 DOWNLOAD_MAX_BYTES = 256 * 1024 * 1024  # and the oldest go first when they hold more than this
 DEFAULT_BEAM = 3
-OVERLAY_SIDE = 1024  # longest side of the heatmap overlays the app and the explain endpoint return
+# Longest side of the word heatmaps the app computes and of the overlays it and the explain endpoint
+# return: the maps are made at the overlays' size, never at the photo's.
+OVERLAY_SIDE = 1024
 BEAM, GREEDY = "Beam search", "Greedy"
 
 CSS = """
@@ -240,7 +242,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             source = image_source(upload)
             try:
                 with in_flight:
-                    explanation = explain_on_device(source, caption)
+                    explanation = explain_on_device(source, caption, heatmap_side=OVERLAY_SIDE)
             except (ImageError, ValueError) as error:
                 raise _user_error(error, "Cannot explain this caption") from None
             paths = write_overlays(explanation, scratch_folder(), "word", max_side=OVERLAY_SIDE)
@@ -270,7 +272,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         try:
             with in_flight:
                 explanation = explain_on_device(source, caption or None, beam_size=options.beam_size,
-                                                max_length=options.max_length)
+                                                max_length=options.max_length, heatmap_side=OVERLAY_SIDE)
         except (ImageError, ValueError) as error:
             raise _user_error(error, "Bad request") from None
         paths = write_overlays(explanation, scratch_folder(), "word", max_side=OVERLAY_SIDE)

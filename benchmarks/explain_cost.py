@@ -4,9 +4,10 @@
     python benchmarks/explain_cost.py --clock cpu --threads 1   # ratios that a busy machine does not skew
 
 Per photo (decoded from its file each time, as a user's call would): ``caption`` (beam 3), ``explain``
-(captions with beam 3, then every word's heatmap at the photo's size), ``explain`` of a given caption,
-and ``score`` of that caption. The calls alternate, so that a busy machine slows each alike; each time
-is the median of ``--repeats`` runs after one warm-up. Target: explain <= 4x caption.
+(captions with beam 3, then every word's heatmap at the decoded photo's size, at most 1024 pixels on
+the longer side), ``explain`` of a given caption, and ``score`` of that caption. The calls alternate,
+so that a busy machine slows each alike; each time is the median of ``--repeats`` runs after one
+warm-up. Target: explain <= 4x caption.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def measure(model: str | None, quick: bool, seed: int = 0) -> dict:
         if not explanation.words:
             continue
         deletions = deletion_test(captioner, explanation, seed=seed)
-        visible = visible_mask(image.size, captioner.config)
+        visible = visible_mask(explanation.image.size, captioner.config, explanation.words[0].heatmap.shape)
         again = captioner.explain(noisy(image, seed), explanation.caption)
         random_maps = randomised.explain(image, explanation.caption)
         rows.append({

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from PIL import Image
 
 from captioner.core.config import ModelConfig
 from captioner.core.errors import ImageError
-from captioner.core.explain import _geometry, _to_image, visible_mask
+from captioner.core.explain import DEFAULT_HEATMAP_SIDE, _geometry, _to_image, heatmap_size, visible_mask
 from captioner.core.faithfulness import deletion_test, randomised_captioner, rank_correlation
-from captioner.core.images import build_preprocessor
+from captioner.core.images import build_preprocessor, load_for
+from captioner.core.overlays import overlay
 from captioner.core.inference import Captioner, load_captioner
 from captioner.core.repository import save_model
 from captioner.core.vocabulary import START_ID
@@ -28,6 +30,17 @@ from test_cli import run
 @pytest.fixture(scope="module")
 def bundled():
     return load_captioner(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def large_photo(tmp_path_factory, example_photos) -> Path:
+    """scikit-image's coffee photo upscaled to 2400 x 1600 as a JPEG: its shorter side is over twice
+    the bundled model's resize side (256) times two, so the caption path decodes it at reduced size
+    (JPEG DCT scaling by 1/2, to 1200 x 800)."""
+    path = tmp_path_factory.mktemp("large") / "coffee-2400.jpg"
+    with Image.open(example_photos["coffee"]) as photo:
+        photo.convert("RGB").resize((2400, 1600), Image.Resampling.BICUBIC).save(path, quality=92)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +116,10 @@ def test_score_refuses_bad_captions_and_images(bundled, example_photos, tmp_path
         bundled.score([example_photos["coffee"], tmp_path / "notes.png"], "a cup")
 
 
-def _check_maps(explanation, size):
-    width, height = size
+def _check_maps(explanation, size, heatmap_side=DEFAULT_HEATMAP_SIDE):
+    """Every map is float32 in [0, 1], shaped as the decoded image (of ``size``) bounded by ``heatmap_side``."""
+    assert explanation.image.size == size
+    width, height = heatmap_size(size, heatmap_side)
     assert explanation.words
     for word in explanation.words:
         heatmap = word.heatmap
@@ -132,13 +147,118 @@ def hostile_images() -> dict[str, tuple[bytes, tuple[int, int]]]:
 
 
 @pytest.mark.parametrize("name", list(hostile_images()))
-def test_heatmaps_of_hostile_images_have_the_original_size(bundled, name):
+def test_heatmaps_of_hostile_images_have_the_bounded_original_size(bundled, name):
     data, size = hostile_images()[name]
     assert Image.open(io.BytesIO(data)).size == size
-    _check_maps(bundled.explain(data, "a cat on a table"), size)
+    _check_maps(bundled.explain(data, "a cat on a table"), size)  # the strips' maps: 1024 pixels long
+    _check_maps(bundled.explain(data, "a cat on a table", heatmap_side=None), size, None)
     own = bundled.explain(data)  # the model's own caption
     if own.words:
         _check_maps(own, size)
+
+
+def test_a_long_caption_gets_the_probabilities_score_gives(bundled, example_photos):
+    """``explain`` takes each word's log-probability at its own step only (``own_word_log_probs``), rows
+    cut to different lengths; for a long caption that is still ``score``'s teacher-forced probability."""
+    caption = " ".join(["a", "cat", "sitting", "on", "a", "table", "next", "to", "cup", "of", "coffee"] * 6)
+    explanation = bundled.explain(example_photos["chelsea-the-cat"], caption, heatmap_side=32)
+    scores = bundled.score(example_photos["chelsea-the-cat"], caption)
+    assert [w.word for w in explanation.words] == caption.split() and len(explanation.words) == 66
+    assert np.allclose([w.probability for w in explanation.words], [s.probability for s in scores[:-1]],
+                       atol=1e-5, rtol=0)
+    assert explanation.words[-1].heatmap.shape == (21, 32)
+
+
+def test_an_explanation_holds_grids_and_makes_each_map_when_asked(bundled, large_photo):
+    """66 maps of 1024 x 683 would be 185 MB; the explanation holds 66 grids of 7 x 7 and makes a map on
+    access, the same each time."""
+    caption = " ".join(["a", "cup", "of", "coffee", "on", "a", "table", "next", "to", "a", "spoon"] * 6)
+    explanation = bundled.explain(large_photo, caption)
+    assert len(pickle.dumps(explanation.words)) < 1024 * 1024
+    word = explanation.words[3]
+    assert word.grid.shape == (7, 7) and word.grid.max() == pytest.approx(1)
+    assert word.heatmap.shape == (683, 1024) and np.array_equal(word.heatmap, word.heatmap)
+    assert word.heatmap is not word.heatmap  # a new array each time: holding it is the caller's choice
+
+
+def test_heatmap_size():
+    assert heatmap_size((3000, 6), 1024) == (1024, 2)
+    assert heatmap_size((7, 1500), 1024) == (5, 1024)
+    assert heatmap_size((1200, 800), 300) == (300, 200)
+    assert heatmap_size((10000, 1), 100) == (100, 1)  # never 0 pixels
+    assert heatmap_size((600, 400), 1024) == heatmap_size((600, 400), 600) == (600, 400)
+    assert heatmap_size((6000, 4000), None) == (6000, 4000)
+
+
+@pytest.mark.parametrize("side", [0, -5, True, 2.5, "512"])
+def test_a_bad_heatmap_side_is_refused_before_any_work(bundled, side, tmp_path):
+    with pytest.raises(ValueError, match="heatmap_side"):
+        bundled.explain(tmp_path / "missing.jpg", "a cat", heatmap_side=side)  # not ImageError: checked first
+
+
+def test_a_large_photo_is_explained_from_the_pixels_the_caption_path_uses(bundled, large_photo):
+    """The photo is decoded as ``caption`` and ``score`` decode it (reduced), so the caption and each
+    word's probability are theirs; its maps are 1024 pixels on the longer side by default."""
+    decoded = load_for(large_photo, bundled.preprocess)
+    assert decoded.size == (1200, 800)  # reduced: 2400 x 1600 in the file
+    result = bundled.caption(large_photo, beam_size=3)
+    explanation = bundled.explain(large_photo)
+    assert explanation.caption == result.caption and explanation.words
+    assert explanation.image.size == decoded.size
+    assert np.array_equal(np.asarray(explanation.image), np.asarray(decoded))
+    scores = bundled.score(large_photo, explanation.caption)
+    assert np.allclose([w.probability for w in explanation.words], [s.probability for s in scores[:-1]],
+                       atol=1e-5, rtol=0)
+    assert np.allclose([w.probability for w in explanation.words], [p for _, p in result.words], atol=1e-5, rtol=0)
+    _check_maps(explanation, (1200, 800))
+    assert explanation.words[0].heatmap.shape == (683, 1024)
+    with Image.open(large_photo) as photo:  # an opened image: reduced after decoding (by 3), as captioning does
+        photo.load()
+        again = bundled.explain(photo, explanation.caption, heatmap_side=256)
+        _check_maps(again, load_for(photo, bundled.preprocess).size, 256)
+        scores = bundled.score(photo, explanation.caption)
+    assert again.image.size == (800, 534) and again.words[0].heatmap.shape == (171, 256)
+    assert np.allclose([w.probability for w in again.words], [s.probability for s in scores[:-1]], atol=1e-5, rtol=0)
+
+
+def test_a_bounded_map_is_the_full_map_downsampled(bundled, large_photo):
+    """A map bounded to 150 pixels equals the decoded-size map (1200 x 800) averaged over 8 x 8 blocks.
+
+    Both sample one bilinear interpolation of the encoder's 7 x 7 grid: ``sum_ij g_ij r_i(y) c_j(x)``,
+    hat functions ``r``, ``c`` with slopes of +-1/cell and kinks at cell centres (a cell spans 100
+    pixels here: the 224-pixel crop of 256 covers 700 of the 800 rows). A block's mean of that sum is
+    ``sum_ij g_ij mean(r_i) mean(c_j)``, and a linear piece's mean is its value at the block's centre,
+    where the bounded map samples it; so they differ only in blocks a kink crosses. Along one axis the
+    map's slope changes there by at most 2/cell (values in [0, 1]), which moves a block's mean by at
+    most that times width/8: 8 / (4 * 100) = 0.02. Both axes, plus their product term (at most
+    0.04 * 0.04): 0.042. Blocks that straddle the edge of the region the model sees (the map drops to 0
+    there) are left out; blocks wholly outside it are 0 in both."""
+    caption = "a cup of coffee on a table"
+    full = bundled.explain(large_photo, caption, heatmap_side=None)
+    bounded = bundled.explain(large_photo, caption, heatmap_side=150)
+    assert full.words[0].heatmap.shape == (800, 1200) and bounded.words[0].heatmap.shape == (100, 150)
+    seen = visible_mask((1200, 800), bundled.config).reshape(100, 8, 150, 8).mean((1, 3))
+    visible = visible_mask((1200, 800), bundled.config, (100, 150))  # the mask on the bounded maps' grid
+    assert visible[seen == 1].all() and not visible[seen == 0].any()
+    differences = []
+    for big, small in zip(full.words, bounded.words):
+        assert big.probability == pytest.approx(small.probability, abs=1e-6)
+        averaged = big.heatmap.reshape(100, 8, 150, 8).mean((1, 3))
+        assert (small.heatmap[seen == 0] == 0).all()
+        differences.append(np.abs(averaged - small.heatmap)[seen == 1].max())
+    assert sum(w.heatmap.max() > 0.5 for w in full.words) >= 3
+    assert max(differences) <= 0.042, differences  # 0.026 measured
+
+
+def test_an_overlay_is_drawn_at_its_heatmaps_size(bundled, large_photo):
+    explanation = bundled.explain(large_photo, "a cup of coffee", heatmap_side=300)
+    heatmap = explanation.words[1].heatmap
+    assert overlay(explanation.image, heatmap).size == (300, 200)
+    assert overlay(explanation.image, heatmap, max_side=150).size == (150, 100)
+    with pytest.raises(ValueError, match="the heatmap is 300 x 199"):
+        overlay(explanation.image, heatmap[:-1])
+    full = bundled.explain(large_photo, "a cup of coffee", heatmap_side=None).words[1].heatmap
+    assert overlay(explanation.image, full, max_side=1024).size == (1024, 683)
 
 
 def test_heatmaps_of_photos_for_every_kind_of_encoder(bundled, resnet_dir, tiny_model_dir, example_photos):
@@ -244,20 +364,23 @@ def test_cli_score_plain_and_json(tiny_model_dir, example_photos):
     assert proc.returncode == 1 and "no words" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_caption_explain_writes_one_overlay_per_word(example_photos, tmp_path):
+def test_cli_caption_explain_writes_one_overlay_per_word(example_photos, large_photo, tmp_path):
+    """Overlays have the photo's size as decoded for captioning, at most 1024 pixels on the longer side:
+    the 2400 x 1600 JPEG is decoded at 1200 x 800, and its overlays are 1024 x 683."""
     model, vocab = make_tiny_model(end_bias=-2.0)  # captions of several words
     model_dir = save_model(model, vocab, tmp_path / "model")
-    photos = [str(example_photos["coffee"]), str(example_photos["rocket"])]
+    photos = [str(example_photos["coffee"]), str(example_photos["rocket"]), str(large_photo)]
+    sizes = [Image.open(photos[0]).size, Image.open(photos[1]).size, (1024, 683)]
     proc = run("caption", *photos, "--model", str(model_dir), "--json", "--explain", str(tmp_path / "maps"))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    for line, photo in zip(lines, photos):
+    for line, photo, size in zip(lines, photos, sizes):
         words = line["caption"].split()
         assert words and [o["word"] for o in line["overlays"]] == words
-        for number, (overlay, word) in enumerate(zip(line["overlays"], words), 1):
+        for number, (drawn, word) in enumerate(zip(line["overlays"], words), 1):
             path = tmp_path / "maps" / f"{Path(photo).stem}.{number:02d}-{word}.png"
-            assert overlay["path"] == str(path)
-            assert Image.open(path).size == Image.open(photo).size
+            assert drawn["path"] == str(path)
+            assert Image.open(path).size == size
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
         Path(o["path"]).name for line in lines for o in line["overlays"])
 

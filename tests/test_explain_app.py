@@ -51,6 +51,24 @@ def test_explain_endpoint_returns_one_overlay_per_word(url, app_model):
         client.predict(handle_file(photo), caption="?!", api_name="/explain")
 
 
+def test_explain_endpoint_on_a_large_photo_agrees_with_the_caption_endpoint(url, tmp_path):
+    """A photo that captioning decodes at reduced size (3000 x 2000: by 1/2) is explained from the same
+    pixels: the same caption and word probabilities; its overlays are at most OVERLAY_SIDE pixels."""
+    photo = tmp_path / "coffee-3000.jpg"
+    with Image.open(EXAMPLES / "coffee.jpg") as image:
+        image.convert("RGB").resize((3000, 2000), Image.Resampling.BICUBIC).save(photo, quality=92)
+    client = Client(url, verbose=False)
+    captioned = client.predict(handle_file(photo), beam_size=3, api_name="/caption")
+    data, overlays = client.predict(handle_file(photo), beam_size=3, api_name="/explain")
+    assert data["caption"] == captioned["caption"]
+    assert [w["word"] for w in data["words"]] == [w["word"] for w in captioned["words"]]
+    assert np.allclose([w["probability"] for w in data["words"]], [w["probability"] for w in captioned["words"]],
+                       atol=1e-5, rtol=0)
+    for overlay in overlays:
+        with Image.open(overlay["image"]) as image:
+            assert image.size == (app.OVERLAY_SIDE, round(app.OVERLAY_SIDE * 2 / 3))
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():

@@ -31,6 +31,7 @@ import psutil
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from app_fixtures import ROOT, free_port, make_app_model
 from captioner.serving.webguard import (MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_REQUEST_BYTES,
@@ -40,6 +41,7 @@ from huge_png import write_rgba16_png
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
 FILE_META = {"_type": "gradio.FileData"}
 MEMORY_BUDGET = 1024 * 1024 * 1024  # peak RSS above idle for 16 concurrent worst-case images (SECURITY.md)
+EXPLAIN_MEMORY_BUDGET = 384 * 1024 * 1024  # peak RSS above idle for the word heatmaps of one huge photo (SECURITY.md)
 pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
@@ -89,8 +91,9 @@ class Server:
         return {"path": response.json()[0], "orig_name": name, "meta": FILE_META}
 
     def call(self, data: list, headers: dict | None = None, raw: bytes | None = None,
-             api: str = "caption") -> tuple[str, str]:
-        """POST /call/<api> and read the answer: ("ok", first output) or ("error", message)."""
+             api: str = "caption", output: int | None = 0) -> tuple[str, str]:
+        """POST /call/<api> and read the answer: ("ok", output number ``output``, or all of them for
+        None) or ("error", message)."""
         body = raw if raw is not None else json.dumps({"data": data}).encode()
         with httpx.Client(timeout=300) as client:
             response = client.post(f"{self.api}/call/{api}", content=body,
@@ -100,7 +103,8 @@ class Server:
             text = client.get(f"{self.api}/call/{api}/{response.json()['event_id']}").text
         event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
         if event == "complete":
-            return "ok", json.loads(payload)[0]
+            outputs = json.loads(payload)
+            return "ok", outputs if output is None else outputs[output]
         return "error", (json.loads(payload) or {}).get("error") if payload.strip() != "null" else None
 
     def join(self, fn: str, data: list, headers: dict | None = None, wait: bool = True) -> tuple[str, object]:
@@ -173,6 +177,16 @@ def server(folder, tmp_path_factory):
 def huge_png(folder) -> bytes:
     """7000 x 7000 pixels of 16-bit RGBA (49 megapixels, under the 50 MP cap) in about 600 KB."""
     return write_rgba16_png(folder / "huge.png").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg() -> bytes:
+    """scikit-image's coffee photo (examples/coffee.jpg) upscaled to 8400 x 5600 (47 megapixels, under
+    the 50 MP cap): a camera photo as large as the app accepts."""
+    buffer = io.BytesIO()
+    with Image.open(EXAMPLE) as photo:
+        photo.convert("RGB").resize((8400, 5600), Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def _assert_still_serving(server: Server) -> None:
@@ -419,6 +433,32 @@ def test_sixteen_concurrent_huge_pngs_stay_within_the_memory_budget(server, huge
         time.sleep(0.5)
     print(f"after: {server.rss() / 2**20:.0f} MB ({server.rss() / idle:.2f} x idle)")
     assert server.rss() <= idle * 1.1
+    _assert_still_serving(server)
+
+
+def test_word_heatmaps_of_huge_photos_stay_within_their_memory_budget(server, huge_jpeg, huge_png):
+    """``/explain`` decodes a huge photo at reduced size, as captioning does, and makes its maps at the
+    overlays' size (``app.OVERLAY_SIDE``), never at the photo's: a map of 47 megapixels would be 188 MB
+    for each word."""
+    _assert_still_serving(server)
+    assert server.call([server.upload(EXAMPLE.read_bytes(), "coffee.jpg"), None, 3, 20], api="explain")[0] == "ok"
+    images = {"8400 x 5600 JPEG": server.upload(huge_jpeg, "huge.jpg"), "7000 x 7000 16-bit RGBA PNG": server.upload(
+        huge_png, "huge.png")}
+    time.sleep(1)
+    idle = server.rss()
+    for name, image in images.items():
+        with PeakRSS(server.ps) as memory:
+            status, (data, overlays) = server.call([image, None, 3, 20], api="explain", output=None)
+        assert status == "ok" and data["words"], data
+        growth = memory.peak - idle
+        print(f"\n/explain of a {name}: {len(data['words'])} words, idle {idle / 2**20:.0f} MB, peak "
+              f"+{growth / 2**20:.0f} MB (budget {EXPLAIN_MEMORY_BUDGET / 2**20:.0f} MB)")
+        assert growth < EXPLAIN_MEMORY_BUDGET
+        assert [overlay["caption"] for overlay in overlays] == [word["word"] for word in data["words"]]
+        response = httpx.get(overlays[0]["image"]["url"], timeout=60)
+        response.raise_for_status()
+        with Image.open(io.BytesIO(response.content)) as drawn:
+            assert max(drawn.size) <= 1024 and drawn.format == "PNG"
     _assert_still_serving(server)
 
 

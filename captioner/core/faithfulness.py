@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from captioner.core.encoders import EfficientNetBackbone, ResNetBackbone
-from captioner.core.explain import Explanation, visible_mask
+from captioner.core.explain import Explanation, resize_heatmap, visible_mask
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ def deletion_test(captioner, explanation: Explanation, *, fraction: float = 0.2,
     rng = np.random.default_rng(seed)
     image, count = explanation.image, len(explanation.words)
     visible = visible_mask(image.size, captioner.config)
-    images = [replace_pixels(image, hottest(w.heatmap, visible, fraction, rng)) for w in explanation.words]
+    heatmaps = [resize_heatmap(w.heatmap, image.size) for w in explanation.words]  # bounded maps: to the image's size
+    images = [replace_pixels(image, hottest(heatmap, visible, fraction, rng)) for heatmap in heatmaps]
     images += [replace_pixels(image, random_pixels(visible, fraction, rng)) for _ in range(count * random_draws)]
     scores = captioner.score(images, explanation.caption)
     return [Deletion(word.word, word.probability, scores[i][i].probability,

@@ -483,11 +483,17 @@ def _centre_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def load_for(source: ImageSource, preprocess: Preprocessor) -> Image.Image:
+    """``load_image(source)`` decoded only as large as ``preprocess`` needs (its ``min_side``, if it
+    has one): the image that ``prepare_pixels`` preprocesses. Raises ``ImageError``."""
+    return load_image(source, min_side=getattr(preprocess, "min_side", None))
+
+
 def prepare_pixels(source: ImageSource, preprocess: Preprocessor) -> torch.Tensor | str:
-    """``preprocess(load_image(source))``, or the message saying why that image cannot be used.
-    Large images are decoded only as large as ``preprocess`` needs (its ``min_side``, if it has one)."""
+    """``preprocess(load_for(source, preprocess))``, or the message saying why that image cannot be
+    used. Large images are decoded only as large as ``preprocess`` needs."""
     try:
-        return preprocess(load_image(source, min_side=getattr(preprocess, "min_side", None)))
+        return preprocess(load_for(source, preprocess))
     except ImageError as error:
         return str(error)
 

@@ -24,6 +24,7 @@ import torch
 from captioner.core.devices import select_device
 from captioner.core.encoders import optimize_for_inference
 from captioner.core.errors import ImageError
+from captioner.core.explain import DEFAULT_HEATMAP_SIDE
 from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
 from captioner.core.model import Hypothesis, ShowAndTell
 from captioner.core import onnx_backend
@@ -193,11 +194,12 @@ class Captioner:
         return score(self, images, caption)
 
     def explain(self, image: ImageSource, caption: str | None = None, *, beam_size: int = 3,
-                max_length: int | None = None):
-        """Per-word Grad-CAM heatmaps of ``caption`` or of the model's own caption (``explain.explain``)."""
+                max_length: int | None = None, heatmap_side: int | None = DEFAULT_HEATMAP_SIDE):
+        """Per-word Grad-CAM heatmaps of ``caption`` or of the model's own caption, at most
+        ``heatmap_side`` pixels on the longer side (None: the decoded image's size) (``explain.explain``)."""
         from captioner.core.explain import explain
 
-        return explain(self, image, caption, beam_size=beam_size, max_length=max_length)
+        return explain(self, image, caption, beam_size=beam_size, max_length=max_length, heatmap_side=heatmap_side)
 
 
 def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeOptions:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from captioner.core.explain import heatmap_size
+
 # A perceptually ordered dark-blue -> cyan -> yellow -> red ramp (in the spirit of "turbo").
 _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _COLOURS = np.array([[48, 18, 59], [40, 150, 240], [60, 230, 130], [250, 190, 40], [200, 30, 10]], np.float32)
@@ -24,15 +26,20 @@ def colourize(heatmap: np.ndarray) -> np.ndarray:
 
 def overlay(image: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.5, max_side: int | None = None
             ) -> Image.Image:
-    """``image`` with ``heatmap`` (its height x width, values in [0, 1]) laid over it; ``max_side``
-    shrinks the result so that its longer side is at most that many pixels."""
+    """``image`` with ``heatmap`` (values in [0, 1]) laid over it, at the heatmap's size: the image's
+    height x width, or its geometry scaled down as ``explain`` bounds its maps (``heatmap_size``).
+    ``max_side`` shrinks the result so that its longer side is at most that many pixels."""
     heatmap = np.asarray(heatmap, np.float32)
-    if heatmap.shape != (image.height, image.width):
-        raise ValueError(f"the heatmap is {heatmap.shape[1]} x {heatmap.shape[0]} but the image is "
-                         f"{image.width} x {image.height}")
+    size = (heatmap.shape[1], heatmap.shape[0]) if heatmap.ndim == 2 and heatmap.size else None
+    if size is None or size not in (image.size, heatmap_size(image.size, max(size))):
+        raise ValueError(f"the heatmap is {' x '.join(map(str, heatmap.shape[::-1]))} but the image is "
+                         f"{image.width} x {image.height} (a heatmap has the image's size or its shape "
+                         "scaled down)")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be from 0 to 1, got {alpha}")
     image = image.convert("RGB")
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
     heat = Image.fromarray(heatmap, mode="F")
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
