@@ -1,4 +1,4 @@
-"""Whole captions with the ONNX backend under three thread-pool settings, against the torch backend.
+"""Whole captions with the ONNX backend under several thread-pool settings, against the torch backend.
 
     python benchmarks/onnx_threads.py               # torch's default threads (one per core)
     python benchmarks/onnx_threads.py --threads 1
@@ -6,12 +6,16 @@
 ONNX Runtime's intra-op threads spin while they wait for work, by default also after a run has
 ended. A caption alternates ONNX Runtime runs (the backbone, then one decoder step per word) with
 torch and Python work (preprocessing, the decoding loop), so threads still spinning after a run
-take cores that this work needs. Compared, on the same loaded model and photos, alternating:
+take cores that this work needs, and a pool that sleeps between runs must be woken for each step.
+Compared, on the same loaded model and photos, alternating, for the backbone's and the decoder
+step's sessions:
 
 - ``spin after runs``: ONNX Runtime's default;
 - ``no spinning``: ``session.intra_op.allow_spinning = 0``;
 - ``spin within a run``: spinning between the operators of one run, stopped when it ends
-  (``session.force_spinning_stop = 1``): the library's setting (``onnx_backend.SESSION_CONFIG``).
+  (``session.force_spinning_stop = 1``, ``onnx_backend.SESSION_CONFIG``);
+- the same with the decoder step on the calling thread alone (``onnx_backend.STEP_THREADS``): the
+  library's setting.
 
 The cached export is written to a temporary directory, not the user's cache.
 """
@@ -36,10 +40,12 @@ from captioner.core.inference import Captioner  # noqa: E402
 from captioner.core.repository import load_model  # noqa: E402
 from tables import Table  # noqa: E402
 
-SETTINGS = {
-    "spin after runs (ONNX Runtime's default)": {"session.intra_op.allow_spinning": "1"},
-    "no spinning": {"session.intra_op.allow_spinning": "0"},
-    "spin within a run (the library's)": onnx_backend.SESSION_CONFIG,
+SETTINGS = {  # name: (session config, the decoder step's intra-op threads; None: torch's)
+    "spin after runs (ONNX Runtime's default)": ({"session.intra_op.allow_spinning": "1"}, None),
+    "no spinning": ({"session.intra_op.allow_spinning": "0"}, None),
+    "spin within a run": (onnx_backend.SESSION_CONFIG, None),
+    "spin within a run, step on the calling thread (the library's)": (onnx_backend.SESSION_CONFIG,
+                                                                       onnx_backend.STEP_THREADS),
 }
 GAP_S = 0.02  # idle time before each timed call, so that no setting's spinning is charged to the next
 
@@ -60,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         torch_captioner = Captioner(load_model(args.model, "cpu"), torch.device("cpu"), "torch")
         onnx_captioner = Captioner(load_model(args.model, "cpu"), torch.device("cpu"), "onnx")
         backend = onnx_captioner._onnx
-        sessions = {name: tuple(ort.InferenceSession(str(path), onnx_backend.session_options(config),
+        sessions = {name: tuple(ort.InferenceSession(str(path), onnx_backend.session_options(config, threads),
                                                      providers=["CPUExecutionProvider"])
-                                for path in (backend.path, backend.step_path))
-                    for name, config in SETTINGS.items()}
+                                for path, threads in ((backend.path, None), (backend.step_path, step_threads)))
+                    for name, (config, step_threads) in SETTINGS.items()}
 
         def caption_with(name: str | None, beam: int):
             def run(r: int) -> None:

@@ -21,8 +21,9 @@ Where each graph comes from, in order:
    with both graphs shipped (or cached), onnxruntime alone runs the model.
 
 Threads: one ``InferenceSession`` per graph and loaded model, shared by every thread (its ``run`` is
-thread-safe); each uses as many intra-op threads as torch (``torch.get_num_threads()`` when the
-model is loaded: set ``OMP_NUM_THREADS`` or call ``torch.set_num_threads`` first).
+thread-safe). The backbone's uses as many intra-op threads as torch (``torch.get_num_threads()`` when
+the model is loaded: set ``OMP_NUM_THREADS`` or call ``torch.set_num_threads`` first); the decoder
+step's runs on the calling thread (``STEP_THREADS``).
 """
 
 from __future__ import annotations
@@ -374,19 +375,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 # The pool's threads spin between the operators of one run, but not after it: spinning on past a run
-# takes the cores from the torch and Python work between runs (the decoding loop, the next image),
-# which with 2 threads made a whole caption slower than torch's (benchmarks/onnx_threads.py).
+# takes the cores from the torch and Python work between runs (the decoding loop, the next image).
 SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+# The decoder step runs on the calling thread alone: its operators are too small to share, and waking a
+# pool for each of a caption's steps cost more than the step (a whole greedy caption of the bundled model
+# took 1.5x as long with 2 threads; benchmarks/onnx_threads.py).
+STEP_THREADS = 1
 
 
-def session_options(config: dict[str, str] | None = None):
+def session_options(config: dict[str, str] | None = None, threads: int | None = None):
     """The ``SessionOptions`` every session here uses: all graph optimisations, sequential execution,
-    as many intra-op threads as torch uses now, and ``config`` entries (default ``SESSION_CONFIG``)."""
+    ``threads`` intra-op threads (default: as many as torch uses now), and ``config`` entries (default
+    ``SESSION_CONFIG``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only
@@ -395,10 +400,10 @@ def session_options(config: dict[str, str] | None = None):
     return options
 
 
-def _session(graph: Path):
+def _session(graph: Path, threads: int | None = None):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(graph), session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(graph), session_options(threads=threads), providers=["CPUExecutionProvider"])
 
 
 class OnnxBackend:
@@ -425,9 +430,9 @@ class OnnxBackend:
         self.session, self.origin, self.path = shipped or _cached_session(
             cache, self.config.backbone, settings,
             lambda: export_backbone(model.encoder.backbone, self.config, metadata))
-        shipped = self._shipped(loaded, SHIPPED_STEP, metadata, "decoder step")
+        shipped = self._shipped(loaded, SHIPPED_STEP, metadata, "decoder step", STEP_THREADS)
         step_session, self.step_origin, self.step_path = shipped or _cached_session(
-            cache, "decoder-step", settings, lambda: export_decoder_step(model.decoder, metadata))
+            cache, "decoder-step", settings, lambda: export_decoder_step(model.decoder, metadata), STEP_THREADS)
         model.decoder.step = OnnxDecoderStep(step_session, model.decoder)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -436,7 +441,7 @@ class OnnxBackend:
         return torch.from_numpy(features)
 
     @staticmethod
-    def _shipped(loaded: Any, graph: Path, expected: dict[str, str], what: str):
+    def _shipped(loaded: Any, graph: Path, expected: dict[str, str], what: str, threads: int | None = None):
         """(session, "shipped", path) for the repository's ``graph`` when it is there and belongs to
         these weights; else None (with a warning when it is there but refused)."""
         path = loaded.path / graph
@@ -444,7 +449,7 @@ class OnnxBackend:
             return None
         instead = f"using the cached or a fresh export of the {what} instead"
         try:
-            session = _session(path)
+            session = _session(path, threads)
             info = _session_info(session)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a malformed graph
             warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); {instead}", stacklevel=5)
@@ -474,7 +479,8 @@ class OnnxDecoderStep:
         return torch.from_numpy(log_probs), (torch.from_numpy(hidden), torch.from_numpy(cell))
 
 
-def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Callable[[], bytes]):
+def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Callable[[], bytes],
+                    threads: int | None = None):
     """(session, origin, path) for the graph ``make`` exports, from the cache when an intact entry for
     these ``settings`` is there, else exported now and cached atomically. An entry's name ends with the
     SHA-256 of its bytes, checked on every load: a damaged entry is deleted and rebuilt, never used."""
@@ -485,7 +491,7 @@ def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Call
     for path in sorted(cache.glob(f"{stem}-*.onnx")):
         if file_sha256(path) == path.stem[len(stem) + 1:]:  # entries are replaced whole, never rewritten
             try:
-                return _session(path), "cache", path
+                return _session(path, threads), "cache", path
             except Exception:  # noqa: BLE001 - intact bytes that onnxruntime refuses: rebuilt below
                 pass
         path.unlink(missing_ok=True)
@@ -498,10 +504,10 @@ def _cached_session(cache: Path, name: str, settings: dict[str, Any], make: Call
             with tempfile.TemporaryDirectory(prefix="captioner-onnx-") as folder:
                 path = Path(folder) / path.name
                 path.write_bytes(data)
-                session = _session(path)
+                session = _session(path, threads)
         except OSError as second:
             raise CaptionerError(f"could not write the ONNX export of {name}: not to the cache {cache} "
                                  f"({_reason(error)}), nor to a temporary folder ({_reason(second)})") from None
         warnings.warn(f"could not cache the ONNX export in {cache}: {error}", stacklevel=4)
         return session, "exported", path
-    return _session(path), "exported", path
+    return _session(path, threads), "exported", path
