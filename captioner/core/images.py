@@ -172,9 +172,10 @@ def _bounded_decode(image: Image.Image, min_side: int | None, owned: bool) -> Im
             small = _reduce(image, min_side) if reduces else image
             if owned and small is not image:
                 image.close()  # frees the full-size pixels now, not when the caller's frame ends
-            result = _to_rgb(_transpose(small))
-            if owned:
-                image.close()
+            # An image opened here is turned and converted in place of copies; the caller's is copied.
+            result = _to_rgb(_transpose(small, in_place=owned), copy=False)
+            if owned and result is not small:
+                small.close()
             return result
     finally:
         if need >= TRIM_AFTER_BYTES:
@@ -312,15 +313,19 @@ def _load(image: Image.Image) -> None:
         raise ImageError("truncated or corrupt image") from exc
 
 
-def _transpose(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation; returns a new image."""
+def _transpose(image: Image.Image, in_place: bool = False) -> Image.Image:
+    """Apply EXIF orientation: to ``image`` itself when ``in_place``, else to a new copy."""
     try:
+        if in_place:
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
         return ImageOps.exif_transpose(image)  # a transposed copy, or a plain copy
     except Exception:  # unreadable EXIF data: keep the pixels as stored
-        return image.copy()
+        return image if in_place else image.copy()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, copy: bool) -> Image.Image:
+    """``image`` as RGB: converted, or itself when it is RGB already (a copy with ``copy``)."""
     mode = image.mode
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float: scale, don't clip
         image = Image.fromarray(_scale_wide(np.asarray(image)))
@@ -332,7 +337,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode == "RGB":
-        return image.copy()
+        return image.copy() if copy else image
     try:
         return image.convert("RGB")
     except ValueError as exc:
@@ -377,7 +382,7 @@ def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
         raise ImageError(
             f"unsupported array dtype {array.dtype}: expected uint8, uint16, bool or float"
         )
-    return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)))
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), copy=True)  # fromarray may share the array
 
 
 def _limit_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
