@@ -192,9 +192,11 @@ class ShowAndTell(nn.Module):
             total = (scores.unsqueeze(2) + log_probs).view(batch, -1)  # (B, K*V)
             top_scores, top_index = total.topk(min(2 * k, total.size(1)), dim=1)
             beam_index, token = top_index // vocab, top_index % vocab
-            keep = torch.arange(batch).repeat_interleave(k).view(batch, k) * k  # flat (B*K) row indices
-            keep_token = torch.full((batch, k), PAD_ID, dtype=torch.long)
-            new_scores = torch.full((batch, k), float("-inf"))
+            # The next step's beams, flat (B*K), built as lists and made tensors once (element-wise
+            # writes into tensors cost microseconds each): a slot left unfilled idles at -inf on row b*k.
+            keep = [b * k for b in range(batch) for _ in range(k)]
+            keep_token = [PAD_ID] * (batch * k)
+            new_scores = [float("-inf")] * (batch * k)
             last_step = step == max_length - 1
             for b, (cand_scores, cand_beams, cand_tokens) in enumerate(
                     zip(top_scores.tolist(), beam_index.tolist(), token.tolist())):
@@ -210,23 +212,24 @@ class ShowAndTell(nn.Module):
                         lps = history_lp[row].tolist() + [log_probs[b, beam, tok].item()]
                         _keep_best(finished[b], _hypothesis(seq, lps, length_penalty), k)
                         continue
-                    keep[b, filled], keep_token[b, filled], new_scores[b, filled] = row, tok, score
+                    slot = b * k + filled
+                    keep[slot], keep_token[slot], new_scores[slot] = row, tok, score
                     filled += 1
                 # A live beam's sum can only fall; at best it ends at max_length with nothing lost.
-                best_live = new_scores[b, 0].item() / max_length ** length_penalty if filled else float("-inf")
+                best_live = new_scores[b * k] / max_length ** length_penalty if filled else float("-inf")
                 done[b] = len(finished[b]) == k and best_live <= min(h.score for h in finished[b])
                 if done[b]:
-                    new_scores[b] = float("-inf")
+                    new_scores[b * k:(b + 1) * k] = [float("-inf")] * k
             if last_step or all(done):
                 break
-            keep, keep_token = keep.to(embeddings.device), keep_token.to(embeddings.device)
-            rows = keep.view(-1)
-            chosen_lp = log_probs.reshape(batch * k, vocab)[rows, keep_token.view(-1)]
-            history = torch.cat((history[rows], keep_token.view(-1, 1)), 1)
+            rows = torch.tensor(keep, device=embeddings.device)
+            tokens = torch.tensor(keep_token, device=embeddings.device)
+            chosen_lp = log_probs.reshape(batch * k, vocab)[rows, tokens]
+            history = torch.cat((history[rows], tokens.view(-1, 1)), 1)
             history_lp = torch.cat((history_lp[rows], chosen_lp.view(-1, 1)), 1)
-            scores = new_scores.to(embeddings.device)
+            scores = torch.tensor(new_scores, device=embeddings.device).view(batch, k)
             state = tuple(s[:, rows] for s in state)
-            step_log_probs, state = self.decoder.step(self.decoder.embed(keep_token.view(-1)), state)
+            step_log_probs, state = self.decoder.step(self.decoder.embed(tokens), state)
             if constrained:
                 step_log_probs = allowed_log_probs(step_log_probs, step + 1, history[:, 1:].tolist(), no_repeat_ngram)
             log_probs = step_log_probs.view(batch, k, vocab)
