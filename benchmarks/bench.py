@@ -6,8 +6,10 @@
     python benchmarks/bench.py --threads 1 --clock cpu   # steadier on a machine shared with other work
 
 What it measures (medians of interleaved runs, so that a busy machine slows every row alike), for
-both backends (torch and, when onnxruntime is installed, ONNX Runtime) alternating in the same run:
-warm per-image latency against the bare encoder forward on the same tensor (the floor);
+both backends (torch and, when onnxruntime is installed, ONNX Runtime) alternating in the same run,
+each backend in a process of its own (as a user runs one; in a shared process each would slow the
+other through its thread pool and caches): warm per-image latency (each timed call right after an
+untimed one of the same kind) against the bare encoder forward on the same tensor (the floor);
 images/s by batch size; loading (the ONNX backend's first load exports, later loads use the
 cached export); cold start of ``python -m captioner caption`` next to the bare
 ``import torch, torchvision``; peak memory; and, on the same ResNet-152 weights, the classic
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pickle
 import platform
@@ -71,23 +74,95 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def interleaved(functions: dict[str, Callable[[int], object]], rounds: int) -> dict[str, list[float]]:
-    """Run each function once per round (round index as argument), rotating the order; times in s.
-
-    One untimed round first, so every row is measured warm. Each call starts after an idle gap:
-    thread pools (torch's OpenMP, ONNX Runtime's) may spin for a while after a call, and on a
-    2-core machine that spinning would be charged to whichever function runs next."""
+def interleaved(functions: dict[str, Callable[[int], float]], rounds: int) -> dict[str, list[float]]:
+    """Call each function once per round (round index as argument), rotating the order; each returns
+    the seconds of its own timed call (``warm`` for one run here, ``BackendProcess`` for one run in a
+    backend's process). One untimed round first; an idle gap before each call, so that the thread
+    pools a call leaves spinning are not charged to the next."""
     names = list(functions)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds + 1):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             time.sleep(IDLE_GAP_S)
-            start = clock()
-            functions[name](r)
+            seconds = functions[name](r)
             if r:
-                times[name].append(clock() - start)
+                times[name].append(seconds)
     return times
+
+
+def warm(function: Callable[[int], object], timer: Callable[[], float] | None = None) -> Callable[[int], float]:
+    """``function`` timed warm: right after an untimed call of itself, as the second of two
+    back-to-back requests."""
+    def run(r: int) -> float:
+        function(r)
+        now = timer or clock
+        start = now()
+        function(r)
+        return now() - start
+    return run
+
+
+class BackendProcess:
+    """One backend's captioner in a process of its own, timed on request (``timed``).
+
+    Each backend is measured as it runs alone, as a user runs it: in one process, the other
+    backend's caches and thread pools (torch's OpenMP threads, ONNX Runtime's) would slow it in
+    ways no user sees. The rounds still alternate between the processes, so a busy machine slows
+    both alike."""
+
+    def __init__(self, source: str | None, backend: str, images: list[Path], threads: int | None, clock_name: str):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve_backend, daemon=True, args=(
+            child, source, backend, [str(p) for p in images], threads, clock_name))
+        self.process.start()
+        self.backbone = self._receive()
+
+    def timed(self, what: str, *args: object) -> tuple[float, int | None]:
+        """(seconds, words) of one ``what`` (``floor``, ``caption``, ``batch``) in the backend's process."""
+        self.connection.send((what, args))
+        return self._receive()
+
+    def _receive(self):
+        answer = self.connection.recv()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.connection.send(None)
+        self.process.join(60)
+
+
+def _serve_backend(connection, source: str | None, backend: str, images: list[str], threads: int | None,
+                   clock_name: str) -> None:
+    """A ``BackendProcess``: answers each request with the seconds of one warm run (after an untimed one,
+    except ``batch``, whose long calls are timed as they come)."""
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        timer = time.process_time if clock_name == "cpu" else time.perf_counter
+        captioner = fresh_captioner(source, backend)
+        pixels = [captioner.preprocess(load_image(p)).unsqueeze(0) for p in images]
+        count = len(images)
+        actions = {"floor": lambda i: captioner.backbone_features(pixels[i % count]),
+                   "caption": lambda i, beam, length: captioner.caption(images[i % count], beam_size=beam,
+                                                                        max_length=length),
+                   "batch": lambda size: captioner.caption([images[j % count] for j in range(size)])}
+        connection.send(captioner.config.backbone)
+    except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises it
+        connection.send(error)
+        return
+    while (request := connection.recv()) is not None:
+        what, args = request
+        try:
+            if what != "batch":
+                actions[what](*args)
+            start = timer()
+            result = actions[what](*args)
+            connection.send((timer() - start, len(result.words) if what == "caption" else None))
+        except BaseException as error:  # noqa: BLE001
+            connection.send(error)
 
 
 # Runs the measured command as its own child and reports that child's wall time, CPU time and peak RSS.
@@ -168,18 +243,25 @@ def fresh_captioner(source: str | None, backend: str = "torch") -> Captioner:
 
 
 
-def load_both(source: str | None, table: Table, name: str) -> dict[str, Captioner]:
-    """Both backends of a model, loaded twice each (the ONNX backend's first load exports, the
-    second reuses the cached export); the load times go into ``table``; returns the second loads."""
-    captioners = {}
-    for backend in ("torch", "onnx") if onnxruntime_available() else ("torch",):
+def backends() -> tuple[str, ...]:
+    return ("torch", "onnx") if onnxruntime_available() else ("torch",)
+
+
+def time_loads(source: str | None, table: Table, name: str) -> Callable:
+    """Load each backend of a model twice here (the ONNX backend's first load exports, the second
+    reuses the cached export); the load times go into ``table``. Returns the model's preprocessing."""
+    for backend in backends():
         seconds = []
         for _ in range(2):
             start = clock()
-            captioners[backend] = fresh_captioner(source, backend)
+            captioner = fresh_captioner(source, backend)
             seconds.append(clock() - start)
         table.rows.append([name, backend, round(seconds[0], 2), round(seconds[1], 2)])
-    return captioners
+    return captioner.preprocess
+
+
+def start_workers(source: str | None, images: list[Path], args: argparse.Namespace) -> dict[str, BackendProcess]:
+    return {backend: BackendProcess(source, backend, images, args.threads, args.clock) for backend in backends()}
 
 
 def photos() -> list[Path]:
@@ -197,40 +279,34 @@ def photos() -> list[Path]:
 # ---------------------------------------------------------------- measurements
 
 
-def warm_latency(name: str, captioners: dict[str, Captioner], images: list[Path], rounds: int,
-                 tutorial: tuple | None = None) -> Table:
-    """Each backend's rows, all measured in the same interleaved rounds; ``times`` keyed (backend, what)."""
-    any_captioner = next(iter(captioners.values()))
-    preprocessed = [any_captioner.preprocess(load_image(p)).unsqueeze(0) for p in images]
+def warm_latency(name: str, workers: dict[str, BackendProcess], preprocess: Callable, images: list[Path],
+                 rounds: int, tutorial: tuple | None = None) -> Table:
+    """Each backend's rows, all measured in the same interleaved rounds, each backend in its own
+    process; ``times`` keyed (backend, what). ``preprocess`` is the model's, timed here."""
     words = {}
 
-    def floor(captioner):
+    def caption(worker, beam, max_length=None):
         def run(r):
-            captioner.backbone_features(preprocessed[r % len(images)])
+            seconds, words[beam, max_length] = worker.timed("caption", r, beam, max_length)
+            return seconds
         return run
 
-    def caption(captioner, beam, max_length=None):
-        def run(r):
-            result = captioner.caption(images[r % len(images)], beam_size=beam, max_length=max_length)
-            words[beam, max_length] = len(result.words)
-        return run
-
-    functions: dict = {("", "preprocess"): lambda r: any_captioner.preprocess(load_image(images[r % len(images)]))}
-    for backend, captioner in captioners.items():
-        functions.update({(backend, "floor"): floor(captioner), (backend, "greedy"): caption(captioner, 1),
-                          (backend, "beam3"): caption(captioner, 3),
-                          (backend, "greedy12"): caption(captioner, 1, TYPICAL_LENGTH),
-                          (backend, "beam3_12"): caption(captioner, 3, TYPICAL_LENGTH)})
+    functions: dict = {("", "preprocess"): warm(lambda r: preprocess(load_image(images[r % len(images)])))}
+    for backend, worker in workers.items():
+        functions.update({(backend, "floor"): lambda r, worker=worker: worker.timed("floor", r)[0],
+                          (backend, "greedy"): caption(worker, 1), (backend, "beam3"): caption(worker, 3),
+                          (backend, "greedy12"): caption(worker, 1, TYPICAL_LENGTH),
+                          (backend, "beam3_12"): caption(worker, 3, TYPICAL_LENGTH)})
     if tutorial is not None:
         from tutorial_reference import generate
 
         encoder, decoder, vocab, transform = tutorial
-        functions[("", "tutorial")] = lambda r: generate(str(images[r % len(images)]), encoder, decoder, vocab,
-                                                         transform)
+        functions[("", "tutorial")] = warm(lambda r: generate(str(images[r % len(images)]), encoder, decoder, vocab,
+                                                              transform))
     times = {k: statistics.median(v) for k, v in interleaved(functions, rounds).items()}
-    table = Table(f"Warm per-image latency, {name} (library, in-process, median of {rounds} rounds, backends "
-                  "alternating)", ["what", "backend", "median ms", "x this backend's encoder forward", "x torch",
-                                   "words"])
+    table = Table(f"Warm per-image latency, {name} (library, each backend in its own process, median of {rounds} "
+                  "rounds, backends alternating)", ["what", "backend", "median ms", "x this backend's encoder forward",
+                                                    "x torch", "words"])
     labels = {"floor": "encoder forward only (backbone, preprocessed tensor): the floor",
               "greedy": "`caption(path, beam_size=1)` (greedy)", "beam3": "`caption(path, beam_size=3)`",
               "greedy12": f"greedy, `max_length={TYPICAL_LENGTH}` (a typical caption's length)",
@@ -240,7 +316,7 @@ def warm_latency(name: str, captioners: dict[str, Captioner], images: list[Path]
     table.rows.append(["image file -> tensor (decode, resize, crop, normalise)", "either", _ms(times["", "preprocess"]),
                        round(times["", "preprocess"] / times["torch", "floor"], 2), "", ""])
     for what, label in labels.items():
-        for backend in captioners:
+        for backend in workers:
             table.rows.append([label, backend, _ms(times[backend, what]),
                                round(times[backend, what] / times[backend, "floor"], 2),
                                round(times[backend, what] / times["torch", what], 2), counts[what]])
@@ -248,40 +324,37 @@ def warm_latency(name: str, captioners: dict[str, Captioner], images: list[Path]
         table.rows.append(["tutorial's own code, warm (load_image + encoder + decoder.sample)", "torch",
                            _ms(times["", "tutorial"]), round(times["", "tutorial"] / times["torch", "floor"], 2),
                            "", ""])
-        for backend in captioners:
+        for backend in workers:
             table.notes.append(f"greedy caption / tutorial's code, {backend}: "
                                f"{times[backend, 'greedy'] / times['', 'tutorial']:.2f}")
     table.times = times
     return table
 
 
-def throughput(name: str, captioners: dict[str, Captioner], images: list[Path], batch_sizes: list[int],
-               budget_s: float) -> Table:
+def throughput(name: str, workers: dict[str, BackendProcess], batch_sizes: list[int], budget_s: float) -> Table:
     """Images/s of ``caption(list)`` (beam 3, the default) at each batch size, backends alternating."""
     table = Table(f"Throughput, {name} (`caption([...])`, beam 3, one batched forward per call, backends "
-                  "alternating)", ["batch size", "backend", "calls timed", "ms per call", "images/s", "ms per image",
-                                   "per image vs batch 1", "images/s x torch"])
+                  "alternating, each in its own process)", ["batch size", "backend", "calls timed", "ms per call",
+                                                            "images/s", "ms per image", "per image vs batch 1",
+                                                            "images/s x torch"])
     base: dict[str, float] = {}
-    for captioner in captioners.values():
-        captioner.caption([images[0]])  # warm
+    for worker in workers.values():
+        worker.timed("batch", 1)  # warm
     for size in batch_sizes:
-        batch = [images[i % len(images)] for i in range(size)]
-        times: dict[str, list[float]] = {backend: [] for backend in captioners}
+        times: dict[str, list[float]] = {backend: [] for backend in workers}
         started = time.perf_counter()
-        while not times["torch"] or (time.perf_counter() - started < budget_s * len(captioners)
+        while not times["torch"] or (time.perf_counter() - started < budget_s * len(workers)
                                      and len(times["torch"]) < 20):
-            for backend, captioner in captioners.items():
+            for backend, worker in workers.items():
                 time.sleep(IDLE_GAP_S)
-                start = clock()
-                captioner.caption(batch)
-                times[backend].append(clock() - start)
-        for backend in captioners:
+                times[backend].append(worker.timed("batch", size)[0])
+        for backend in workers:
             per_call = statistics.median(times[backend])
             base.setdefault(backend, per_call / size)
             table.rows.append([size, backend, len(times[backend]), _ms(per_call), round(size / per_call, 2),
                                _ms(per_call / size), round(per_call / size / base[backend], 2),
                                round(statistics.median(times["torch"]) / per_call, 2)])
-        table.times.update({(backend, size): statistics.median(times[backend]) for backend in captioners})
+        table.times.update({(backend, size): statistics.median(times[backend]) for backend in workers})
     return table
 
 
@@ -384,12 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         source, description = bundled_or_stand_in(args.model, tmp)
         loads = Table("Loading a model in-process: `Captioner(load_model(dir), cpu, backend)` (in-process clock)",
                       ["model", "backend", "first load s (ONNX: exports)", "next load s (ONNX: cached export)"])
-        lite_models = load_both(source, loads, "efficientnet-lite0")
-        name = f"{lite_models['torch'].config.backbone}, {description}"
-        warm = warm_latency(name, lite_models, images, 7 if quick else 15)
-        report(warm)
-        times = warm.times
-        backbone = lite_models["torch"].config.backbone
+        preprocess = time_loads(source, loads, "efficientnet-lite0")
+        lite_workers = start_workers(source, images, args)
+        backbone = lite_workers["torch"].backbone
+        latency = warm_latency(f"{backbone}, {description}", lite_workers, preprocess, images, 7 if quick else 15)
+        report(latency)
+        times = latency.times
         for backend in ("torch",):  # the library's own targets, set before the ONNX backend existed
             floor = times[backend, "floor"]
             greedy_ratio, beam_ratio = times[backend, "greedy"] / floor, times[backend, "beam3"] / floor
@@ -398,13 +471,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"{greedy_ratio:.2f}x ({greedy12:.2f}x at {TYPICAL_LENGTH} tokens)", greedy_ratio <= 1.3],
                              [f"{backbone}, {backend}: warm beam-3 caption <= 1.6x encoder forward",
                               f"{beam_ratio:.2f}x ({beam12:.2f}x at {TYPICAL_LENGTH} tokens)", beam_ratio <= 1.6]]
-        if "onnx" in lite_models:
+        if "onnx" in lite_workers:
             for what, label, limit in (("greedy", "greedy", 0.5), ("beam3", "beam-3", 0.55)):
                 ratio = times["onnx", what] / times["torch", what]
                 targets.rows.append([f"{backbone}: warm {label} caption with `auto` (ONNX Runtime on CPU) <= "
                                      f"{limit}x the torch backend's", f"{ratio:.2f}x", ratio <= limit])
-        report(throughput(backbone, lite_models, images, [1, 8, 32], 2.0 if quick else 6.0))
-        del lite_models
+        report(throughput(backbone, lite_workers, [1, 8, 32], 2.0 if quick else 6.0))
+        for worker in lite_workers.values():
+            worker.close()
 
         model_args = ["--model", source] if source else []
         image = str(EXAMPLES / "coffee.jpg")
@@ -421,19 +495,20 @@ def main(argv: list[str] | None = None) -> int:
             commands[onnx_label] = [*caption, *model_args, "--backend", "onnx"]
         if not args.no_resnet:
             files = tutorial_stand_in(tmp)
-            resnet_models = load_both(str(files["model"]), loads, "resnet152")
+            preprocess = time_loads(str(files["model"]), loads, "resnet152")
+            resnet_workers = start_workers(str(files["model"]), images, args)
             from tutorial_reference import build_transform, load_models
 
             tutorial = (*load_models(files["encoder"], files["decoder"], files["vocab"]), build_transform())
-            warm_resnet = warm_latency("resnet152 (legacy-imported stand-in, random weights)", resnet_models, images,
-                                       3 if quick else 7, tutorial=tutorial)
+            warm_resnet = warm_latency("resnet152 (legacy-imported stand-in, random weights)", resnet_workers,
+                                       preprocess, images, 3 if quick else 7, tutorial=tutorial)
             report(warm_resnet)
             rt = warm_resnet.times
-            for backend in resnet_models:
+            for backend in resnet_workers:
                 targets.rows.append([f"resnet152, {backend}: warm greedy caption no slower than the tutorial's code",
                                      f"{rt[backend, 'greedy'] / rt['', 'tutorial']:.2f}x the tutorial's time",
                                      rt[backend, "greedy"] <= rt["", "tutorial"]])
-            if "onnx" in resnet_models:
+            if "onnx" in resnet_workers:
                 for what in ("floor", "greedy", "beam3"):
                     speedup = rt["torch", what] / rt["onnx", what]
                     label = {"floor": "encoder forward", "greedy": "warm greedy caption",
@@ -441,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                     targets.rows.append([f"resnet152: {label} with ONNX Runtime >= 1.5x faster than torch",
                                          f"{speedup:.2f}x", speedup >= 1.5])
             del tutorial
-            report(throughput("resnet152", resnet_models, images, [1, 8] if quick else [1, 8, 32],
-                              1.0 if quick else 4.0))
-            del resnet_models
+            report(throughput("resnet152", resnet_workers, [1, 8] if quick else [1, 8, 32], 1.0 if quick else 4.0))
+            for worker in resnet_workers.values():
+                worker.close()
             count = 3 if quick else 10
             reload_table, speedup, warm_speedup = reload_per_call(files, images, count)
             report(reload_table)
