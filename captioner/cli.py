@@ -117,7 +117,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from captioner.core.extras import require_extra
 
     require_extra("onnx", "onnx", purpose="export-onnx")
-    from captioner.core.onnx_backend import export_to_repo
+    from captioner.core.onnx_export import export_to_repo
 
     for path in export_to_repo(args.model_dir):
         print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB)")

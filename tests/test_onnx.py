@@ -22,8 +22,8 @@ from conftest import ROOT, make_tiny_model
 from captioner.core import inference
 from captioner.core.errors import CaptionerError, ModelFormatError
 from captioner.core.inference import Captioner, load_captioner
-from captioner.core.onnx_backend import (SHIPPED_EXPORT, SHIPPED_STEP, BackendUnavailable, export_to_repo,
-                                         onnxruntime_available, resolve_backend)
+from captioner.core.onnx_backend import onnxruntime_available, resolve_backend
+from captioner.core.onnx_export import SHIPPED_EXPORT, SHIPPED_STEP, BackendUnavailable, export_to_repo
 from captioner.core.repository import load_model, save_model
 from captioner.serving.batcher import SharedCaptioner
 
@@ -425,7 +425,7 @@ def test_a_deferred_backbone_checks_the_weights_when_it_is_built(tiny_model_copy
 
 def test_without_the_exporter_a_shipped_or_cached_export_still_runs_in_onnx_runtime(tiny_model_dir, tiny_model_copy,
                                                                                     tmp_path, monkeypatch, one_thread):
-    from captioner.core.onnx_backend import EXPORTER_HINT
+    from captioner.core.onnx_export import EXPORTER_HINT
 
     export_to_repo(tiny_model_copy)
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))  # the cache the subprocess uses

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from captioner.core.inference import Captioner, load_captioner
-from captioner.core.onnx_backend import SHIPPED_FILES, ShippedExportError, export_to_repo, onnxruntime_available
+from captioner.core.onnx_backend import onnxruntime_available
+from captioner.core.onnx_export import SHIPPED_FILES, ShippedExportError, export_to_repo
 from captioner.core.repository import MODEL_FILES, load_model, push_model, save_model
 from conftest import ROOT, make_tiny_model
 from hub_fixtures import hub, hub_env  # noqa: F401

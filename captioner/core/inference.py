@@ -28,6 +28,7 @@ from captioner.core.explain import DEFAULT_HEATMAP_SIDE
 from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
 from captioner.core.model import Hypothesis, ShowAndTell
 from captioner.core import onnx_backend
+from captioner.core.onnx_export import SHIPPED_FILES
 from captioner.core.options import DecodeOptions
 from captioner.core.repository import LoadedModel, describe_source, load_model
 from captioner.core.results import CaptionResult, Candidate, failed
@@ -232,7 +233,7 @@ def load_captioner(source: str | os.PathLike | None = None, device: str | torch.
                 return _cache[key]
         onnx = first_choice == "onnx"  # ONNX Runtime runs the backbone from its graph: torch's is built if needed
         loaded = load_model(source, device, defer_backbone=onnx,
-                            optional_files=onnx_backend.SHIPPED_FILES if onnx else ())
+                            optional_files=SHIPPED_FILES if onnx else ())
         captioner = Captioner(loaded, device, backend)
         _cache[(name, str(device), backend)] = captioner
         _cache.setdefault((name, str(device), captioner.backend), captioner)  # auto fell back: not under "onnx"

@@ -151,7 +151,7 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
     it is first used (``Encoder.defer_backbone``), for a backend that runs it from an exported graph.
     A Hub model whose cached files fail the checks (a download damaged in transit) is
     downloaded again once, so a bad cache entry does not stick. ``optional_files`` (paths inside
-    the repository, e.g. ``onnx_backend.SHIPPED_FILES``) are fetched too when a Hub repository
+    the repository, e.g. ``onnx_export.SHIPPED_FILES``) are fetched too when a Hub repository
     has them; the model files alone are fetched otherwise.
     """
     path, from_hub = _resolve(source, optional_files=optional_files)
@@ -292,7 +292,7 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
     left there from earlier weights would not be used."""
     from huggingface_hub import create_repo, upload_folder
 
-    from captioner.core.onnx_backend import SHIPPED_FILES, verify_shipped
+    from captioner.core.onnx_export import SHIPPED_FILES, verify_shipped
 
     model_dir = Path(model_dir)
     loaded = load_model(model_dir)  # refuse to publish something that does not load
