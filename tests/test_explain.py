@@ -16,7 +16,7 @@ from PIL import Image
 
 from captioner.core.config import ModelConfig
 from captioner.core.errors import ImageError
-from captioner.core.explain import DEFAULT_HEATMAP_SIDE, _geometry, _to_image, heatmap_size, visible_mask
+from captioner.core.explain import DEFAULT_HEATMAP_SIDE, Layout, _geometry, _normalised, heatmap_size, visible_mask
 from captioner.core.faithfulness import deletion_test, randomised_captioner, rank_correlation
 from captioner.core.images import build_preprocessor, load_for
 from captioner.core.overlays import overlay
@@ -291,7 +291,7 @@ def test_the_map_sits_where_preprocessing_took_the_pixels_from():
         image = Image.fromarray(np.rint(np.repeat(ramp[..., None], 3, 2) * 255).astype(np.uint8))
         seen = build_preprocessor(config.resize, config.image_size, config.mean, config.std,
                                   resize_mode=resize_mode)(image)[0].numpy()  # what the model gets
-        back = _to_image(seen, size, _geometry(size, config))
+        back = Layout(size, _geometry(size, config), seen.shape).resample(_normalised(seen))
         visible = visible_mask(size, config)
         expected = ramp / ramp[visible].max()
         inner = visible & np.roll(visible, 3, 1) & np.roll(visible, -3, 1)  # away from the window's edges

@@ -293,10 +293,3 @@ def _normalised(grid: np.ndarray) -> np.ndarray:
     """``grid`` scaled to [0, 1] by its peak (all zero when it has none)."""
     peak = float(grid.max())
     return (grid / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(grid)).astype(np.float32)
-
-
-def _to_image(grid: np.ndarray, size: tuple[int, int], geometry, out_size: tuple[int, int] | None = None
-              ) -> np.ndarray:
-    """One word's map: scaled to [0, 1] on its grid, then resampled onto an image of ``size`` (width,
-    height), at ``out_size`` (width, height; default ``size``)."""
-    return Layout(size, geometry, grid.shape, out_size).resample(_normalised(grid))
