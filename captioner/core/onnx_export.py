@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from captioner.core.config import ModelConfig
 from captioner.core.errors import CaptionerError, ModelSourceError
+from captioner.core.files import write_all_atomic
 
 OPSET = 17
 EXPORT_VERSION = 1  # bump when what export() writes changes: old cache entries are then left unused
@@ -238,7 +238,7 @@ def export_to_repo(model_dir: str | os.PathLike) -> list[Path]:
         raise CaptionerError(f"cannot write the ONNX export into {folder}: it is a file, not a folder")
     existed = folder.is_dir()
     try:
-        _write_all_atomic(graphs)
+        write_all_atomic(graphs)
     except OSError as error:
         if not existed and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
@@ -249,35 +249,3 @@ def export_to_repo(model_dir: str | os.PathLike) -> list[Path]:
 def os_reason(error: OSError) -> str:
     """What went wrong, in the operating system's words."""
     return error.strerror or str(error)
-
-
-def _write_all_atomic(files: dict[Path, bytes]) -> None:
-    """Write every file under a temporary name beside it, then rename them all into place."""
-    temporaries: list[Path] = []
-    try:
-        for path, data in files.items():
-            temporaries.append(_write_temporary(path, data))
-        for temporary, path in zip(temporaries, files):
-            os.replace(temporary, path)
-    finally:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
-
-
-def _write_temporary(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return Path(temporary)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    _write_all_atomic({path: data})

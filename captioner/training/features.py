@@ -33,6 +33,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from captioner.core.config import ModelConfig
+from captioner.core.files import write_atomic
 from captioner.core.repository import file_sha256
 from captioner.core.images import Preprocessor, load_pixels, preprocessor_for
 
@@ -188,24 +189,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
-    try:
-        with open(temp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError:  # some file systems (and Windows) cannot fsync a directory
-        pass
+    write_atomic(path, data, prefix=f"{_TEMP_PREFIX}{os.getpid()}-")  # the pid: see _remove_stale_temp_files
 
 
 @dataclass

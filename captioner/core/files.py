@@ -1,0 +1,56 @@
+"""Writing files whole or not at all: under a temporary name beside the target, then renamed into place."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes, *, prefix: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (see ``write_all_atomic``)."""
+    write_all_atomic({path: data}, prefix=prefix)
+
+
+def write_all_atomic(files: dict[Path, bytes], *, prefix: str | None = None) -> None:
+    """Write every file under a temporary name beside it (``prefix`` starts the name; default
+    ``.NAME-``), flushed to disk, then rename them all into place: a reader sees each file whole or
+    not at all, and an error leaves no temporary file behind. The folders are created as needed."""
+    temporaries: list[Path] = []
+    try:
+        for path, data in files.items():
+            temporaries.append(_write_temporary(Path(path), data, prefix or f".{Path(path).name}-"))
+        for temporary, path in zip(temporaries, files):
+            os.replace(temporary, path)
+        for folder in {Path(path).parent for path in files}:
+            _sync_folder(folder)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+def _write_temporary(path: Path, data: bytes, prefix: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` durable, where the file system allows it."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError:  # some file systems (and Windows) cannot fsync a folder
+        pass
