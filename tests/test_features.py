@@ -160,10 +160,13 @@ def test_damaged_shards_and_stale_temporary_files_are_cleaned_up(model, image_pa
     damaged = sorted(folder.glob("*.safetensors"))[0]
     damaged.write_bytes(damaged.read_bytes()[:100])  # e.g. a disk error after the write
     (folder / ".tmp-999999999-leftover").write_bytes(b"partial")  # from a process that is gone
+    (folder / f".tmp-{os.getppid()}-writing").write_bytes(b"partial")  # another live process
     calls = EncoderCalls(model)
     result = extract_features(model, paths, tmp_path, batch_size=4, shard_size=4, progress=False)
     calls.close()
     assert calls.images == 4 and result.reused == 4 and not damaged.exists()
+    assert not (folder / ".tmp-999999999-leftover").exists() and (folder / f".tmp-{os.getppid()}-writing").exists()
+    (folder / f".tmp-{os.getppid()}-writing").unlink()
     assert _check_cache(folder) == 8
 
 

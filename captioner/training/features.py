@@ -169,7 +169,7 @@ class FeatureCache:
         """Temporary files of processes that died mid-write (a live writer's file is left alone)."""
         for temp in self.dir.glob(f"{_TEMP_PREFIX}*"):
             try:
-                pid = int(temp.name.split("-")[2])
+                pid = int(temp.name[len(_TEMP_PREFIX):].split("-")[0])  # .tmp-PID-...
             except (IndexError, ValueError):
                 pid = -1
             if pid <= 0 or not _process_alive(pid):
