@@ -38,8 +38,8 @@ from captioner.core.repository import BUNDLED_MODEL_DIR
 from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.serving.batcher import SharedCaptioner, choose_model
 from captioner.serving.provenance import hardware_summary, weights_origin
-from captioner.serving.webguard import (InFlight, InputRefused, RequestSizeLimit, client_host, prune_folder,
-                                        queued_events, upload_source)
+from captioner.serving.webguard import (InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder,
+                                        upload_source)
 from captioner.serving.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -126,18 +126,9 @@ def launch_options() -> dict[str, Any]:
             "app_kwargs": {"middleware": [limits]}}
 
 
-def check_queue(blocks: gr.Blocks, concurrency_id: str, request: gr.Request | None, inputs: int,
-                per_client: int, total: int | None = None) -> list[dict]:
-    """A Gradio validator's answer for a request joining ``blocks``' queue: refused (the message is
-    put on its first input) while its client already has ``per_client`` requests of this kind
-    waiting or running, or while ``total`` of all clients' are."""
-    mine, everyone = queued_events(blocks, concurrency_id, client_host(request))
-    problem = None
-    if mine >= per_client:
-        problem = (f"Too many requests at once: you have {mine} of this kind waiting or running "
-                   f"(limit {per_client}); wait for them to finish.")
-    elif total is not None and everyone >= total:
-        problem = f"The server is busy with {everyone} of these jobs (limit {total}); try again in a minute."
+def validation(inputs: int, problem: str | None) -> list[dict]:
+    """A Gradio validator's answer for an event with ``inputs`` inputs: refused with ``problem`` (the
+    message is put on its first input), or let in when it is None."""
     return [gr.validate(problem is None if i == 0 else True, problem or "" if i == 0 else "") for i in range(inputs)]
 
 
@@ -195,7 +186,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                            print_exception=False)
         return shared
 
-    def caption_photo(upload, search, beam_size, candidates, max_length):
+    def caption_photo(upload, search, beam_size, candidates, max_length, request: gr.Request):
+        shares.started(request)
         if not upload:
             return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None, ""
         model = require_model()
@@ -231,9 +223,10 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         return (gr.Radio(choices=[(word, index) for index, word in enumerate(words)], value=None,
                          visible=bool(words)), gr.Image(value=None, visible=False), "", None)
 
-    def explain_word(upload, index, caption, explained):
+    def explain_word(upload, index, caption, explained, request: gr.Request):
         """The picked word's heatmap over the photo. The first pick of a caption explains all its words
         at once (one backward pass); later picks reuse those overlays."""
+        shares.started(request)
         if index is None or not upload or not caption:
             return gr.Image(value=None, visible=False), "", explained
         key = [upload.get("path") or upload.get("url"), caption]
@@ -257,10 +250,11 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                 "Warm colours mark the parts of the photo that raised it most (Grad-CAM).")
         return gr.Image(value=explained["paths"][index], visible=True), note, explained
 
-    def explain_api(image, caption, beam_size, max_length):
+    def explain_api(image, caption, beam_size, max_length, request: gr.Request):
         """Per-word heatmaps of a caption (empty: the model's own). Returns {caption, words: [{word,
         probability}], model} and one PNG overlay per word (the word as its caption), at most
         OVERLAY_SIDE pixels on the longer side."""
+        shares.started(request)
         model = require_model()
         try:
             options = api_options(beam_size, None, max_length, default_length)
@@ -279,12 +273,13 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         data = {**explanation.to_dict(), "model": model.captioner.loaded.source}
         return data, [(str(path), word.word) for path, word in zip(paths, explanation.words)]
 
-    def caption_api(image, beam_size=None, num_candidates=None, max_length=None) -> dict:
+    def caption_api(image, beam_size=None, num_candidates=None, max_length=None, request: gr.Request = None) -> dict:
         """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
         words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
         beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
         beam_size (default: beam_size); score is the mean log-probability per word. Bad settings are
         refused with a message naming them."""
+        shares.started(request)
         model = require_model()
         try:
             options = api_options(beam_size, num_candidates, max_length, default_length)
@@ -298,7 +293,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             raise _user_error(error, "Bad request") from None
         return result.to_dict()
 
-    def caption_batch(files, search, beam_size, max_length, progress=gr.Progress()):
+    def caption_batch(files, search, beam_size, max_length, request: gr.Request, progress=gr.Progress()):
+        shares.started(request)
         model = wrap_captioner(require_model().captioner, on_gpu)
         try:
             options = ui_options(search, beam_size, 1, max_length, default_length)
@@ -337,22 +333,23 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
 
     # Validators run when a request joins the queue: they refuse it before it takes a place there.
     def guard_photo(upload, search, beam_size, candidates, max_length, request: gr.Request):
-        return check_queue(demo, "caption", request, 5, CAPTIONS_PER_CLIENT)
+        return validation(5, shares.admit("caption", request, CAPTIONS_PER_CLIENT))
 
     def guard_api(image, beam_size, num_candidates, max_length, request: gr.Request):
-        return check_queue(demo, "caption", request, 4, CAPTIONS_PER_CLIENT)
+        return validation(4, shares.admit("caption", request, CAPTIONS_PER_CLIENT))
 
     def guard_explain_word(upload, index, caption, explained, request: gr.Request):
-        return check_queue(demo, "explain", request, 4, EXPLAINS_PER_CLIENT)
+        return validation(4, shares.admit("explain", request, EXPLAINS_PER_CLIENT))
 
     def guard_explain_api(image, caption, beam_size, max_length, request: gr.Request):
-        return check_queue(demo, "explain", request, 4, EXPLAINS_PER_CLIENT)
+        return validation(4, shares.admit("explain", request, EXPLAINS_PER_CLIENT))
 
     def guard_batch(files, search, beam_size, max_length, request: gr.Request):
-        return check_queue(demo, "batch", request, 4, BATCHES_PER_CLIENT, BATCHES_QUEUED)
+        return validation(4, shares.admit("batch", request, BATCHES_PER_CLIENT, BATCHES_QUEUED))
 
     with gr.Blocks(title="Show and Tell: image captioner", analytics_enabled=False,
                    delete_cache=(900, 3600)) as demo:  # uploads live an hour
+        shares = QueueShares(demo)
         demo.downloads = downloads  # keep the folder alive as long as the app
         gr.Markdown("# Show and Tell: image captioner\n"
                     "A pretrained CNN looks at the photo; an LSTM writes a sentence about it, word by word. "

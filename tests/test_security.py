@@ -94,13 +94,22 @@ class Server:
              api: str = "caption", output: int | None = 0) -> tuple[str, str]:
         """POST /call/<api> and read the answer: ("ok", output number ``output``, or all of them for
         None) or ("error", message)."""
+        status, event_id = self.submit(data, headers, raw, api)
+        return self.answer(event_id, api, output) if status == "queued" else (status, event_id)
+
+    def submit(self, data: list, headers: dict | None = None, raw: bytes | None = None,
+               api: str = "caption") -> tuple[str, str]:
+        """POST /call/<api>: ("queued", event id) or ("error", why the queue refused it)."""
         body = raw if raw is not None else json.dumps({"data": data}).encode()
-        with httpx.Client(timeout=300) as client:
-            response = client.post(f"{self.api}/call/{api}", content=body,
-                                   headers={"content-type": "application/json", **(headers or {})})
-            if response.status_code != 200:
-                return "error", _detail(response)
-            text = client.get(f"{self.api}/call/{api}/{response.json()['event_id']}").text
+        response = httpx.post(f"{self.api}/call/{api}", content=body, timeout=300,
+                              headers={"content-type": "application/json", **(headers or {})})
+        if response.status_code != 200:
+            return "error", _detail(response)
+        return "queued", response.json()["event_id"]
+
+    def answer(self, event_id: str, api: str = "caption", output: int | None = 0) -> tuple[str, object]:
+        """The answer to a submitted call, read as ``call`` reads it."""
+        text = httpx.get(f"{self.api}/call/{api}/{event_id}", timeout=300).text
         event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
         if event == "complete":
             outputs = json.loads(payload)
@@ -495,28 +504,51 @@ def test_a_client_filling_the_batch_queue_does_not_hold_up_captions(server, huge
     assert waiting >= 5  # answered while the batches still queued, not after them
 
 
+def _submit_at_once(server: Server, calls: list[list], headers: dict, api: str) -> list[tuple[str, object]]:
+    """Send all ``calls`` from one client at the same moment (one thread each, released together),
+    then read their answers: a limit checked before a request joins the queue must count requests
+    that are joining at the same time."""
+    start = threading.Barrier(len(calls))
+
+    def submit(data: list) -> tuple[str, str]:
+        start.wait()
+        return server.submit(data, headers, api=api)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        submitted = list(pool.map(submit, calls))
+    return [server.answer(event_id, api) if status == "queued" else (status, event_id)
+            for status, event_id in submitted]
+
+
 def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server, huge_png):
     headers = {"X-Forwarded-For": "10.6.0.1"}
     image = server.upload(huge_png, "huge.png", headers)
-    with ThreadPoolExecutor(20) as pool:  # slow images (seconds each), so that all 20 arrive while 16 wait or run
-        answers = list(pool.map(lambda i: server.call([image, 1, 1, 30 + i], headers=headers), range(20)))
+    # slow images (seconds each): none is done before all 20 have been let in or refused
+    answers = _submit_at_once(server, [[image, 1, 1, 30 + i] for i in range(20)], headers, "caption")
     refused = [message for status, message in answers if status == "error"]
-    assert refused and all("Too many requests" in message and "limit 16" in message for message in refused)
-    assert sum(status == "ok" for status, _ in answers) >= 16
+    assert len(refused) == 4 and all("Too many requests" in message and "limit 16" in message for message in refused)
+    assert sum(status == "ok" for status, _ in answers) == 16
     status, result = server.call([image, 1, 1, 20], headers={"X-Forwarded-For": "10.6.0.2"})
     assert status == "ok" and result["caption"]
+
+
+def test_a_client_asking_one_caption_at_a_time_is_never_refused(server):
+    """A request is counted from the moment it is let in until its handler starts; one that has
+    finished is not counted, however fast it was."""
+    headers = {"X-Forwarded-For": "10.6.0.3"}
+    image = server.upload(EXAMPLE.read_bytes(), "coffee.jpg", headers)
+    answers = [server.call([image, 1, 1, 8], headers=headers) for _ in range(24)]
+    assert [status for status, _ in answers] == ["ok"] * 24, answers
 
 
 def test_one_client_cannot_take_more_than_its_share_of_the_explain_queue(server, huge_png):
     """Heatmaps cost more than captions: one client gets 4 waiting or running, then a message."""
     headers = {"X-Forwarded-For": "10.7.0.1"}
     image = server.upload(huge_png, "huge.png", headers)
-    with ThreadPoolExecutor(8) as pool:  # slow images, so that all 8 arrive while 4 wait or run
-        answers = list(pool.map(lambda i: server.call([image, None, 1, 6 + i], headers=headers, api="explain"),
-                                range(8)))
+    answers = _submit_at_once(server, [[image, None, 1, 6 + i] for i in range(8)], headers, "explain")
     refused = [message for status, message in answers if status == "error"]
-    assert refused and all("Too many requests" in message and "limit 4" in message for message in refused)
-    assert sum(status == "ok" for status, _ in answers) >= 4
+    assert len(refused) == 4 and all("Too many requests" in message and "limit 4" in message for message in refused)
+    assert sum(status == "ok" for status, _ in answers) == 4
     status, result = server.call([image, None, 1, 6], headers={"X-Forwarded-For": "10.7.0.2"}, api="explain")
     assert status == "ok" and result["words"], result
 

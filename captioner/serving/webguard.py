@@ -8,8 +8,8 @@
   upload folder (resolved, so ``..`` and links cannot leave it) or the bytes of a ``data:`` URL of
   bounded encoded length. Every other path is refused with one message that says nothing about
   whether it exists.
-- ``queued_events``: how many of one client's events wait or run in a Gradio queue, for
-  per-client limits.
+- ``QueueShares``: per-client limits on a Gradio queue (how many of one client's requests may wait
+  or run), counted from the moment a validator lets a request in.
 - ``prune_folder``: drop old files from a folder and keep it under a size cap.
 - ``InFlight``: counts the requests being served and, when the last one ends, hands memory that the
   C allocator keeps back to the system (what large decodes and batched forward passes freed).
@@ -25,6 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -217,19 +218,67 @@ def prune_folder(folder: str | os.PathLike, *, max_age_s: float, max_bytes: int)
         total -= size
 
 
-def queued_events(blocks: Any, concurrency_id: str, client: str | None) -> tuple[int, int]:
-    """``(events of client, all events)`` waiting or running in ``blocks``' queue under
-    ``concurrency_id``. ``client`` is a host as Gradio's request reports it (behind a trusted proxy,
-    uvicorn puts the forwarded address there)."""
+RESERVATION_S = 30.0  # how long an admitted request whose event never showed up is still counted
+
+
+@dataclass
+class _Reservation:
+    request: Any  # the Starlette request, which Gradio's event and handler share
+    concurrency_id: str
+    client: str | None
+    since: float = field(default_factory=time.monotonic)
+
+
+class QueueShares:
+    """Per-client limits on a Gradio queue, for its validators.
+
+    Gradio runs a validator before its request joins the queue, so requests sent at the same moment
+    would all be checked against the same queue and all pass. Each request let in is therefore
+    counted from the moment it is let in: as a reservation until its event shows in the queue, its
+    handler calls ``started``, or ``RESERVATION_S`` passes (the request never joined)."""
+
+    def __init__(self, blocks: Any) -> None:
+        self.blocks = blocks
+        self._reserved: list[_Reservation] = []
+        self._lock = threading.Lock()
+
+    def admit(self, concurrency_id: str, request: Any, per_client: int, total: int | None = None) -> str | None:
+        """None, and the request is counted, or why it is refused: its client already has
+        ``per_client`` requests of this kind waiting or running, or all clients have ``total``."""
+        client = client_host(request)
+        with self._lock:
+            events = _queued_events(self.blocks, concurrency_id)
+            joined = {id(event.request) for event in events}
+            now = time.monotonic()
+            self._reserved = [r for r in self._reserved
+                              if id(r.request) not in joined and now - r.since < RESERVATION_S]
+            hosts = [client_host(event.request) for event in events] + [
+                r.client for r in self._reserved if r.concurrency_id == concurrency_id]
+            mine = sum(1 for host in hosts if client is not None and host == client)
+            if mine >= per_client:
+                return (f"Too many requests at once: you have {mine} of this kind waiting or running "
+                        f"(limit {per_client}); wait for them to finish.")
+            if total is not None and len(hosts) >= total:
+                return f"The server is busy with {len(hosts)} of these jobs (limit {total}); try again in a minute."
+            self._reserved.append(_Reservation(getattr(request, "request", request), concurrency_id, client))
+            return None
+
+    def started(self, request: Any) -> None:
+        """The handler of ``request`` (a Gradio request) runs: its event is counted by the queue now."""
+        inner = getattr(request, "request", request)
+        with self._lock:
+            self._reserved = [r for r in self._reserved if r.request is not inner]
+
+
+def _queued_events(blocks: Any, concurrency_id: str) -> list[Any]:
+    """The events waiting or running in ``blocks``' queue under ``concurrency_id``."""
     queue = getattr(blocks, "_queue", None)
     if queue is None:
-        return 0, 0
+        return []
     waiting = getattr(queue, "event_queue_per_concurrency_id", {}).get(concurrency_id)
     events = list(waiting.queue) if waiting is not None else []
-    events += [event for job in getattr(queue, "active_jobs", []) if job for event in job
-               if event.concurrency_id == concurrency_id]
-    mine = sum(1 for event in events if client is not None and client_host(event.request) == client)
-    return mine, len(events)
+    return events + [event for job in getattr(queue, "active_jobs", []) if job for event in job
+                     if event.concurrency_id == concurrency_id]
 
 
 def client_host(request: Any) -> str | None:
