@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,15 @@ def make_tiny_model(seed: int = 0, backbone: str = "efficientnet-lite0", encoder
         model.decoder.linear.bias[2] += end_bias
         model.encoder.bn.running_var.fill_(0.5)
     return model.eval(), vocab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def captioner_cache(tmp_path_factory) -> Path:
+    """Exports and features that tests (and the apps and commands they start) cache go to a folder of
+    the session, never to the user's cache."""
+    folder = tmp_path_factory.mktemp("captioner-cache")
+    os.environ["CAPTIONER_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
