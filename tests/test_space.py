@@ -25,6 +25,7 @@ from gradio_client import Client, handle_file
 from huggingface_hub import SpaceCard, snapshot_download
 
 from app_fixtures import ROOT, app, free_port, serve
+from captioner.core.onnx_export import SHIPPED_FILES, export_to_repo
 from captioner.core.options import DecodeOptions
 from captioner.core.repository import BUNDLED_MODEL_DIR, MODEL_FILES
 from captioner.serving import provenance, zerogpu
@@ -148,6 +149,7 @@ def running_space(folder: Path, tmp_path: Path, **env_vars: str) -> Iterator[str
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CAPTIONER_", "PYTHONPATH"))}
     env |= {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "GRADIO_SERVER_NAME": "127.0.0.1",
+            "CAPTIONER_CACHE": str(tmp_path / "captioner-cache"),
             "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env_vars}
     which = subprocess.run([sys.executable, "-c", "import captioner; print(captioner.__file__)"], cwd=folder, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
@@ -214,6 +216,32 @@ def test_staged_space_loads_the_hub_model_its_card_preloads(tmp_path, tiny_model
         answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / "coffee.jpg"), 2, 2, 8,
                                                     api_name="/caption")
     assert answer["model"] == "someone/captioner" and answer["candidates"]
+
+
+@pytest.mark.slow
+def test_a_cpu_space_preloads_the_onnx_export_its_model_ships(tmp_path, tiny_model_copy):
+    """A CPU Space runs ONNX Runtime, so the model's shipped export is preloaded with its weights and
+    the app uses it without exporting; a GPU Space runs torch and leaves it out."""
+    export_to_repo(tiny_model_copy)
+    with HubServer() as hub:
+        hub.add_repo("someone/captioner", tiny_model_copy)
+        env = hub.environ(tmp_path / "cache")
+        for hardware, preloaded in (("zerogpu", MODEL_FILES), ("cpu", MODEL_FILES + SHIPPED_FILES)):
+            result = deploy_space("me/demo", "--model", "someone/captioner", "--hardware", hardware, env=env)
+            assert result.returncode == 0, result.stderr
+            card = SpaceCard(hub.space("me/demo").commits[hub.space("me/demo").refs["main"]]["README.md"].decode())
+            repo, files = card.data.to_dict()["preload_from_hub"][0].split(" ")[:2]
+            assert files.split(",") == list(preloaded)
+        out = tmp_path / "space"
+        stage = deploy_space("me/demo", "--model", "someone/captioner", "--dry-run", str(out), env=env)
+        assert stage.returncode == 0, stage.stderr
+        snapshot_download(repo, allow_patterns=files.split(","), cache_dir=tmp_path / "hf-home" / "hub",
+                          endpoint=hub.endpoint, token=False)  # what the Hub does at build time
+    with running_space(out, tmp_path, CAPTIONER_MODEL="someone/captioner") as url:
+        answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / "coffee.jpg"), 2, 2, 8,
+                                                    api_name="/caption")
+    assert answer["model"] == "someone/captioner" and answer["candidates"]
+    assert not list((tmp_path / "captioner-cache").rglob("*.onnx"))  # the shipped export ran: nothing exported
 
 
 # -- deploying to a Hub-compatible server -------------------------------------------------------------

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
+from captioner.core.onnx_export import SHIPPED_FILES
 from captioner.core.repository import BUNDLED_MODEL_DIR, MODEL_FILES
 from captioner.serving.gallery import IMAGE_SUFFIXES
 
@@ -98,6 +99,10 @@ def normalise_hardware(name: str) -> str:
 
 def is_zero_gpu_hardware(hardware: str) -> bool:
     return hardware.startswith("zero-")
+
+
+def is_cpu_hardware(hardware: str) -> bool:
+    return hardware.startswith("cpu-")
 
 
 def parse_model(model: str | os.PathLike | None) -> HubModel | Path | None:
@@ -279,9 +284,11 @@ def space_card(repo_id: str, hardware: str, hub_model: HubModel | None, where: s
     return str(card)
 
 
-def check_hub_model(model: HubModel, token: str | None = None) -> HubModel:
+def check_hub_model(model: HubModel, token: str | None = None, *, with_export: bool = False) -> HubModel:
     """``model`` with the commit its revision resolves to and its model files, read from the Hub;
-    raises ``SpaceError`` when it is missing or not a captioner model."""
+    raises ``SpaceError`` when it is missing or not a captioner model. ``with_export``: its ONNX
+    export (``onnx/``) counts among its files when it has one (a CPU Space runs ONNX Runtime, and
+    preloading the export spares the app fetching it at start)."""
     from huggingface_hub import HfApi
 
     try:
@@ -293,7 +300,8 @@ def check_hub_model(model: HubModel, token: str | None = None) -> HubModel:
     if missing:
         raise SpaceError(f"the Hub repo {model.source!r} is not a captioner model (missing {', '.join(missing)}); "
                          "publish one with `python -m captioner push DIR OWNER/NAME`")
-    return HubModel(model.repo, model.revision, info.sha, tuple(n for n in MODEL_FILES if n in names))
+    wanted = MODEL_FILES + (SHIPPED_FILES if with_export else ())
+    return HubModel(model.repo, model.revision, info.sha, tuple(n for n in wanted if n in names))
 
 
 def require_token() -> str:
@@ -319,7 +327,7 @@ def deploy(repo_id: str, *, model: str | os.PathLike | None = None, bundle_model
     source = parse_model(model)
     require_token()
     if isinstance(source, HubModel):
-        source = check_hub_model(source)
+        source = check_hub_model(source, with_export=is_cpu_hardware(hardware))
     with tempfile.TemporaryDirectory(prefix="captioner-space-") as tmp:
         staged = stage_space(Path(tmp) / "space", repo_id, model=source,
                              bundle_model=bundle_model, hardware=hardware)
