@@ -34,8 +34,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from app_fixtures import ROOT, free_port, make_app_model
-from captioner.serving.webguard import (MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_REQUEST_BYTES,
-                                        REFUSED_PATH, InputRefused, prune_folder, upload_source)
+from captioner.serving.webguard import (MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_DIR_BYTES,
+                                        MAX_UPLOAD_REQUEST_BYTES, REFUSED_PATH, InputRefused, prune_folder,
+                                        upload_source)
 from huge_png import write_rgba16_png
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
@@ -367,6 +368,61 @@ def test_uploads_over_the_request_cap_are_refused(server):
     status, text, sent = _raw_post(server.port, "/gradio_api/upload", content_type, body(), chunked=True)
     assert status == 413 and "upload is too large" in text
     assert sent < MAX_UPLOAD_REQUEST_BYTES + 20 * 1024 * 1024
+    _assert_still_serving(server)
+
+
+def _poll(ask, until, timeout_s: float = 30):
+    """``ask()`` every half second until ``until(answer)`` holds; returns the last answer."""
+    deadline = time.monotonic() + timeout_s
+    while not until(answer := ask()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return answer
+
+
+def test_uploads_are_refused_while_the_upload_folder_is_full(server, folder):
+    """Over 4 GB of uploads waiting to expire (here one sparse file, which counts at its full size
+    and takes no disk): uploads get 507 and a message, inline images are still captioned, and
+    uploads work again once the folder is back under its cap. The folder's size is measured at most
+    every 10 seconds."""
+    def upload_status():
+        return httpx.post(f"{server.api}/upload", files={"files": ("coffee.jpg", EXAMPLE.read_bytes())},
+                          timeout=60)
+
+    filler = server.upload_dir / "filler.bin"
+    with open(filler, "wb") as sparse:
+        sparse.truncate(MAX_UPLOAD_DIR_BYTES + 1)
+    try:
+        refused = _poll(upload_status, lambda response: response.status_code != 200)
+        assert refused.status_code == 507 and "upload space is full" in _detail(refused)
+        inline = "data:image/jpeg;base64," + base64.b64encode(EXAMPLE.read_bytes()).decode()
+        status, result = server.call([{"url": inline}, 1, 1, 20])
+        assert status == "ok" and result["caption"]
+    finally:
+        filler.unlink()
+    assert _poll(upload_status, lambda response: response.status_code == 200).status_code == 200
+
+
+def test_a_batch_over_its_byte_cap_is_refused_before_it_is_read(server, folder):
+    """Six files of 90 MB uploaded in three requests (each under the request cap): the batch adds up
+    to 540 MB, over its 500 MB cap, and is refused with a message before any file is opened."""
+    part = folder / "part.jpg"
+    with open(part, "wb") as sparse:
+        sparse.truncate(90 * 1024 * 1024)
+    uploads = []
+    try:
+        for i in range(3):
+            with open(part, "rb") as first, open(part, "rb") as second:
+                response = httpx.post(f"{server.api}/upload", files=[("files", (f"a{i}.jpg", first)),
+                                                                     ("files", (f"b{i}.jpg", second))], timeout=300)
+            response.raise_for_status()
+            uploads += [{"path": path, "orig_name": Path(path).name, "meta": FILE_META} for path in response.json()]
+        assert len({upload["path"] for upload in uploads}) == 6
+        status, message = server.join("caption_batch", [uploads, "Greedy", 3, 20])
+        assert status == "error" and "540 MB" in message and "limit 500 MB per batch" in message, message
+    finally:
+        part.unlink()
+        for upload in uploads:
+            Path(upload["path"]).unlink(missing_ok=True)
     _assert_still_serving(server)
 
 
