@@ -8,7 +8,8 @@
 For each maximum batch size, ``python app.py --model SRC --max-batch-size B`` is started on a free
 loopback port (the servers run side by side, and the rounds of load alternate between them, so
 that a change in the machine's load affects every size alike). One thread per user, each with its
-own ``gradio_client.Client``, calls ``/caption`` (beam 3, the API default). The default batch
+own ``gradio_client.Client`` and client address (``new_client``), calls ``/caption`` (beam 3, the
+API default). The default batch
 size's server (the last size given) also serves a one-user baseline and then the soak, during
 which the server process's memory (RSS) is read every 250 requests (a quarter of a shorter soak).
 
@@ -211,8 +212,12 @@ class Phase:
                 "max_ms": 1000 * max(self.latencies_s, default=float("nan"))}
 
 
-def new_client(url: str) -> Client:
-    return Client(url, verbose=False, download_files=False, analytics_enabled=False)
+def new_client(url: str, user: int) -> Client:
+    """A user's client. Each user has an address of its own (``X-Forwarded-For``, which the app
+    trusts from 127.0.0.1 as it would from a proxy in front of it), as users on the internet do:
+    the app caps the requests each address may have waiting or running."""
+    return Client(url, verbose=False, download_files=False, analytics_enabled=False,
+                  headers={"X-Forwarded-For": f"10.0.{user // 256}.{user % 256}"})
 
 
 def run_phase(server: AppServer, phase: Phase, images: Callable[[int], Path], deadline: float,
@@ -233,7 +238,7 @@ def run_phase(server: AppServer, phase: Phase, images: Callable[[int], Path], de
     def user(number: int) -> None:
         client = None
         try:
-            client = new_client(server.url)
+            client = new_client(server.url, number)
         except Exception as error:  # noqa: BLE001 - reported as an error of the run
             fail(f"user {number}: could not connect: {type(error).__name__}: {error}")
         try:
