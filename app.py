@@ -35,7 +35,7 @@ from captioner.core.overlays import write_overlays
 from captioner.serving.gallery import list_examples
 from captioner.core.modelcard import summarize_card
 from captioner.core.repository import BUNDLED_MODEL_DIR
-from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
+from captioner.core.options import BACKEND_HELP, BACKENDS, MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.serving.batcher import SharedCaptioner, choose_model
 from captioner.serving.provenance import hardware_summary, weights_origin
 from captioner.serving.webguard import (InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder,
@@ -509,9 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, metavar="N",
                         help="concurrent requests' images per shared forward pass; 1 turns batching off "
                              f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                        help="auto: ONNX Runtime on CPU when installed, else torch "
-                             "(default: $CAPTIONER_BACKEND or auto)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
     args = parser.parse_args(argv)
     try:
         batch_size = max_batch_size(args.max_batch_size)

@@ -14,11 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
-from captioner.core.options import DecodeOptions
-
-
-BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
-BACKENDS = ("auto", "torch", "onnx")
+from captioner.core.options import BACKEND_HELP, BACKENDS, DecodeOptions
 
 
 def _positive(text: str) -> int:

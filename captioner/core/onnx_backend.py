@@ -42,13 +42,13 @@ from torch import nn
 
 from captioner.core.config import ModelConfig
 from captioner.core.errors import CaptionerError
+from captioner.core.options import BACKENDS
 from captioner.core.files import write_atomic
 from captioner.core.onnx_export import (EXPORT_VERSION, INPUT_NAME, OPSET, OUTPUT_NAME, SHIPPED_EXPORT, SHIPPED_STEP,
                                         STEP_NAMES, BackendUnavailable, ExporterMissing, export_backbone,
                                         export_decoder_step, graph_interface, mismatch, os_reason, session_info,
                                         shipped_metadata, weights_digest)
 
-BACKENDS = ("auto", "torch", "onnx")
 INSTALL_HINT = "the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"
 
 

@@ -18,6 +18,10 @@ MAX_LENGTH_RANGE = (2, 200)
 MAX_TOP_CLASSES = 20
 MAX_NO_REPEAT_NGRAM = 10
 LENGTH_PENALTY_RANGE = (0.0, 5.0)
+# What runs the model (``onnx_backend.requested_backend`` checks the choice); here, not in onnx_backend,
+# so that the command line's parsers name them without importing torch.
+BACKENDS = ("auto", "torch", "onnx")
+BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
 
 
 @dataclass(frozen=True)
