@@ -50,15 +50,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from captioner.core.config import ModelConfig  # noqa: E402
-from captioner.core.encoders import load_pretrained_weights  # noqa: E402
-from captioner.core.images import load_image  # noqa: E402
-from captioner.core.legacy import import_legacy  # noqa: E402
-from captioner.core.model import ShowAndTell  # noqa: E402
-from captioner.core.repository import BUNDLED_MODEL_DIR, load_model, save_model  # noqa: E402
+from captioner.core.model.config import ModelConfig  # noqa: E402
+from captioner.core.model.encoders import load_pretrained_weights  # noqa: E402
+from captioner.core.images.decode import load_image  # noqa: E402
+from captioner.core.repository.legacy import import_legacy  # noqa: E402
+from captioner.core.model.network import ShowAndTell  # noqa: E402
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model, save_model  # noqa: E402
 from captioner.core.inference import Captioner  # noqa: E402
-from captioner.core.onnx_backend import onnxruntime_available  # noqa: E402
-from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from captioner.core.backends.choice import onnxruntime_available  # noqa: E402
+from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from tables import Table, add_clock_options, chosen_clock, cpu_name  # noqa: E402
 
 EXAMPLES = ROOT / "examples"

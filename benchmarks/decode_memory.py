@@ -39,11 +39,11 @@ def measure(path: str, threads: int, min_side: int | None, trim: bool) -> dict:
     """Run in a child process: RSS before, peak during and after the concurrent decodes."""
     import psutil
 
-    from captioner.core import images
+    from captioner.core.images import decode, memory
 
     if not trim:  # Pillow's default 16 MB blocks, large bands, no malloc_trim
-        images.TRIM_AFTER_BYTES = 1 << 62
-        images._REDUCE_BAND_BYTES = 32 * 1024 * 1024
+        memory.TRIM_AFTER_BYTES = decode.TRIM_AFTER_BYTES = 1 << 62
+        decode._REDUCE_BAND_BYTES = 32 * 1024 * 1024
     data = Path(path).read_bytes()
     process = psutil.Process()
     idle = process.memory_info().rss
@@ -60,14 +60,14 @@ def measure(path: str, threads: int, min_side: int | None, trim: bool) -> dict:
     sampler.start()
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda _: images.load_image(data, min_side=min_side).size, range(threads)))
+        list(pool.map(lambda _: decode.load_image(data, min_side=min_side).size, range(threads)))
         seconds = time.perf_counter() - start
         time.sleep(1)
         done.set()
         sampler.join()
         after = process.memory_info().rss  # the pool's threads still alive, as a server's are
     return {"idle": idle, "peak": peak, "after": after, "seconds": seconds,
-            "semaphore_peak": images.DECODE_MEMORY.peak}
+            "semaphore_peak": memory.DECODE_MEMORY.peak}
 
 
 def main() -> None:

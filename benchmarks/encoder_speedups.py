@@ -30,8 +30,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.core.encoders import BACKBONES, build_backbone, load_pretrained_weights  # noqa: E402
-from captioner.core.images import build_preprocessor, load_image  # noqa: E402
+from captioner.core.model.encoders import BACKBONES, build_backbone, load_pretrained_weights  # noqa: E402
+from captioner.core.images.preprocess import build_preprocessor  # noqa: E402
+from captioner.core.images.decode import load_image
 from tables import add_clock_options, chosen_clock  # noqa: E402
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -185,7 +186,7 @@ def mkldnn_off(model, example):
 
 def adopted(model, example):
     """What ``Captioner`` does on CPU: ``encoders.optimize_for_inference``, input as it comes."""
-    from captioner.core.encoders import optimize_for_inference
+    from captioner.core.model.encoders import optimize_for_inference
 
     return inference_mode(optimize_for_inference(model), example)
 

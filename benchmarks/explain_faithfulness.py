@@ -28,11 +28,11 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.core.explain import visible_mask  # noqa: E402
-from captioner.core.faithfulness import deletion_test, randomised_captioner, rank_correlation  # noqa: E402
-from captioner.core.images import load_image  # noqa: E402
+from captioner.core.explain.gradcam import visible_mask  # noqa: E402
+from captioner.training.faithfulness import deletion_test, randomised_captioner, rank_correlation  # noqa: E402
+from captioner.core.images.decode import load_image  # noqa: E402
 from captioner.core.inference import load_captioner  # noqa: E402
-from captioner.core.overlays import overlay  # noqa: E402
+from captioner.core.explain.overlays import overlay  # noqa: E402
 from tables import Table  # noqa: E402
 
 SKIMAGE_PHOTOS = ("clock", "coins", "hubble_deep_field", "immunohistochemistry", "retina", "moon")

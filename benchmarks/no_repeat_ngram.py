@@ -23,7 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.core.inference import caption_features, load_captioner  # noqa: E402
+from captioner.core.captions import caption_features  # noqa: E402
+from captioner.core.inference import load_captioner
 from captioner.core.options import DecodeOptions  # noqa: E402
 from captioner.training.evaluation import score_captions  # noqa: E402
 

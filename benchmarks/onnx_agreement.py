@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from captioner.core.inference import Captioner  # noqa: E402
-from captioner.core.repository import load_model  # noqa: E402
+from captioner.core.repository.storage import load_model  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # scikit-image's photographs that ship inside the package (no download); horse, logo and the like are drawings.

@@ -24,8 +24,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.core.onnx_export import DecoderStep  # noqa: E402
-from captioner.core.repository import load_model  # noqa: E402
+from captioner.core.backends.onnx_export import DecoderStep  # noqa: E402
+from captioner.core.repository.storage import load_model  # noqa: E402
 
 
 class TokenStep(nn.Module):

@@ -35,9 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from captioner.core import onnx_backend  # noqa: E402
+from captioner.core.backends import onnx_runtime as onnx_backend  # noqa: E402
 from captioner.core.inference import Captioner  # noqa: E402
-from captioner.core.repository import load_model  # noqa: E402
+from captioner.core.repository.storage import load_model  # noqa: E402
 from tables import Table  # noqa: E402
 
 SETTINGS = {  # name: (session config, the decoder step's intra-op threads; None: torch's)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name is None:
                     torch_captioner.caption(photos[r % len(photos)], beam_size=beam)
                     return
-                backend.session, onnx_captioner.model.decoder.step.session = sessions[name]
+                backend.session, onnx_captioner._onnx.steps.step.session = sessions[name]
                 onnx_captioner.caption(photos[r % len(photos)], beam_size=beam)
             return run
 

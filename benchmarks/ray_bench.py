@@ -138,7 +138,7 @@ def serving_table(paths: list[Path], requests: int, clients: int) -> Table:
     from gradio_client import Client, handle_file
     from ray import serve
 
-    import app
+    from captioner.web import app
     from captioner.serving.ray_serve import build_app
 
     items = [paths[i % len(paths)] for i in range(requests)]

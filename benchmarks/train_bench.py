@@ -33,11 +33,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from captioner.core.encoders import load_pretrained_weights  # noqa: E402
+from captioner.core.model.encoders import load_pretrained_weights  # noqa: E402
 from captioner.training.features import extract_features  # noqa: E402
-from captioner.core.model import ShowAndTell  # noqa: E402
+from captioner.core.model.network import ShowAndTell  # noqa: E402
 from captioner.training.loop import build_config, fit_decoder  # noqa: E402
-from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 
 COCO_CAPTIONS, COCO_IMAGES = 414_113, 123_287
 FLICKR_CAPTIONS, FLICKR_IMAGES = 30_000, 8_000

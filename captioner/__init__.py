@@ -5,7 +5,14 @@
     print(result.caption)
 """
 
-from captioner.core.errors import CaptionerError, DatasetError, ImageError, LegacyImportError, ModelFormatError, ModelSourceError
+from captioner.core.errors import (
+    CaptionerError,
+    DatasetError,
+    ImageError,
+    LegacyImportError,
+    ModelFormatError,
+    ModelSourceError,
+)
 
 __all__ = ["load_captioner", "CaptionerError", "DatasetError", "ImageError", "LegacyImportError",
            "ModelFormatError", "ModelSourceError"]

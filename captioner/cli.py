@@ -50,10 +50,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
-    from captioner.core.legacy import import_legacy
+    from captioner.core.repository.legacy import import_legacy
 
     if args.download:
-        from captioner.core.legacy_download import download_and_import
+        from captioner.core.repository.legacy_download import download_and_import
 
         urls = {name: value for name, value in (("model_zip_url", args.model_zip_url),
                                                 ("vocab_zip_url", args.vocab_zip_url)) if value}
@@ -69,7 +69,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from captioner.core.repository import push_model
+    from captioner.core.repository.publish import push_model
 
     url = push_model(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
                      commit_message=args.message)
@@ -113,7 +113,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from captioner.core.extras import require_extra
 
     require_extra("onnx", "onnx", purpose="export-onnx")
-    from captioner.core.onnx_export import export_to_repo
+    from captioner.core.backends.onnx_export import export_to_repo
 
     for path in export_to_repo(args.model_dir):
         print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB)")
@@ -146,7 +146,7 @@ def cmd_build_default(args: argparse.Namespace) -> int:
 
     require_extra("build", "timm", "skimage", "pycocoevalcap", purpose="build-default")
     from captioner.build.pipeline import BuildSettings, build_default, default_photos, summary
-    from captioner.core.repository import BUNDLED_MODEL_DIR
+    from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 
     out = args.out or BUNDLED_MODEL_DIR
     settings = BuildSettings(**{name: value for name, value in vars(args).items()
@@ -224,8 +224,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _training_data(args: argparse.Namespace):
     """(train items, validation items, reports, how the validation set was chosen)."""
-    from captioner.training.datasets import read_dataset, split_holdout
     from captioner.core.errors import DatasetError
+    from captioner.training.datasets import read_dataset, split_holdout
 
     fmt, annotations, images = args.format, Path(args.annotations), Path(args.images)
     if fmt == "flickr8k" and args.split_file is None:
@@ -263,9 +263,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioner.core.extras import require_extra
 
     require_extra("train", "pycocoevalcap", purpose="evaluate (BLEU, METEOR, ROUGE-L, CIDEr)")
+    from captioner.core.inference import load_captioner
     from captioner.training.datasets import read_dataset
     from captioner.training.evaluation import format_scores
-    from captioner.core.inference import load_captioner
     from captioner.training.loop import decoding_name, evaluate_captioner
 
     split = args.split if args.split != "all" else None
@@ -299,7 +299,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from captioner.core.config import ENCODER_OUTPUTS
+    from captioner.core.model.config import ENCODER_OUTPUTS
     from captioner.training.datasets import FORMATS
 
     p = sub.add_parser("train", help="train a model on a caption data set",
@@ -434,7 +434,7 @@ def _explain_results(captioner, results, args: argparse.Namespace) -> dict[int, 
     ``overlays`` entry ([{word, probability, path}]) its JSON line gets."""
     from tqdm import tqdm
 
-    from captioner.core.overlays import write_overlays
+    from captioner.core.explain.overlays import write_overlays
 
     done, stems = {}, set()
     captioned = [(i, r) for i, r in enumerate(results) if r.error is None]

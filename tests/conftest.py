@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-EXAMPLES = ROOT / "examples"
-
-from captioner.core.config import ModelConfig  # noqa: E402
-from captioner.core.model import ShowAndTell  # noqa: E402
-from captioner.core.repository import save_model  # noqa: E402
-from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
-
-WORDS = "a an the cat dog cup of espresso on table red blue green small big bird sits next to".split()
-
-
-def make_tiny_model(seed: int = 0, backbone: str = "efficientnet-lite0", encoder_output: str = "features",
-                    end_bias: float = 0.5) -> tuple[ShowAndTell, Vocabulary]:
-    """A random model whose decoder reaches ``<end>`` now and then, so captions have varied lengths."""
-    torch.manual_seed(seed)
-    vocab = Vocabulary([*SPECIAL_TOKENS, *WORDS])
-    config = ModelConfig(backbone=backbone, vocab_size=len(vocab), encoder_output=encoder_output,
-                         embed_size=32, hidden_size=48, max_length=12)
-    model = ShowAndTell(config)
-    with torch.no_grad():
-        model.decoder.linear.bias[2] += end_bias
-        model.encoder.bn.running_var.fill_(0.5)
-    return model.eval(), vocab
+from captioner.core.repository.storage import save_model
+from tests.helpers.models import make_tiny_model
+from tests.helpers.paths import EXAMPLES
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,8 +47,8 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def app_model(tmp_path_factory) -> Path:
-    """The small model the app tests show (see ``app_fixtures.make_app_model``)."""
-    from app_fixtures import make_app_model
+    """The small model the app tests show (see ``tests.helpers.app.make_app_model``)."""
+    from tests.helpers.app import make_app_model
 
     return make_app_model(tmp_path_factory.getbasetemp() / "app-model")
 

@@ -1,16 +1,11 @@
 """python -m captioner: output formats, exit codes, clear errors."""
 
 import json
-import os
 import subprocess
 import sys
 
-from conftest import ROOT
-
-
-def run(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "captioner", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=300)
+from tests.helpers.cli import run
+from tests.helpers.paths import ROOT
 
 
 def test_caption_json_lines(tiny_model_dir, example_photos, tmp_path):

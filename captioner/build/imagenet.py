@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from captioner.core.errors import DatasetError
-from captioner.core.imagenet_classes import imagenet_class_names
+from captioner.core.model.imagenet_classes import imagenet_class_names
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 ENTITY = "n00001740"  # the root of WordNet's noun hierarchy

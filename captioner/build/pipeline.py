@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.core.captions import caption_features
 from captioner.core.devices import select_device
-from captioner.core.encoders import load_pretrained_weights
-from captioner.core.inference import caption_features
-from captioner.core.model import ShowAndTell
-from captioner.core.modelcard import build_card
+from captioner.core.model.encoders import load_pretrained_weights
+from captioner.core.model.network import ShowAndTell
+from captioner.core.model.vocabulary import Vocabulary
 from captioner.core.options import DecodeOptions
-from captioner.core.repository import BUNDLED_MODEL_DIR, load_model, save_model
-from captioner.core.vocabulary import Vocabulary
+from captioner.core.repository.modelcard import build_card
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model, save_model
 
 SPLITS = {"train": 0, "val": 1, "test": 2}  # generator seeds: (seed, split) and (seed, 0, epoch) for training
 # Probabilities, not log-probabilities: the projection of a distribution is then the
@@ -127,9 +127,9 @@ def agreement(model: ShowAndTell, vocab: Vocabulary, features: torch.Tensor, cap
 
 def measure(model_dir: Path, test_log_probs: np.ndarray, test_captions: list[str],
             photos: dict[str, Path] | None = None, device: str = "cpu") -> QualityReport:
-    from captioner.core.imagenet_classes import imagenet_class_names
-    from captioner.core.inference import Captioner
     from captioner.build.synthetic import template_caption
+    from captioner.core.inference import Captioner
+    from captioner.core.model.imagenet_classes import imagenet_class_names
 
     loaded = load_model(model_dir, device)
     features = _encoder_outputs(test_log_probs, loaded.config.encoder_output)

@@ -1,2 +1,3 @@
-"""The runtime: vocabulary, images, encoders, the model, model sources and format, and the one
-inference path every front end calls. Needs only requirements.txt; imports nothing outside ``core``."""
+"""The runtime, in parts: ``model``, ``repository`` (model files and the Hub), ``images``, ``backends``,
+``explain``, and the one inference path every front end calls (``inference``). Needs only
+requirements.txt; imports nothing outside ``core``."""

@@ -1,18 +1,18 @@
 """The one inference path: image sources -> pixels -> backbone features -> captions -> results.
 
 Every front end (the CLI, the Python API, the app's shared batcher and batch tab, evaluation,
-validation during training, the bundled-model build, Ray) goes through ``caption_features``, directly
-or through ``Captioner``:
+validation during training, the bundled-model build, Ray) goes through ``captions.caption_features``,
+directly or through ``Captioner``:
 
     sources --prepare--> pixels --backbone_features--> features --caption_features--> CaptionResult
 
-``Captioner.backbone_features`` is the one place a backend plugs in (torch, or ONNX Runtime on CPU:
-``onnx_backend``); ``caption_features`` projects, decodes and builds the results for any model.
+``Captioner.backbone_features`` and the decoder step it hands the search are the one place a backend
+plugs in (torch, or ONNX Runtime on CPU: ``backends``); ``caption_features`` projects, decodes and
+builds the results for any model.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -21,66 +21,26 @@ from typing import Any
 
 import torch
 
+from captioner.core.backends.choice import requested_backend, resolve_backend, start
+from captioner.core.backends.onnx_export import SHIPPED_FILES
+from captioner.core.captions import caption_features
 from captioner.core.devices import select_device
-from captioner.core.encoders import optimize_for_inference
 from captioner.core.errors import ImageError
-from captioner.core.explain import DEFAULT_HEATMAP_SIDE
-from captioner.core.images import ImageSource, load_pixels, prepare_pixels, preprocessor_for
-from captioner.core.model import Hypothesis, ShowAndTell
-from captioner.core import onnx_backend
-from captioner.core.onnx_export import SHIPPED_FILES
+from captioner.core.explain import gradcam, scoring
+from captioner.core.explain.gradcam import DEFAULT_HEATMAP_SIDE
+from captioner.core.images.decode import ImageSource
+from captioner.core.images.preprocess import load_pixels, prepare_pixels, preprocessor_for
+from captioner.core.model.encoders import optimize_for_inference
 from captioner.core.options import DecodeOptions
-from captioner.core.repository import LoadedModel, describe_source, load_model
-from captioner.core.results import CaptionResult, Candidate, failed
-from captioner.core.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
-
-__all__ = ["Captioner", "DecodeOptions", "CaptionResult", "Candidate", "caption_features", "load_captioner",
-           "select_device"]
-
-
-@torch.inference_mode()
-def caption_features(model: ShowAndTell, vocab: Vocabulary, features: torch.Tensor, options: DecodeOptions, *,
-                     class_names: Sequence[str] | None = None, model_name: str = "") -> list[CaptionResult]:
-    """Caption a batch of backbone outputs ``(B, D)``: project, decode, and build one result per row.
-
-    ``options`` are checked here (``ValueError`` names a bad setting). ``class_names`` turn a
-    class-probability encoder's outputs into ``top_classes``.
-    """
-    options = options.resolved(model.config.max_length)
-    features = features.to(next(model.parameters()).device)
-    hypotheses = model.generate(model.encoder.project(features), options)
-    classes: list[Any] = [None] * len(hypotheses)
-    if model.config.emits_classes and class_names is not None and options.top_classes:
-        classes = _top_classes(features, model.config.encoder_output, class_names, options.top_classes)
-    results = []
-    for candidates, top in zip(hypotheses, classes):
-        candidates = tuple(_candidate(h, vocab) for h in candidates)
-        results.append(CaptionResult(candidates[0].caption if candidates else "", candidates, top, model_name))
-    return results
-
-
-def _candidate(hypothesis: Hypothesis, vocab: Vocabulary) -> Candidate:
-    words = []
-    for token, log_prob in zip(hypothesis.tokens, hypothesis.token_log_probs):
-        if token == END_ID:
-            break
-        if token not in (PAD_ID, START_ID):
-            words.append((vocab.tokens[token], math.exp(log_prob)))
-    return Candidate(" ".join(word for word, _ in words), hypothesis.score, tuple(words))
-
-
-def _top_classes(outputs: torch.Tensor, encoder_output: str, names: Sequence[str], k: int
-                 ) -> list[tuple[tuple[str, float], ...]]:
-    probs = outputs.float() if encoder_output == "class_probs" else outputs.float().exp()
-    probs, index = probs.topk(min(k, probs.size(1)), dim=1)
-    return [tuple((names[i], round(p, 6)) for p, i in zip(ps, ix)) for ps, ix in zip(probs.tolist(), index.tolist())]
+from captioner.core.repository.storage import LoadedModel, describe_source, load_model
+from captioner.core.results import CaptionResult, failed
 
 
 class Captioner:
     """Captions images with one loaded model; thread-safe (inference only touches read-only state).
 
     ``backend`` is ``"torch"``, ``"onnx"`` (the backbone and the decoder step run in ONNX Runtime:
-    ``onnx_backend``) or ``"auto"`` (see ``onnx_backend.resolve_backend``). With torch on CPU its
+    ``backends.onnx_runtime``) or ``"auto"`` (see ``backends.choice.resolve_backend``). With torch on CPU its
     encoder's backbone is optimised for inference when it is created (``encoders.optimize_for_inference``:
     same outputs, faster), so ``model`` is for inference only and its ``state_dict`` is no longer the
     model file's.
@@ -89,7 +49,7 @@ class Captioner:
     def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch"):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
-        self._onnx = onnx_backend.start(loaded, backend, device)  # None: torch; else it takes the decoder step
+        self._onnx = start(loaded, backend, device)  # None: torch
         self.backend = "onnx" if self._onnx is not None else "torch"
         if device.type == "cpu" and self._onnx is None:
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
@@ -106,7 +66,7 @@ class Captioner:
     def class_names(self) -> list[str] | None:
         """ImageNet class names, for models whose encoder emits class probabilities."""
         if self._class_names is None and self.config.emits_classes:
-            from captioner.core.imagenet_classes import imagenet_class_names
+            from captioner.core.model.imagenet_classes import imagenet_class_names
 
             self._class_names = imagenet_class_names()
         return self._class_names
@@ -132,6 +92,7 @@ class Captioner:
         """Caption a preprocessed batch ``(B, 3, H, W)``."""
         options = (options or DecodeOptions()).resolved(self.config.max_length)  # refuse bad settings before work
         return caption_features(self.model, self.vocab, self.backbone_features(pixels), options,
+                                steps=self._onnx.steps if self._onnx is not None else None,
                                 class_names=self.class_names, model_name=self.loaded.source)
 
     # --- what callers use -------------------------------------------------------------------
@@ -190,17 +151,13 @@ class Captioner:
 
     def score(self, images: ImageSource | Sequence[ImageSource], caption: str) -> list:
         """Each word of ``caption`` (and ``<end>``) with its probability, per image (``explain.score``)."""
-        from captioner.core.explain import score
-
-        return score(self, images, caption)
+        return scoring.score(self, images, caption)
 
     def explain(self, image: ImageSource, caption: str | None = None, *, beam_size: int = 3,
                 max_length: int | None = None, heatmap_side: int | None = DEFAULT_HEATMAP_SIDE):
         """Per-word Grad-CAM heatmaps of ``caption`` or of the model's own caption, at most
         ``heatmap_side`` pixels on the longer side (None: the decoded image's size) (``explain.explain``)."""
-        from captioner.core.explain import explain
-
-        return explain(self, image, caption, beam_size=beam_size, max_length=max_length, heatmap_side=heatmap_side)
+        return gradcam.explain(self, image, caption, beam_size=beam_size, max_length=max_length, heatmap_side=heatmap_side)
 
 
 def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeOptions:
@@ -224,8 +181,8 @@ def load_captioner(source: str | os.PathLike | None = None, device: str | torch.
     ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached. A Hub model loaded
     for the onnx backend brings its repository's ONNX export (``onnx/``) when it has one."""
     device = select_device(device)
-    backend = onnx_backend.requested_backend(backend)
-    first_choice = onnx_backend.resolve_backend(backend, device)
+    backend = requested_backend(backend)
+    first_choice = resolve_backend(backend, device)
     name = describe_source(source)
     with _cache_lock:
         for key in ((name, str(device), backend), (name, str(device), first_choice)):

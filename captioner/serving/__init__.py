@@ -1,2 +1,2 @@
-"""Serving the core to people: the app's shared batcher, batch captioning of uploads and folders.
-Imports ``captioner.core`` only."""
+"""Scaling out and deploying: caption collections with Ray Data, serve with Ray Serve (which mounts
+``web``), deploy the app as a Hugging Face Space. Imports ``core`` and ``web``."""

@@ -35,9 +35,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 
+from captioner.core.backends.choice import requested_backend  # noqa: E402
 from captioner.core.errors import CaptionerError  # noqa: E402
-from captioner.core.images import MAX_IMAGE_BYTES  # noqa: E402
-from captioner.core.onnx_backend import requested_backend  # noqa: E402
+from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".avif")

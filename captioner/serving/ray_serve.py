@@ -11,7 +11,7 @@ multipart field named ``image`` or ``file``) with decoding settings as query par
 checks its own image (a bad one gets HTTP 400 with the loader's message and costs no one else
 anything); ``@serve.batch`` then gathers the prepared images of concurrent requests and runs them as
 one forward pass (``Captioner.caption_pixels``). ``GET /healthz`` reports the model and how many
-forward passes served how many requests. The Gradio app (``app.build_demo``) is mounted at ``/``.
+forward passes served how many requests. The Gradio app (``captioner.web.app.build_demo``) is mounted at ``/``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before ray is imported:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import asyncio  # noqa: E402
-import importlib.util  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 from collections import deque  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
 from fastapi import FastAPI, Request  # noqa: E402  (module level: FastAPI resolves annotations here)
@@ -35,14 +31,13 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from ray import serve  # noqa: E402
 
 from captioner.core.errors import CaptionerError  # noqa: E402
-from captioner.core.images import MAX_IMAGE_BYTES  # noqa: E402
+from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
 
 MAX_BATCH_SIZE = 8  # prepared images per forward pass
 BATCH_WAIT_S = 0.01  # how long the first request of a batch waits for company
 MULTIPART_SLACK = 64 * 1024  # room for multipart headers and boundaries around one image
 OPTION_NAMES = ("beam_size", "num_candidates", "max_length", "length_penalty", "top_classes", "no_repeat_ngram")
-APP_FILE = Path(__file__).resolve().parents[2] / "app.py"
 
 
 class RequestError(CaptionerError):
@@ -69,21 +64,6 @@ def decode_options(query: dict[str, str]) -> DecodeOptions:
             except ValueError:
                 values[name] = text  # refused by DecodeOptions.resolved with the setting's name
     return DecodeOptions(**values)
-
-
-def load_app_module() -> ModuleType:
-    """The Gradio app (``app.py``): importable as ``app``, or next to the ``captioner`` package."""
-    module = sys.modules.get("app")
-    if module is not None and hasattr(module, "build_demo"):
-        return module
-    if not APP_FILE.is_file():
-        raise CaptionerError(f"the web UI needs app.py (looked in {APP_FILE.parent}); serve with ui=False "
-                             f"(--no-ui) for the REST API only")
-    spec = importlib.util.spec_from_file_location("app", APP_FILE)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["app"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -181,9 +161,10 @@ def build_http_app(service: CaptionService) -> FastAPI:
     if service.ui:
         import gradio as gr
 
-        demo_module = load_app_module()
-        demo = demo_module.build_demo(service.model, batch_size=service.max_batch_size, backend=service.backend)
-        options = demo_module.launch_options()
+        from captioner.web import app as web_app
+
+        demo = web_app.build_demo(service.model, batch_size=service.max_batch_size, backend=service.backend)
+        options = web_app.launch_options()
         gr.mount_gradio_app(http, demo, path="/", max_file_size=options["max_file_size"], theme=options["theme"],
                             css=options["css"], app_kwargs=options.get("app_kwargs"))  # the app's request limits
     return http
@@ -227,7 +208,7 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     ``batch_wait_ms``, ``ui`` (mount the Gradio app at ``/``; default true), ``max_upload_mb``,
     ``backend`` (``auto``, ``torch``, ``onnx``; default: the replicas' ``$CAPTIONER_BACKEND``, else ``auto``).
     """
-    from captioner.core.onnx_backend import requested_backend
+    from captioner.core.backends.choice import requested_backend
 
     settings = {**(args or {}), **settings}
     unknown = set(settings) - {"model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica",

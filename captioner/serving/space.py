@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.errors import CaptionerError
-from captioner.core.onnx_export import SHIPPED_FILES
-from captioner.core.repository import BUNDLED_MODEL_DIR, MODEL_FILES
-from captioner.serving.gallery import IMAGE_SUFFIXES
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
+from captioner.web.gallery import IMAGE_SUFFIXES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: app.py, examples/, requirements.txt
 PYTHON_VERSION = "3.10"  # the Hub's default, stated explicitly; the code runs on 3.10+
@@ -246,7 +246,7 @@ def _stage_examples(source: Path, target: Path) -> None:
 
 def _copy_model(source: Path, target: Path) -> None:
     """Copy a model folder's files after checking that it loads (nothing broken is published)."""
-    from captioner.core.repository import load_model
+    from captioner.core.repository.storage import load_model
 
     missing = [name for name in REQUIRED_MODEL_FILES if not (source / name).is_file()]
     if missing:

@@ -32,10 +32,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from captioner.core.config import ModelConfig
-from captioner.core.files import write_atomic
-from captioner.core.repository import file_sha256
-from captioner.core.images import Preprocessor, load_pixels, preprocessor_for
+from captioner.core.files import file_sha256, write_atomic
+from captioner.core.images.preprocess import Preprocessor, load_pixels, preprocessor_for
+from captioner.core.model.config import ModelConfig
+from captioner.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,8 @@ _TEMP_PREFIX = ".tmp-"
 
 
 def default_cache_dir() -> Path:
-    """``$CAPTIONER_CACHE/features``, else ``$XDG_CACHE_HOME/captioner/features``, else ``~/.cache/...``."""
-    base = os.environ.get("CAPTIONER_CACHE")
-    if base:
-        return Path(base).expanduser() / "features"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "captioner" / "features"
+    """The feature cache's folder: ``features`` in the captioner's cache (``paths.cache_root``)."""
+    return cache_dir("features")
 
 
 @dataclass(frozen=True)

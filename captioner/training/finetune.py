@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from captioner.core.config import ModelConfig
-from captioner.core.model import ShowAndTell
-from captioner.core.repository import load_model
-from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary
+from captioner.core.model.config import ModelConfig
+from captioner.core.model.network import ShowAndTell
+from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary
+from captioner.core.repository.storage import load_model
 from captioner.training.plan import coverage, word_counts
 
 NEW_WORDS = ("add", "report")

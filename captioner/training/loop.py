@@ -31,17 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from captioner.core.config import ModelConfig
+from captioner.core.captions import caption_features
 from captioner.core.devices import select_device
-from captioner.core.inference import caption_features
-from captioner.core.options import DecodeOptions
 from captioner.core.errors import CaptionerError
+from captioner.core.images.preprocess import load_pixels, preprocessor_for
+from captioner.core.model.config import ModelConfig
+from captioner.core.model.network import ShowAndTell, packed_targets
+from captioner.core.model.vocabulary import PAD_ID, Vocabulary
+from captioner.core.options import DecodeOptions
+from captioner.core.repository.modelcard import build_card
+from captioner.core.repository.storage import save_model
 from captioner.training.features import ExtractedFeatures, extract_features, weights_fingerprint
-from captioner.core.images import load_pixels, preprocessor_for
-from captioner.core.modelcard import build_card
-from captioner.core.model import ShowAndTell, packed_targets
-from captioner.core.repository import save_model
-from captioner.core.vocabulary import PAD_ID, Vocabulary
 from captioner.training.schedule import Schedule
 
 CHECKPOINT = "checkpoint.pt"
@@ -748,7 +748,7 @@ def build_config(vocab_size: int, backbone: str = "efficientnet-lite0", encoder_
                  embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1, max_length: int = 20,
                  image_size: int | None = None) -> ModelConfig:
     """A config with the backbone's own preprocessing; ``image_size`` scales its crop (and resize)."""
-    from captioner.core.encoders import BACKBONES
+    from captioner.core.model.encoders import BACKBONES
 
     if backbone not in BACKBONES:
         raise CaptionerError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -810,7 +810,7 @@ def train_captioner(
     ``cache_dir`` (``features.default_cache_dir()`` when None). On ``resume`` the vocabulary and
     architecture come from ``out_dir/checkpoint.pt``.
     """
-    from captioner.core.encoders import load_pretrained_weights
+    from captioner.core.model.encoders import load_pretrained_weights
     from captioner.training import plan as planning
     from captioner.training.finetune import init_from as start_from
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
-from captioner.core.vocabulary import SPECIAL_TOKENS, Vocabulary, tokenize
+from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary, tokenize
 from captioner.training.schedule import PLATEAU_EPOCHS
 
 TARGET_COVERAGE = 0.97  # an automatic threshold keeps at least this share of the training caption tokens
@@ -171,7 +171,7 @@ def _installed(name: str) -> bool:
 
 def check_output_folder(out_dir: str | os.PathLike, resume: bool) -> None:
     """The output folder can be written and holds no other run's model (unless resuming it)."""
-    from captioner.core.repository import MODEL_FILES
+    from captioner.core.repository.storage import MODEL_FILES
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -1,0 +1,1 @@
+"""Images: safe decoding of untrusted input, the decode memory budget, and preprocessing for the model."""

@@ -1,0 +1,141 @@
+"""The Show-and-Tell model: a CNN encoder and an LSTM decoder (greedy and beam search: ``search``).
+
+As in the classic tutorial, the image embedding is the LSTM's first input and the decoder
+then predicts ``<start> w1 ... wn <end>``; generation takes no shortcut around that first
+step, so an imported tutorial checkpoint decodes exactly as the tutorial's own code does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from captioner.core.model import search
+from captioner.core.model.config import ModelConfig
+from captioner.core.model.encoders import build_backbone, output_size
+from captioner.core.model.search import DecoderSteps, Hypothesis
+from captioner.core.options import DecodeOptions
+
+_BACKBONE_LOCK = threading.Lock()
+
+
+class Encoder(nn.Module):
+    """Backbone (frozen unless ``train_backbone``) -> Linear -> BatchNorm1d, the tutorial's EncoderCNN.
+
+    ``with_backbone=False`` leaves the backbone out (``backbone`` is None) until ``require_backbone``
+    builds it with the loader given to ``defer_backbone``: a model whose backbone runs elsewhere (the
+    ONNX Runtime backend, from an exported graph) then never builds or reads it unless it is asked for
+    (explanations).
+    """
+
+    def __init__(self, config: ModelConfig, *, with_backbone: bool = True):
+        super().__init__()
+        self._load_backbone: Callable[[], nn.Module] | None = None
+        self.backbone: nn.Module | None = build_backbone(config.backbone, config.encoder_output) \
+            if with_backbone else None
+        self.linear = nn.Linear(output_size(config.backbone, config.encoder_output), config.embed_size)
+        self.bn = nn.BatchNorm1d(config.embed_size, momentum=0.01)
+        self.train_backbone = False
+
+    def defer_backbone(self, load: Callable[[], nn.Module]) -> None:
+        """``load()`` returns the backbone, ready to use, when ``require_backbone`` first needs it."""
+        self._load_backbone = load
+
+    def require_backbone(self) -> nn.Module:
+        """The backbone, built now by the deferred loader when the model was made without it."""
+        if self.backbone is not None:
+            return self.backbone
+        with _BACKBONE_LOCK:  # module-wide: a lock attribute would stop the model from being copied
+            if self.backbone is None:
+                if self._load_backbone is None:
+                    raise RuntimeError("this encoder was built without its backbone and has no loader for it")
+                self.backbone = self._load_backbone()
+                self._load_backbone = None
+            return self.backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.backbone_features(images))
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            return self.require_backbone()(images)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.linear(features))
+
+
+class Decoder(nn.Module):
+    """Embedding -> LSTM -> Linear, the tutorial's DecoderRNN."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab_size, config.embed_size)
+        self.lstm = nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
+        self.linear = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Teacher forcing: logits for the packed targets ``pack_padded_sequence(captions, lengths)``."""
+        inputs = torch.cat((embeddings.unsqueeze(1), self.embed(captions)), 1)
+        packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+        hiddens, _ = self.lstm(packed)
+        return self.linear(hiddens.data)
+
+    def step(self, inputs: torch.Tensor, state=None):
+        """One time step for a batch: inputs ``(B, E)`` -> log-probabilities ``(B, V)`` and the new state.
+
+        Runs the LSTM's own weights through ``torch.lstm_cell`` layer by layer: the same
+        arithmetic as ``self.lstm``, whose CPU (oneDNN) path costs several times more per call
+        than the step itself when called for one time step at a time.
+        """
+        if state is None:
+            zeros = inputs.new_zeros(self.lstm.num_layers, inputs.size(0), self.lstm.hidden_size)
+            state = (zeros, zeros)
+        hiddens, cells = [], []
+        for layer, weights in enumerate(self.lstm.all_weights):
+            hidden, cell = torch.lstm_cell(inputs, (state[0][layer], state[1][layer]), *weights)
+            hiddens.append(hidden)
+            cells.append(cell)
+            inputs = hidden
+        return torch.log_softmax(self.linear(inputs), dim=1), (torch.stack(hiddens), torch.stack(cells))
+
+
+def packed_targets(captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The targets that line up with ``Decoder.forward``'s output."""
+    return pack_padded_sequence(captions, lengths, batch_first=True, enforce_sorted=False).data
+
+
+class ShowAndTell(nn.Module):
+    def __init__(self, config: ModelConfig, *, with_backbone: bool = True):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config, with_backbone=with_backbone)
+        self.decoder = Decoder(config)
+
+    def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        return self.decoder(self.encoder(images), captions, lengths)
+
+    @property
+    def steps(self) -> DecoderSteps:
+        """The torch decoder's step and embeddings, for ``search``."""
+        return DecoderSteps(self.decoder.step, self.decoder.embed)
+
+    def generate(self, embeddings: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+        """``search.generate`` with this model's own decoder step."""
+        return search.generate(self.steps, embeddings, options)
+
+    def greedy(self, embeddings: torch.Tensor, max_length: int, length_penalty: float = 1.0, *,
+               no_repeat_ngram: int = 0, constrained: bool = True) -> list[Hypothesis]:
+        """``search.greedy`` with this model's own decoder step."""
+        return search.greedy(self.steps, embeddings, max_length, length_penalty, no_repeat_ngram=no_repeat_ngram,
+                             constrained=constrained)
+
+    def beam_search(self, embeddings: torch.Tensor, beam_size: int, max_length: int,
+                    num_candidates: int | None = None, length_penalty: float = 1.0, *,
+                    no_repeat_ngram: int = 0, constrained: bool = True) -> list[list[Hypothesis]]:
+        """``search.beam_search`` with this model's own decoder step."""
+        return search.beam_search(self.steps, embeddings, beam_size, max_length, num_candidates, length_penalty,
+                                  no_repeat_ngram=no_repeat_ngram, constrained=constrained)

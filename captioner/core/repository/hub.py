@@ -1,0 +1,78 @@
+"""The Hugging Face Hub side of model repositories: Hub ids, downloads into its cache, and its errors in words.
+
+Everything goes through huggingface_hub's own primitives (``snapshot_download``, ``hf_hub_download``,
+``get_paths_info``), so its cache, offline mode (``HF_HUB_OFFLINE``) and endpoint
+(``HF_ENDPOINT``) work as they do everywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from captioner.core.errors import ModelSourceError
+
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None] | None:
+    """``(owner/name, revision or None)`` for ``owner/name`` or ``owner/name@revision``, else None."""
+    match = HUB_ID.match(text)
+    return (match["repo"], match["revision"]) if match else None
+
+
+def download_snapshot(repo_id: str, revision: str | None, source: str, files: Sequence[str], *,
+                      force_download: bool = False, optional_files: Sequence[str] = ()) -> Path:
+    """The cached snapshot folder of ``files`` of a Hub repository (``snapshot_download``), plus those
+    of ``optional_files`` the repository has; ``ModelSourceError`` says why it could not be had."""
+    from huggingface_hub import constants, snapshot_download
+
+    tried = (f"no local directory {source!r}; then the Hugging Face Hub repo {repo_id!r}"
+             f"{f' at revision {revision!r}' if revision else ''} via {constants.ENDPOINT}"
+             f"{' (offline mode: cache only)' if constants.HF_HUB_OFFLINE else ''}, cache {constants.HF_HUB_CACHE}")
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(files),
+                                 force_download=force_download)
+    except Exception as error:  # huggingface_hub and its HTTP client raise many types
+        raise ModelSourceError(f"could not get model {source!r}: {hub_reason(error)}. Tried: {tried}") from None
+    if optional_files:
+        fetch_optional(repo_id, Path(path), optional_files)
+    return Path(path)
+
+
+def fetch_optional(repo_id: str, snapshot: Path, names: Sequence[str]) -> None:
+    """Fetch those of ``names`` that the repository has at the commit of ``snapshot`` (the cached
+    snapshot the model files came from) into that snapshot. Optional files (the ONNX export, which
+    the onnx backend can make itself): a commit's files never change, so ones already cached are not
+    asked for again; offline, the cache is all there is; a repository without them is no fault;
+    another failure (the Hub unreachable, an HTTP error) leaves them out with a warning."""
+    from huggingface_hub import constants, get_paths_info, hf_hub_download
+
+    missing = [name for name in names if not (snapshot / name).is_file()]
+    if not missing or constants.HF_HUB_OFFLINE:
+        return
+    try:
+        for entry in get_paths_info(repo_id, missing, revision=snapshot.name):
+            hf_hub_download(repo_id, entry.path, revision=snapshot.name)
+    except Exception as error:  # noqa: BLE001 - huggingface_hub and its HTTP client raise many types
+        warnings.warn(f"could not fetch {', '.join(missing)} of {repo_id!r} ({hub_reason(error)}); "
+                      "going on without them", stacklevel=2)
+
+
+def hub_reason(error: Exception) -> str:
+    from huggingface_hub import errors
+
+    reasons = [
+        (errors.RevisionNotFoundError, "that revision does not exist"),
+        (errors.RepositoryNotFoundError, "no such repository (or it is private)"),
+        (errors.EntryNotFoundError, "a model file is missing from the repository"),
+        (errors.OfflineModeIsEnabled, "offline mode is on and the model is not in the cache"),
+        (errors.LocalEntryNotFoundError, "the Hub could not be reached and the model is not in the cache"),
+    ]
+    for kind, reason in reasons:
+        if isinstance(error, kind):
+            return reason
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{type(error).__name__}: {first_line}"

@@ -1,0 +1,1 @@
+"""Helpers the tests share: small models, a local Hub server, running the app, data sets."""

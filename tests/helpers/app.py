@@ -1,0 +1,45 @@
+"""Helpers shared by the app tests (gradio_client and browser): a small model worth showing,
+and running the real app on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from captioner.web import app
+from tests.helpers.models import make_tiny_model
+
+
+def make_app_model(directory: Path) -> Path:
+    """A tiny random decoder on real EfficientNet-Lite0 ImageNet weights whose encoder emits class
+    log-probabilities: captions differ between photos, the top-classes panel shows real classes, and
+    ``<end>`` is made unlikely so captions are never empty. Reused when ``directory`` already holds it."""
+    from captioner.core.model.encoders import load_pretrained_weights
+    from captioner.core.repository.storage import save_model
+
+    if (directory / "config.json").is_file():
+        return directory
+    model, vocab = make_tiny_model(encoder_output="class_log_probs", end_bias=-1.0)
+    load_pretrained_weights(model.encoder.backbone, "efficientnet-lite0")
+    return save_model(model, vocab, directory)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(demo) -> Iterator[str]:
+    """Launch ``demo`` the way ``python app.py`` does, on 127.0.0.1 and a free port; yields its URL."""
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                            quiet=True, **app.launch_options())
+    try:
+        yield url
+    finally:
+        demo.close()
+        if demo.shared_captioner is not None:
+            demo.shared_captioner.close()
