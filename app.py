@@ -1,16 +1,18 @@
 """The captioner web demo, as ``make demo`` and a Hugging Face Space run it:
 
-    python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx]
+    python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx] [--fallback-to-bundled]
 
-The app is ``captioner.web.app``; ``demo`` (what ``gradio app.py`` looks for) is built on first use.
+The command line is ``captioner.web.cli``, the app ``captioner.web.app``; ``demo`` (what ``gradio app.py``
+looks for) is built on first use.
 """
 
-from captioner.web import app as _web_app
-from captioner.web.app import main
+import importlib
+
+from captioner.web.cli import main
 
 
 def __getattr__(name: str):
-    return getattr(_web_app, name)
+    return getattr(importlib.import_module("captioner.web.app"), name)
 
 
 if __name__ == "__main__":

@@ -163,19 +163,20 @@ def serving_table(paths: list[Path], requests: int, clients: int) -> Table:
         serve.shutdown()
         ray.shutdown()
 
-    demo = app.build_demo()
+    demo, state = app.build_app()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **app.launch_options())
     try:
         client = Client(url, verbose=False)
         rate, latencies = load(lambda path: client.predict(handle_file(str(path)), 3, 3, None, api_name="/caption"),
                                items, clients)
-        shared = demo.shared_captioner
+        shared = state.shared
         mean_batch = sum(shared.batch_sizes) / max(1, len(shared.batch_sizes))
         rows.append(["Gradio app `/caption` (gradio_client)", f"{rate:.2f}", f"{percentile(latencies, 0.5):.2f}",
                      f"{percentile(latencies, 0.95):.2f}", f"{mean_batch:.1f} images per forward pass"])
     finally:
         demo.close()
+        state.close()
     serve_rate, gradio_rate = float(rows[0][1]), float(rows[1][1])
     return Table(f"Serving: {requests} requests, {clients} concurrent clients", ["Endpoint", "Requests/s",
                  "p50 s", "p95 s", "Batching"], rows,

@@ -121,13 +121,16 @@ def total_bytes(paths: Iterable[str | os.PathLike]) -> int:
 
 def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: DecodeOptions | None = None, *,
                    batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
-                   max_pixels: int = MAX_BATCH_PIXELS) -> list[CaptionResult]:
+                   max_pixels: int = MAX_BATCH_PIXELS,
+                   caption_many: Callable[..., list[CaptionResult]] | None = None) -> list[CaptionResult]:
     """Caption every input, ``batch_size`` images per forward pass; one result per input, in order,
     named after the input. Unreadable inputs become results with an error, and so do the images
     beyond ``max_pixels`` in all (counted from their headers, before decoding).
 
-    ``progress(done, total)`` is called before the first pass and after each one.
+    ``progress(done, total)`` is called before the first pass and after each one. ``caption_many``
+    runs each pass (default: ``captioner.caption_many``; the app passes it wrapped for ZeroGPU).
     """
+    caption_many = caption_many or captioner.caption_many
     options = options or DecodeOptions(num_candidates=1)
     results: list[CaptionResult] = []
     total = len(inputs)
@@ -151,7 +154,7 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: 
                 readable.append(index)
             except ImageError as error:
                 chunk_results[index] = failed(item.name, str(error), captioner.loaded.source)
-        captioned = captioner.caption_many(data, options, names=[chunk[i].name for i in readable],
+        captioned = caption_many(data, options, names=[chunk[i].name for i in readable],
                                            batch_size=batch_size)
         for index, result in zip(readable, captioned):
             chunk_results[index] = result

@@ -235,19 +235,23 @@ class QueueShares:
     Gradio runs a validator before its request joins the queue, so requests sent at the same moment
     would all be checked against the same queue and all pass. Each request let in is therefore
     counted from the moment it is let in: as a reservation until its event shows in the queue, its
-    handler calls ``started``, or ``RESERVATION_S`` passes (the request never joined)."""
+    handler calls ``started``, or ``RESERVATION_S`` passes (the request never joined).
+    ``watch(blocks)`` names the app whose queue is read."""
 
-    def __init__(self, blocks: Any) -> None:
-        self.blocks = blocks
+    def __init__(self) -> None:
+        self.blocks: Any = None
         self._reserved: list[_Reservation] = []
         self._lock = threading.Lock()
+
+    def watch(self, blocks: Any) -> None:
+        self.blocks = blocks
 
     def admit(self, concurrency_id: str, request: Any, per_client: int, total: int | None = None) -> str | None:
         """None, and the request is counted, or why it is refused: its client already has
         ``per_client`` requests of this kind waiting or running, or all clients have ``total``."""
         client = client_host(request)
         with self._lock:
-            events = _queued_events(self.blocks, concurrency_id)
+            events = queued_events(self.blocks, concurrency_id) if self.blocks is not None else []
             joined = {id(event.request) for event in events}
             now = time.monotonic()
             self._reserved = [r for r in self._reserved
@@ -270,15 +274,24 @@ class QueueShares:
             self._reserved = [r for r in self._reserved if r.request is not inner]
 
 
-def _queued_events(blocks: Any, concurrency_id: str) -> list[Any]:
-    """The events waiting or running in ``blocks``' queue under ``concurrency_id``."""
-    queue = getattr(blocks, "_queue", None)
-    if queue is None:
-        return []
-    waiting = getattr(queue, "event_queue_per_concurrency_id", {}).get(concurrency_id)
-    events = list(waiting.queue) if waiting is not None else []
-    return events + [event for job in getattr(queue, "active_jobs", []) if job for event in job
-                     if event.concurrency_id == concurrency_id]
+class GradioChanged(RuntimeError):
+    """Gradio's queue no longer has the shape ``queued_events`` reads."""
+
+
+def queued_events(blocks: Any, concurrency_id: str) -> list[Any]:
+    """The events waiting or running in ``blocks``' queue under ``concurrency_id``.
+
+    Gradio has no public API for this, so this is the one place that reads its queue's internals
+    (``blocks._queue``: ``event_queue_per_concurrency_id`` and ``active_jobs``, Gradio 6); a test
+    reads a real queue through it. Raises ``GradioChanged`` when they are not there."""
+    try:
+        queue = blocks._queue
+        waiting = queue.event_queue_per_concurrency_id.get(concurrency_id)
+        events = list(waiting.queue) if waiting is not None else []
+        running = [event for job in queue.active_jobs if job for event in job]
+        return events + [event for event in running if event.concurrency_id == concurrency_id]
+    except AttributeError as error:
+        raise GradioChanged(f"Gradio's queue has changed ({error}); the per-client limits cannot read it") from error
 
 
 def client_host(request: Any) -> str | None:

@@ -1,11 +1,15 @@
 """ZeroGPU support: on a ZeroGPU Space, CUDA exists only inside functions decorated with ``spaces.GPU``.
 
-``gpu_wrapper()`` is what the app hands ``SharedCaptioner(run_forward=...)``: ``spaces.GPU`` (with a
-duration fit for one batched forward pass) when the app runs on a ZeroGPU Space and the ``spaces``
-package can be imported, and the identity everywhere else, so nothing changes off ZeroGPU. On ZeroGPU
-``spaces.GPU`` runs the wrapped call in a worker process that holds the GPU for the call's length, so
-its arguments and results travel by pickling (a CPU pixel batch in, plain caption results out).
-"""
+``backend_for(backend)`` is the one ZeroGPU rule of the backend choice: there forward passes go to the
+GPU through torch, not to ONNX Runtime on the CPU, unless a backend was asked for.
+
+``gpu_wrapper()`` is ``spaces.GPU`` (with a duration fit for one batched forward pass) when the app runs
+on a ZeroGPU Space and the ``spaces`` package can be imported, and the identity everywhere else, so
+nothing changes off ZeroGPU. The app wraps its model calls with it once, at start-up: the shared
+batcher's forward pass (``SharedCaptioner(run_forward=...)``), the batch tab's ``caption_many`` and
+``explain``. On ZeroGPU ``spaces.GPU`` runs the wrapped call in a worker process that holds the GPU for
+the call's length, so its arguments and results travel by pickling (pixels or image bytes in, plain
+results out)."""
 
 from __future__ import annotations
 
@@ -28,6 +32,14 @@ def is_zero_gpu() -> bool:
 def space_id() -> str | None:
     """``owner/name`` when running on a Hugging Face Space (Gradio's ``gradio.utils.get_space``), else None."""
     return os.environ.get("SPACE_ID") if os.environ.get("SYSTEM") == "spaces" else None
+
+
+def backend_for(backend: str | None) -> str | None:
+    """The backend to load the model with: ``backend`` when given or when ``$CAPTIONER_BACKEND`` is set
+    (``load_captioner`` reads it), ``"torch"`` on ZeroGPU, else None (``load_captioner``'s choice)."""
+    if backend is None and not os.environ.get("CAPTIONER_BACKEND") and is_zero_gpu():
+        return "torch"
+    return backend
 
 
 def identity(function: F) -> F:
@@ -53,24 +65,3 @@ def gpu_wrapper(duration: int = FORWARD_SECONDS) -> Callable[[F], F]:
         return spaces.GPU(function, duration=duration)
 
     return wrap
-
-
-class WrappedCaptioner:
-    """A view of a captioner whose model call (``caption_pixels``) runs inside ``wrap``: the
-    captioner's own methods (``caption``, ``caption_many``, ...) run on this view, so every forward
-    pass they make goes through the wrapped call; other attributes are the captioner's."""
-
-    def __init__(self, captioner, wrap: Callable[[F], F]):
-        self._captioner = captioner
-        self.caption_pixels = wrap(captioner.caption_pixels)
-
-    def __getattr__(self, name: str):
-        method = getattr(type(self._captioner), name, None)
-        if callable(method) and not isinstance(method, (property, type)):
-            return method.__get__(self)
-        return getattr(self._captioner, name)
-
-
-def wrap_captioner(captioner, wrap: Callable[[F], F]):
-    """``captioner`` itself when ``wrap`` is the identity, else a ``WrappedCaptioner``."""
-    return captioner if wrap is identity else WrappedCaptioner(captioner, wrap)

@@ -33,13 +33,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(demo) -> Iterator[str]:
-    """Launch ``demo`` the way ``python app.py`` does, on 127.0.0.1 and a free port; yields its URL."""
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **app.launch_options())
+def serve(built: app.CaptionApp) -> Iterator[str]:
+    """Launch an app (``app.build_app``) the way ``python app.py`` does, on 127.0.0.1 and a free port;
+    yields its URL, and closes the app's state afterwards."""
+    _, url, _ = built.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                  quiet=True, **app.launch_options())
     try:
         yield url
     finally:
-        demo.close()
-        if demo.shared_captioner is not None:
-            demo.shared_captioner.close()
+        built.demo.close()
+        built.state.close()

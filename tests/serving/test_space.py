@@ -4,18 +4,12 @@ Hub-compatible server, and the ZeroGPU hook around every forward pass."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import pickle
-import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-import types
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -24,13 +18,10 @@ import pytest
 from gradio_client import Client, handle_file
 from huggingface_hub import SpaceCard, snapshot_download
 
-from tests.helpers.app import app, free_port, serve
+from tests.helpers.app import free_port
 from tests.helpers.paths import ROOT
 from captioner.core.backends.onnx_export import SHIPPED_FILES, export_to_repo
-from captioner.core.options import DecodeOptions
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
-from captioner.serving import provenance, zerogpu
-from captioner.web.batch import caption_inputs, collect_inputs
 from tests.helpers.hub import hub  # noqa: F401  (fixture)
 from tests.helpers.hub_server import HubServer, free_port_url
 
@@ -315,139 +306,6 @@ def test_unreachable_hub_gives_a_one_line_error(tiny_model_dir, tmp_path):
         "HF_ENDPOINT": endpoint, "HF_TOKEN": "test", "HF_HUB_CACHE": str(tmp_path)}
     line = one_line_error(deploy_space("me/demo", "--model", str(tiny_model_dir), env=env))
     assert "could not reach the Hub" in line and endpoint in line
-
-
-# -- ZeroGPU: every forward pass inside spaces.GPU ----------------------------------------------------
-
-class StandInSpaces(types.ModuleType):
-    """Records what the ``spaces`` package is asked to do. Like the real ``spaces.GPU`` on ZeroGPU,
-    the decorated function's arguments and result must survive pickling (they cross to a worker process)."""
-
-    def __init__(self) -> None:
-        super().__init__("spaces")
-        self.decorated: list[tuple[str, object]] = []  # (function name, duration)
-        self.calls = 0
-        self.requests: list[object] = []  # the Gradio request each call runs for (what ZeroGPU bills)
-        self.inside = threading.local()
-        self._lock = threading.Lock()
-
-    def GPU(self, task=None, *, duration=None, size=None):  # noqa: N802 - the real name
-        if task is None:
-            return functools.partial(self.GPU, duration=duration, size=size)
-        self.decorated.append((task.__name__, duration))
-
-        @functools.wraps(task)
-        def on_gpu(*args, **kwargs):
-            from gradio.context import LocalContext  # where spaces.GPU looks for the visitor's request
-
-            with self._lock:
-                self.calls += 1
-                self.requests.append(LocalContext.request.get(None))
-            args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
-            self.inside.now = True
-            try:
-                return pickle.loads(pickle.dumps(task(*args, **kwargs)))
-            finally:
-                self.inside.now = False
-
-        return on_gpu
-
-
-@pytest.fixture
-def stand_in_spaces(monkeypatch):
-    module = StandInSpaces()
-    monkeypatch.setitem(sys.modules, "spaces", module)
-    return module
-
-
-def record_model_runs(captioner, spaces: StandInSpaces) -> list[bool]:
-    """For each run of the encoder's backbone: whether it ran inside the decorated function."""
-    runs: list[bool] = []
-    captioner.model.encoder.backbone.register_forward_pre_hook(
-        lambda module, args: runs.append(getattr(spaces.inside, "now", False)))
-    return runs
-
-
-def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, monkeypatch, tiny_model_dir, one_thread):
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    demo = app.build_demo(tiny_model_dir, examples_dir=EXAMPLES, batch_size=4)
-    shared = demo.shared_captioner
-    assert sorted(name for name, _ in stand_in_spaces.decorated) == ["_call_model", "explain"]  # captions, heatmaps
-    assert stand_in_spaces.calls == 0 and shared.forward_passes == 0  # examples are not pre-captioned on ZeroGPU
-    runs = record_model_runs(shared.captioner, stand_in_spaces)
-    with serve(demo) as url:
-        client = Client(url, verbose=False)
-        photos = [EXAMPLES / photo for photo in PHOTOS[:4]] + [EXAMPLES / PHOTOS[0]]
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda p: client.predict(handle_file(p), 2, 2, 8, api_name="/caption"), photos))
-        assert all(answer["caption"] is not None for answer in answers)
-        assert answers[0]["caption"] == answers[-1]["caption"]
-    assert shared.forward_passes >= 1
-    assert stand_in_spaces.calls == shared.forward_passes == len(runs)
-    assert all(runs)
-    assert all(request is not None for request in stand_in_spaces.requests)  # billed to a visitor's request
-
-    # The batch tab's passes go through spaces.GPU too.
-    model = zerogpu.wrap_captioner(shared.captioner, zerogpu.gpu_wrapper())
-    before = stand_in_spaces.calls
-    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(2, 1),
-                          batch_size=4)
-    assert [row.error for row in rows] == [None] * len(PHOTOS) and [row.image for row in rows] == PHOTOS
-    assert stand_in_spaces.calls - before == 2 and len(runs) == shared.forward_passes + 2 and all(runs)
-
-
-def test_off_zerogpu_spaces_gpu_is_never_used(stand_in_spaces, monkeypatch, tiny_model_dir, one_thread):
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-    demo = app.build_demo(tiny_model_dir, examples_dir=EXAMPLES, batch_size=4)
-    shared = demo.shared_captioner
-    assert shared.forward_passes >= 1  # the examples were captioned ahead of time, as before
-    runs = record_model_runs(shared.captioner, stand_in_spaces)
-    with serve(demo) as url:
-        answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / PHOTOS[0]), 2, 2, 8, api_name="/caption")
-    assert answer["caption"] is not None
-    assert zerogpu.gpu_wrapper() is zerogpu.identity
-    assert zerogpu.wrap_captioner(shared.captioner, zerogpu.gpu_wrapper()) is shared.captioner
-    assert stand_in_spaces.decorated == [] and stand_in_spaces.calls == 0 and runs == [False] * len(runs)
-
-
-def test_zerogpu_without_the_spaces_package_runs_unwrapped(monkeypatch, capsys):
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.setitem(sys.modules, "spaces", None)  # import spaces -> ImportError
-    assert zerogpu.gpu_wrapper() is zerogpu.identity
-    assert "spaces package cannot be imported" in capsys.readouterr().err
-
-
-# -- where the weights came from, what it runs on ------------------------------------------------------
-
-def test_weights_origin_names_bundled_hub_and_local_models(hub, tiny_model_dir):  # noqa: F811
-    assert provenance.weights_origin(None, BUNDLED_MODEL_DIR) == "bundled with the app (`models/default`)"
-    hub.add_repo("team/captioner", tiny_model_dir)
-    commit = hub.add_repo("team/captioner", tiny_model_dir, revision="v2")
-    path = Path(snapshot_download("team/captioner", revision="v2"))
-    line = provenance.weights_origin("team/captioner@v2", path)
-    assert line == f"Hugging Face Hub model `team/captioner`, revision `v2` (commit `{commit[:12]}`)"
-    assert "revision `main`" in provenance.weights_origin("team/captioner", snapshot_download("team/captioner"))
-    assert provenance.weights_origin(str(tiny_model_dir), tiny_model_dir) == f"local folder `{tiny_model_dir}`"
-
-
-def test_hardware_summary(monkeypatch):
-    for name in ("SPACES_ZERO_GPU", "SYSTEM", "SPACE_ID"):
-        monkeypatch.delenv(name, raising=False)
-    assert provenance.hardware_summary("cpu") == "CPU"
-    monkeypatch.setenv("SYSTEM", "spaces")
-    monkeypatch.setenv("SPACE_ID", "me/demo")
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    line = provenance.hardware_summary("cuda")
-    assert line.startswith("ZeroGPU") and "`me/demo`" in line
-
-
-def test_model_panel_says_where_the_weights_came_from(tiny_model_dir, monkeypatch):
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-    from captioner.core.inference import load_captioner
-
-    panel = app._model_panel(load_captioner(tiny_model_dir, "cpu"), None)
-    assert f"**Weights:** local folder `{tiny_model_dir}`" in panel
-    assert re.search(r"\*\*Hardware:\*\* CPU", panel)
 
 
 def test_the_repository_readme_front_matter_matches_what_is_staged():

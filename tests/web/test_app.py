@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # i
 
 @pytest.fixture(scope="module")
 def running_app(app_model):
-    demo = app.build_demo(app_model)
-    with serve(demo) as url:
-        yield demo, Client(url, verbose=False)
+    built = app.build_app(app_model)
+    with serve(built) as url:
+        yield built.state, Client(url, verbose=False)
 
 
 def expected(model_dir, image, **options):
@@ -96,10 +96,10 @@ def _rounded(value):
 
 
 def test_examples_are_captioned_at_start_up(running_app):
-    demo, client = running_app
-    passes = demo.shared_captioner.forward_passes
+    state, client = running_app
+    passes = state.shared.forward_passes
     client.predict(handle_file(ROOT / "examples" / "rocket.jpg"), api_name="/caption")
-    assert demo.shared_captioner.forward_passes == passes  # answered from memory: no model call
+    assert state.shared.forward_passes == passes  # answered from memory: no model call
 
 
 def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(running_app, tmp_path):
@@ -123,7 +123,7 @@ def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(running_app, 
 
 
 def test_concurrent_requests_succeed_and_a_bad_one_fails_alone(running_app, app_model, tmp_path):
-    demo, client = running_app
+    state, client = running_app
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
     photos = sorted((ROOT / "examples").glob("*.jpg"))
     jobs = [photos[i % len(photos)] for i in range(8)] + [tmp_path / "broken.png"]
@@ -134,19 +134,19 @@ def test_concurrent_requests_succeed_and_a_bad_one_fails_alone(running_app, app_
         except AppError as error:
             return error
 
-    passes = demo.shared_captioner.forward_passes
+    passes = state.shared.forward_passes
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(call, jobs))
     assert isinstance(results[-1], AppError) and "corrupt" in str(results[-1])
     for path, result in zip(jobs[:-1], results[:-1]):
         assert result["caption"] == expected(app_model, path, max_length=9).caption
-    assert demo.shared_captioner.forward_passes > passes
+    assert state.shared.forward_passes > passes
 
 
 def test_without_any_model_the_app_starts_and_says_why(tmp_path):
-    demo = app.build_demo(tmp_path / "no-such-model", bundled=None, examples_dir=tmp_path)
-    assert demo.shared_captioner is None
-    with serve(demo) as url:
+    built = app.build_app(tmp_path / "no-such-model", bundled=None, examples_dir=tmp_path)
+    assert built.state.shared is None
+    with serve(built) as url:
         with pytest.raises(AppError, match="No model is available"):
             Client(url, verbose=False).predict(handle_file(EXAMPLE), api_name="/caption")
         with urllib.request.urlopen(f"{url}config") as response:
@@ -157,9 +157,9 @@ def test_without_any_model_the_app_starts_and_says_why(tmp_path):
 
 
 def test_a_model_that_fails_falls_back_to_the_bundled_one(tmp_path, tiny_model_dir):
-    demo = app.build_demo(tmp_path / "missing", bundled=tiny_model_dir, examples_dir=tmp_path)
-    assert demo.shared_captioner is not None
-    assert demo.shared_captioner.captioner.info["path"] == str(tiny_model_dir)
+    demo, state = app.build_app(tmp_path / "missing", bundled=tiny_model_dir, examples_dir=tmp_path)
+    assert state.shared is not None
+    assert state.shared.captioner.info["path"] == str(tiny_model_dir)
     notice = component(demo, "model-notice")
     assert notice.visible and "could not be loaded" in notice.value and "bundled model is shown instead" in notice.value
 
@@ -188,7 +188,8 @@ def test_importing_app_builds_nothing_and_demo_is_built_on_first_use(monkeypatch
     assert "demo" not in vars(app)
     monkeypatch.setenv("CAPTIONER_MODEL", str(tiny_model_dir))
     try:
-        assert app.demo.shared_captioner.captioner.info["path"] == str(tiny_model_dir)
+        panel = component(app.demo, "model-panel").value
+        assert str(tiny_model_dir) in panel
     finally:
         vars(app).pop("demo", None)
 

@@ -49,7 +49,7 @@ def app_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(app_model):
-    with serve(app.build_demo(app_model)) as url:
+    with serve(app.build_app(app_model)) as url:
         yield url
 
 

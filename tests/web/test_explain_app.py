@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # i
 
 @pytest.fixture(scope="module")
 def url(app_model):
-    with serve(app.build_demo(app_model)) as url:
+    with serve(app.build_app(app_model)) as url:
         yield url
 
 

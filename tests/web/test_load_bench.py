@@ -9,21 +9,23 @@ import sys
 
 import pytest
 
+from captioner.web import cli
 from tests.helpers.app import app, make_app_model
 from tests.helpers.paths import ROOT
 
 
 def test_max_batch_size_comes_from_the_argument_then_the_environment(monkeypatch, tiny_model_dir):
     monkeypatch.delenv("CAPTIONER_MAX_BATCH", raising=False)
-    assert app.max_batch_size() == app.MAX_BATCH_SIZE
+    assert cli.max_batch_size() == cli.MAX_BATCH_SIZE
     monkeypatch.setenv("CAPTIONER_MAX_BATCH", "1")
-    assert app.max_batch_size() == 1 and app.max_batch_size(4) == 4
+    assert cli.max_batch_size() == 1 and cli.max_batch_size(4) == 4
     for bad in ("0", "-3", "eight"):
         monkeypatch.setenv("CAPTIONER_MAX_BATCH", bad)
         with pytest.raises(ValueError, match="at least 1"):
-            app.max_batch_size()
-    demo = app.build_demo(tiny_model_dir, batch_size=1, examples_dir=tiny_model_dir)  # no photos there
-    assert demo.shared_captioner.max_batch_size == 1
+            cli.max_batch_size()
+    built = app.build_app(tiny_model_dir, batch_size=1, examples_dir=tiny_model_dir)  # no photos there
+    assert built.state.shared.max_batch_size == 1
+    built.state.close()
 
 
 @pytest.mark.slow

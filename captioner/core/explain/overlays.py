@@ -49,15 +49,20 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.5, max_
     return Image.blend(image, colours, alpha)
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def overlay_png(image: Image.Image, heatmap: np.ndarray, *, max_side: int | None = None) -> bytes:
+    """``overlay(image, heatmap, max_side=max_side)`` as PNG bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    overlay(image, heatmap, max_side=max_side).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
+MAX_NAME_WORD = 40  # characters of a word kept in an overlay's file name
+
+
 def overlay_name(stem: str, index: int, word: str) -> str:
-    """``NAME.NN-WORD.png`` (``index`` counts from 1), with characters unsafe in file names replaced."""
-    safe = re.sub(r"[^\w'-]+", "_", word).strip("_") or "word"
+    """``NAME.NN-WORD.png`` (``index`` counts from 1), with characters unsafe in file names replaced
+    and the word cut to ``MAX_NAME_WORD`` characters."""
+    safe = re.sub(r"[^\w'-]+", "_", word).strip("_")[:MAX_NAME_WORD] or "word"
     return f"{stem}.{index:02d}-{safe}.png"
 
 

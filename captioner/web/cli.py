@@ -1,0 +1,75 @@
+"""``python app.py``: the web demo's command line. Arguments are read and checked before Gradio and
+the model stack are imported, so ``--help`` and a mistyped option answer at once.
+
+    python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx]
+                  [--max-batch-size N] [--fallback-to-bundled]
+
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1:7860);
+``CAPTIONER_MODEL`` chooses the model when ``--model`` is not given (default: the bundled one);
+``CAPTIONER_MAX_BATCH`` the images per shared forward pass when ``--max-batch-size`` is not (default 8).
+A model that cannot be loaded stops the app with a message, unless ``--fallback-to-bundled`` (or
+``CAPTIONER_FALLBACK_TO_BUNDLED=1``) asks for the bundled model instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from captioner.core.options import BACKEND_HELP, BACKENDS
+
+MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description="Run the captioner web demo.")
+    parser.add_argument("--model", help="model directory or Hub id owner/name[@revision] "
+                                        "(default: $CAPTIONER_MODEL, else the bundled model)")
+    parser.add_argument("--max-batch-size", type=int, metavar="N",
+                        help="concurrent requests' images per shared forward pass; 1 turns batching off "
+                             f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    parser.add_argument("--fallback-to-bundled", action="store_true",
+                        default=os.environ.get("CAPTIONER_FALLBACK_TO_BUNDLED", "").strip() == "1",
+                        help="when the model asked for cannot be loaded, serve the bundled model and say so "
+                             "on the page (default: stop with a message; $CAPTIONER_FALLBACK_TO_BUNDLED=1 "
+                             "is the same)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parser()
+    args = options.parse_args(argv)
+    from captioner.core.backends.choice import resolve_backend  # the model stack, once the arguments are read
+    from captioner.core.devices import select_device
+    from captioner.core.errors import CaptionerError
+
+    try:
+        batch_size = max_batch_size(args.max_batch_size)
+        resolve_backend(args.backend, select_device())  # e.g. onnx without onnxruntime: say so and stop
+    except (ValueError, CaptionerError) as error:
+        options.error(str(error))
+    from captioner.web.app import build_app, launch_options
+
+    built = build_app(args.model, batch_size=batch_size, backend=args.backend, fallback=args.fallback_to_bundled)
+    notice = built.state.choice.notice
+    if built.state.captioner is None:
+        built.state.close()
+        hint = "" if args.fallback_to_bundled else " (--fallback-to-bundled serves the bundled model instead)"
+        options.exit(2, f"{options.prog}: error: {notice}{hint}\n")
+    if notice:
+        print(f"{options.prog}: {notice}", file=sys.stderr)
+    built.demo.launch(**launch_options())
+
+
+def max_batch_size(value: int | str | None = None) -> int:
+    """``value``, else ``$CAPTIONER_MAX_BATCH``, else ``MAX_BATCH_SIZE``, checked (1 turns batching off)."""
+    raw = value if value not in (None, "") else os.environ.get("CAPTIONER_MAX_BATCH") or MAX_BATCH_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"The maximum batch size must be a whole number of at least 1, got {raw!r}.")
+    return size
