@@ -4,7 +4,8 @@ the model stack are imported, so ``--help`` and a mistyped option answer at once
     python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx]
                   [--max-batch-size N] [--fallback-to-bundled]
 
-``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1:7860);
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1 and the first
+free port from 7860; the server is ``web/server.py``);
 ``CAPTIONER_MODEL`` chooses the model when ``--model`` is not given (default: the bundled one);
 ``CAPTIONER_MAX_BATCH`` the images per shared forward pass when ``--max-batch-size`` is not (default 8).
 A model that cannot be loaded stops the app with a message, unless ``--fallback-to-bundled`` (or
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, CaptionerError) as error:
         options.error(str(error))
     from captioner.web.app import build_app, launch_options
+    from captioner.web.server import Server
 
     built = build_app(args.model, batch_size=batch_size, backend=args.backend, fallback=args.fallback_to_bundled)
     notice = built.state.choice.notice
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         options.exit(2, f"{options.prog}: error: {notice}{hint}\n")
     if notice:
         print(f"{options.prog}: {notice}", file=sys.stderr)
-    built.demo.launch(**launch_options())
+    Server(built.demo, launch_options()).run()
 
 
 def max_batch_size(value: int | str | None = None) -> int:

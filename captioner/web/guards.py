@@ -10,7 +10,9 @@
   whether it exists.
 - ``QueueShares``: per-client limits on a Gradio queue (how many of one client's requests may wait
   or run), counted from the moment a validator lets a request in.
-- ``prune_folder``: drop old files from a folder and keep it under a size cap.
+- ``FileInputCheck``: an ASGI middleware that holds every file a JSON request names to
+  ``upload_source``'s rule before Gradio sees the request (Gradio would copy a named file into its
+  cache first, and its own messages name server paths).
 - ``InFlight``: counts the requests being served and, when the last one ends, hands memory that the
   C allocator keeps back to the system (what large decodes and batched forward passes freed).
 """
@@ -21,7 +23,6 @@ import base64
 import binascii
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -165,6 +166,73 @@ class RequestSizeLimit:
             return size
 
 
+class FileInputCheck:
+    """ASGI middleware: the JSON body of each POST request (but uploads) is read and every file
+    payload in it (a dict marked as Gradio's ``FileData``, which Gradio copies into its cache before
+    any handler or validator runs) must be what ``upload_source`` accepts; otherwise the request is
+    answered ``400`` with the refusal's message before Gradio sees it. This holds whether the page is
+    launched by Gradio or mounted under another server (whose Gradio skips its own path check), and
+    no message names a server path. Bodies over ``max_body`` are answered ``413``."""
+
+    def __init__(self, app: Callable, *, upload_dir: str | os.PathLike, max_body: int = MAX_JSON_BODY_BYTES,
+                 upload_suffix: str = "/gradio_api/upload"):
+        self.app, self.upload_dir, self.max_body, self.upload_suffix = app, upload_dir, max_body, upload_suffix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope.get("method") != "POST"
+                or scope.get("path", "").rstrip("/").endswith(self.upload_suffix)):
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_body:
+                await _refuse(send, 413, f"The request is too large (limit {self.max_body / MB:.0f} MB).")
+                return
+        body = b"".join(chunks)
+        try:
+            problem = refused_file(json.loads(body), self.upload_dir)
+        except (ValueError, RecursionError):
+            problem = None  # not JSON: Gradio answers it
+        if problem is not None:
+            await _refuse(send, 400, problem)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def refused_file(value: Any, upload_dir: str | os.PathLike) -> str | None:
+    """Why the first file payload (a dict marked ``gradio.FileData``) in a JSON value is refused by
+    ``upload_source``, or None when every one is accepted."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            meta = item.get("meta")
+            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
+                try:
+                    upload_source(item, upload_dir)
+                except InputRefused as error:
+                    return str(error)
+            stack.extend(item.values())
+    return None
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name.lower() == b"content-length":
@@ -193,29 +261,6 @@ def folder_bytes(folder: str | os.PathLike) -> int:
             except OSError:
                 pass
     return total
-
-
-def prune_folder(folder: str | os.PathLike, *, max_age_s: float, max_bytes: int) -> None:
-    """Remove the entries of ``folder`` older than ``max_age_s``, then the oldest ones until what
-    is left holds at most ``max_bytes``."""
-    entries = []
-    for entry in Path(folder).iterdir():
-        try:
-            size = folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
-            entries.append((entry.stat().st_mtime, entry, size))
-        except OSError:
-            continue
-    entries.sort()
-    total = sum(size for _, _, size in entries)
-    now = time.time()
-    for mtime, entry, size in entries:
-        if now - mtime <= max_age_s and total <= max_bytes:
-            break
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        total -= size
 
 
 RESERVATION_S = 30.0  # how long an admitted request whose event never showed up is still counted

@@ -63,43 +63,41 @@ class OutputFolder:
         """``data`` as ``folder/name``, counted first: older requests' folders are removed until it fits.
 
         Raises ``OutputsFull`` when it cannot fit, ``FileNotFoundError`` when ``folder`` itself was
-        removed to make room for newer requests (the server is flooded)."""
+        removed to make room for newer requests (the server is flooded). Writing holds the folder's
+        lock (files are written whole, a few MB at most), so what is on disk never passes the cap."""
         if os.sep in name or name.startswith("."):
             raise ValueError(f"not a plain file name: {name!r}")
-        self._reserve(folder, len(data))
-        path = folder / name
-        try:
-            with open(path, "xb") as handle:
-                handle.write(data)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            self._reserve(folder, -len(data))
-            raise
+        with self._lock:
+            self._make_room(folder, len(data))
+            path = folder / name
+            try:
+                with open(path, "xb") as handle:
+                    handle.write(data)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            created, used = self._folders[folder]
+            self._folders[folder] = (created, used + len(data))
         return path
 
     def close(self) -> None:
         self._temp.cleanup()
 
-    def _reserve(self, folder: Path, size: int) -> None:
-        doomed = []
-        with self._lock:
-            if folder not in self._folders:
-                raise FileNotFoundError("this request's output folder was removed to make room for newer ones")
-            now = time.monotonic()
-            total = sum(used for _, used in self._folders.values())
-            for other, (created, used) in list(self._folders.items()):
-                if other == folder or (now - created <= self.max_age_s and total + size <= self.max_bytes):
-                    continue
-                del self._folders[other]
-                doomed.append(other)
-                total -= used
-            if size > 0 and total + size > self.max_bytes:
-                raise OutputsFull(f"the server's space for results is full ({self.max_bytes // MB} MB); "
-                                  "try again in a minute")
-            created, used = self._folders[folder]
-            self._folders[folder] = (created, used + size)
-        for other in doomed:
+    def _make_room(self, folder: Path, size: int) -> None:
+        """Remove expired request folders, then the oldest others, until ``size`` more bytes fit."""
+        if folder not in self._folders:
+            raise FileNotFoundError("this request's output folder was removed to make room for newer ones")
+        now = time.monotonic()
+        total = sum(used for _, used in self._folders.values())
+        for other, (created, used) in list(self._folders.items()):
+            if other == folder or (now - created <= self.max_age_s and total + size <= self.max_bytes):
+                continue
+            del self._folders[other]
             shutil.rmtree(other, ignore_errors=True)
+            total -= used
+        if total + size > self.max_bytes:
+            raise OutputsFull(f"the server's space for results is full ({self.max_bytes // MB} MB); "
+                              "try again in a minute")
 
 
 def _env_megabytes(name: str, default: int) -> int:

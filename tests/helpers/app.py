@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioner.web import app
+from captioner.web.server import Server
 from tests.helpers.models import make_tiny_model
 
 
@@ -34,12 +35,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(built: app.CaptionApp) -> Iterator[str]:
-    """Launch an app (``app.build_app``) the way ``python app.py`` does, on 127.0.0.1 and a free port;
-    yields its URL, and closes the app's state afterwards."""
-    _, url, _ = built.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                  quiet=True, **app.launch_options())
+    """Serve an app (``app.build_app``) the way ``python app.py`` does (``web.server``), on 127.0.0.1
+    and a free port, from a thread; yields its URL, and closes the app's state afterwards."""
+    server = Server(built.demo, app.launch_options(), host="127.0.0.1", port=free_port())
+    url = server.start()
     try:
         yield url
     finally:
-        built.demo.close()
+        server.stop()
         built.state.close()

@@ -35,7 +35,7 @@ from PIL import Image
 
 from tests.helpers.app import free_port, make_app_model
 from tests.helpers.paths import ROOT
-from captioner.web.guards import MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_DIR_BYTES, MAX_UPLOAD_REQUEST_BYTES, REFUSED_PATH, InputRefused, prune_folder, upload_source
+from captioner.web.guards import MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_DIR_BYTES, MAX_UPLOAD_REQUEST_BYTES, REFUSED_PATH, InputRefused, upload_source
 from tests.helpers.huge_png import write_rgba16_png
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
@@ -630,17 +630,6 @@ def test_upload_source_accepts_only_files_inside_the_upload_folder(tmp_path):
     for payload in (None, 3, [], {}, {"url": "https://example.com/a.png"}):
         with pytest.raises(InputRefused):
             upload_source(payload, uploads)
-
-
-def test_prune_folder_drops_old_entries_then_the_oldest_over_the_cap(tmp_path):
-    now = time.time()
-    for i, age in enumerate([7200, 30, 20, 10]):
-        entry = tmp_path / f"batch{i}"
-        entry.mkdir()
-        (entry / "alt-text.csv").write_bytes(b"x" * 1000)
-        os.utime(entry, (now - age, now - age))
-    prune_folder(tmp_path, max_age_s=3600, max_bytes=2500)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch2", "batch3"]
 
 
 def test_batch_pixels_are_capped_per_request_and_per_zip_member(tiny_model_dir, tmp_path):
