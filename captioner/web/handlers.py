@@ -53,9 +53,10 @@ class Share:
     total: int | None = None
 
 
-SHARES = {"caption": Share(16),  # a quarter of the queue
-          "explain": Share(4),  # heatmaps cost more than captions
-          "batch": Share(2, total=8)}  # so that batches never fill the shared queue
+# A client's share of captions and heatmaps is less than their workers (``app.CONCURRENCY``), so that
+# one client never holds every worker and another client's request starts at once.
+SHARES = {"caption": Share(6), "explain": Share(2),
+          "batch": Share(2, total=8)}  # batches in all: they never fill the shared queue
 
 UNEXPECTED = "Something went wrong on the server while answering this request; it has been logged."
 

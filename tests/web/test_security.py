@@ -10,163 +10,36 @@ behind its batches, and every bad setting gets a message that names it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.helpers.app import free_port, make_app_model
+from captioner.web.app import CONCURRENCY
+from captioner.web.handlers import SHARES
+from tests.helpers.app import make_app_model
+from tests.helpers.app_process import FILE_META, PeakRSS, Server, poll, raw_post
+from tests.helpers.app_process import detail as _detail
 from tests.helpers.paths import ROOT
 from captioner.web.guards import MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_DIR_BYTES, MAX_UPLOAD_REQUEST_BYTES, REFUSED_PATH, InputRefused, upload_source
 from tests.helpers.huge_png import write_rgba16_png
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
-FILE_META = {"_type": "gradio.FileData"}
 MEMORY_BUDGET = 1024 * 1024 * 1024  # peak RSS above idle for 16 concurrent worst-case images (SECURITY.md)
 EXPLAIN_MEMORY_BUDGET = 384 * 1024 * 1024  # peak RSS above idle for the word heatmaps of one huge photo (SECURITY.md)
 pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
-
-
-class Server:
-    """``python app.py`` in a subprocess with its own upload folder."""
-
-    def __init__(self, model: Path, folder: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.api = f"{self.url}gradio_api"
-        self.upload_dir = folder / "gradio"
-        env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
-               "GRADIO_TEMP_DIR": str(self.upload_dir), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.log_path = folder / "app.log"
-        self._log = open(self.log_path, "w+")
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(model)], cwd=folder,
-                                        env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                self.config = httpx.get(f"{self.url}config", timeout=5).json()
-                break
-            except (httpx.HTTPError, ValueError):
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"app.py exited:\n{self.log_path.read_text()}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("app.py did not answer within 180 s") from None
-                time.sleep(0.5)
-        self.fn = {d["api_name"]: d["id"] for d in self.config["dependencies"]}
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
-
-    def upload(self, data: bytes, name: str, headers: dict | None = None) -> dict:
-        response = httpx.post(f"{self.api}/upload", files={"files": (name, data)}, headers=headers, timeout=120)
-        response.raise_for_status()
-        return {"path": response.json()[0], "orig_name": name, "meta": FILE_META}
-
-    def call(self, data: list, headers: dict | None = None, raw: bytes | None = None,
-             api: str = "caption", output: int | None = 0) -> tuple[str, str]:
-        """POST /call/<api> and read the answer: ("ok", output number ``output``, or all of them for
-        None) or ("error", message)."""
-        status, event_id = self.submit(data, headers, raw, api)
-        return self.answer(event_id, api, output) if status == "queued" else (status, event_id)
-
-    def submit(self, data: list, headers: dict | None = None, raw: bytes | None = None,
-               api: str = "caption") -> tuple[str, str]:
-        """POST /call/<api>: ("queued", event id) or ("error", why the queue refused it)."""
-        body = raw if raw is not None else json.dumps({"data": data}).encode()
-        response = httpx.post(f"{self.api}/call/{api}", content=body, timeout=300,
-                              headers={"content-type": "application/json", **(headers or {})})
-        if response.status_code != 200:
-            return "error", _detail(response)
-        return "queued", response.json()["event_id"]
-
-    def answer(self, event_id: str, api: str = "caption", output: int | None = 0) -> tuple[str, object]:
-        """The answer to a submitted call, read as ``call`` reads it."""
-        text = httpx.get(f"{self.api}/call/{api}/{event_id}", timeout=300).text
-        event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
-        if event == "complete":
-            outputs = json.loads(payload)
-            return "ok", outputs if output is None else outputs[output]
-        return "error", (json.loads(payload) or {}).get("error") if payload.strip() != "null" else None
-
-    def join(self, fn: str, data: list, headers: dict | None = None, wait: bool = True) -> tuple[str, object]:
-        """The page's route (POST /queue/join, then the session's event stream) for event ``fn``."""
-        session = uuid.uuid4().hex
-        body = {"data": data, "fn_index": self.fn[fn], "session_hash": session, "event_data": None, "trigger_id": None}
-        response = httpx.post(f"{self.api}/queue/join", json=body, headers=headers, timeout=60)
-        if response.status_code != 200:
-            return "error", _detail(response)
-        if not wait:
-            return "queued", session
-        with httpx.stream("GET", f"{self.api}/queue/data", params={"session_hash": session}, timeout=300) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if message.get("msg") == "process_completed":
-                        if message.get("success"):
-                            return "ok", message["output"]["data"]
-                        return "error", (message.get("output") or {}).get("error")
-        return "error", None
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        return response.text
-    if isinstance(detail, list):  # a validator's answer: one entry per input
-        return " ".join(item.get("message", "") for item in detail if not item.get("is_valid", True))
-    return str(detail)
-
-
-class PeakRSS:
-    """Samples a process's resident memory every 10 ms while in the ``with`` block."""
-
-    def __init__(self, process: psutil.Process):
-        self.process, self.peak, self._stop = process, 0, threading.Event()
-
-    def __enter__(self) -> PeakRSS:
-        self.start = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.01)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 @pytest.fixture(scope="module")
@@ -269,42 +142,6 @@ def test_web_addresses_are_not_fetched(server):
 
 # ---- 4. every limit applies to every input path ------------------------------------------------------
 
-def _raw_post(port: int, path: str, headers: dict[str, str], body_chunks,
-              chunked: bool = False) -> tuple[int, str, int]:
-    """POST over a raw socket, sending ``body_chunks`` until the server answers; returns
-    (status, body, bytes of body sent). The server may answer and close before the body is sent."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else "\r\n"
-    sent = 0
-    sock.sendall(head.encode())
-    try:
-        for chunk in body_chunks:
-            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
-            sent += len(chunk)
-            sock.settimeout(0.0)
-            try:
-                if sock.recv(1, socket.MSG_PEEK):
-                    break  # the server has answered
-            except BlockingIOError:
-                pass
-            finally:
-                sock.settimeout(60)
-        else:
-            if chunked:
-                sock.sendall(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    answer = b""
-    with contextlib.suppress(OSError):
-        while data := sock.recv(65536):
-            answer += data
-    sock.close()
-    status_line, _, rest = answer.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode(errors="replace"), sent
-
-
 def test_an_oversized_data_url_is_refused_before_it_is_read(server):
     payload_size = 400 * 1024 * 1024
     prefix = b'{"data": [{"url": "data:image/jpeg;base64,'
@@ -316,7 +153,7 @@ def test_an_oversized_data_url_is_refused_before_it_is_read(server):
             yield chunk
 
     with PeakRSS(server.ps) as memory:
-        status, text, sent = _raw_post(server.port, "/gradio_api/call/caption",
+        status, text, sent = raw_post(server.port, "/gradio_api/call/caption",
                                        {"Content-Type": "application/json", "Content-Length": str(payload_size + 100)},
                                        body())
     assert status == 413 and "too large" in text and "400.0 MB" in text
@@ -324,7 +161,7 @@ def test_an_oversized_data_url_is_refused_before_it_is_read(server):
     assert memory.peak - memory.start < payload_size / 10
     # without a Content-Length (chunked), the body is counted as it arrives and cut off at the cap
     with PeakRSS(server.ps) as memory:
-        status, text, sent = _raw_post(server.port, "/gradio_api/call/caption", {"Content-Type": "application/json"},
+        status, text, sent = raw_post(server.port, "/gradio_api/call/caption", {"Content-Type": "application/json"},
                                        body(), chunked=True)
     assert status == 413 and "too large" in text
     assert sent < payload_size / 4
@@ -361,21 +198,13 @@ def test_uploads_over_the_request_cap_are_refused(server):
         yield f"--{boundary}--\r\n".encode()
 
     content_type = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    status, text, sent = _raw_post(server.port, "/gradio_api/upload", {**content_type, "Content-Length": str(size)},
+    status, text, sent = raw_post(server.port, "/gradio_api/upload", {**content_type, "Content-Length": str(size)},
                                    body())
     assert status == 413 and "upload is too large" in text and sent < size / 2
-    status, text, sent = _raw_post(server.port, "/gradio_api/upload", content_type, body(), chunked=True)
+    status, text, sent = raw_post(server.port, "/gradio_api/upload", content_type, body(), chunked=True)
     assert status == 413 and "upload is too large" in text
     assert sent < MAX_UPLOAD_REQUEST_BYTES + 20 * 1024 * 1024
     _assert_still_serving(server)
-
-
-def _poll(ask, until, timeout_s: float = 30):
-    """``ask()`` every half second until ``until(answer)`` holds; returns the last answer."""
-    deadline = time.monotonic() + timeout_s
-    while not until(answer := ask()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return answer
 
 
 def test_uploads_are_refused_while_the_upload_folder_is_full(server, folder):
@@ -391,14 +220,14 @@ def test_uploads_are_refused_while_the_upload_folder_is_full(server, folder):
     with open(filler, "wb") as sparse:
         sparse.truncate(MAX_UPLOAD_DIR_BYTES + 1)
     try:
-        refused = _poll(upload_status, lambda response: response.status_code != 200)
+        refused = poll(upload_status, lambda response: response.status_code != 200)
         assert refused.status_code == 507 and "upload space is full" in _detail(refused)
         inline = "data:image/jpeg;base64," + base64.b64encode(EXAMPLE.read_bytes()).decode()
         status, result = server.call([{"url": inline}, 1, 1, 20])
         assert status == "ok" and result["caption"]
     finally:
         filler.unlink()
-    assert _poll(upload_status, lambda response: response.status_code == 200).status_code == 200
+    assert poll(upload_status, lambda response: response.status_code == 200).status_code == 200
 
 
 def test_a_batch_over_its_byte_cap_is_refused_before_it_is_read(server, folder):
@@ -576,13 +405,17 @@ def _submit_at_once(server: Server, calls: list[list], headers: dict, api: str) 
 
 
 def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server, huge_png):
+    """A client's share is less than the caption workers, so another client always finds one free."""
+    share = SHARES["caption"].per_client
+    assert share < CONCURRENCY["caption"]
     headers = {"X-Forwarded-For": "10.6.0.1"}
     image = server.upload(huge_png, "huge.png", headers)
-    # slow images (seconds each): none is done before all 20 have been let in or refused
-    answers = _submit_at_once(server, [[image, 1, 1, 30 + i] for i in range(20)], headers, "caption")
+    # slow images (seconds each): none is done before all have been let in or refused
+    answers = _submit_at_once(server, [[image, 1, 1, 30 + i] for i in range(share + 4)], headers, "caption")
     refused = [message for status, message in answers if status == "error"]
-    assert len(refused) == 4 and all("Too many requests" in message and "limit 16" in message for message in refused)
-    assert sum(status == "ok" for status, _ in answers) == 16
+    assert len(refused) == 4 and all("Too many requests" in message and f"limit {share}" in message
+                                     for message in refused)
+    assert sum(status == "ok" for status, _ in answers) == share
     status, result = server.call([image, 1, 1, 20], headers={"X-Forwarded-For": "10.6.0.2"})
     assert status == "ok" and result["caption"]
 
@@ -597,13 +430,17 @@ def test_a_client_asking_one_caption_at_a_time_is_never_refused(server):
 
 
 def test_one_client_cannot_take_more_than_its_share_of_the_explain_queue(server, huge_png):
-    """Heatmaps cost more than captions: one client gets 4 waiting or running, then a message."""
+    """Heatmaps cost more than captions: one client gets fewer of them waiting or running than there
+    are workers, then a message."""
+    share = SHARES["explain"].per_client
+    assert share < CONCURRENCY["explain"]
     headers = {"X-Forwarded-For": "10.7.0.1"}
     image = server.upload(huge_png, "huge.png", headers)
-    answers = _submit_at_once(server, [[image, None, 1, 6 + i] for i in range(8)], headers, "explain")
+    answers = _submit_at_once(server, [[image, None, 1, 6 + i] for i in range(share + 4)], headers, "explain")
     refused = [message for status, message in answers if status == "error"]
-    assert len(refused) == 4 and all("Too many requests" in message and "limit 4" in message for message in refused)
-    assert sum(status == "ok" for status, _ in answers) == 4
+    assert len(refused) == 4 and all("Too many requests" in message and f"limit {share}" in message
+                                     for message in refused)
+    assert sum(status == "ok" for status, _ in answers) == share
     status, result = server.call([image, None, 1, 6], headers={"X-Forwarded-For": "10.7.0.2"}, api="explain")
     assert status == "ok" and result["words"], result
 

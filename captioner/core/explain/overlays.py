@@ -52,7 +52,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.5, max_
 def overlay_png(image: Image.Image, heatmap: np.ndarray, *, max_side: int | None = None) -> bytes:
     """``overlay(image, heatmap, max_side=max_side)`` as PNG bytes."""
     buffer = io.BytesIO()
-    overlay(image, heatmap, max_side=max_side).save(buffer, format="PNG")
+    overlay(image, heatmap, max_side=max_side).save(buffer, format="PNG", compress_level=1)  # 3x faster than 6
     return buffer.getvalue()
 
 
