@@ -24,8 +24,8 @@ from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.guards import FileInputCheck, RequestSizeLimit
 from captioner.web.handlers import (BEAM, DEFAULT_BEAM, GREEDY, OVERLAY_SIDE, admission, bind, caption_api,
-                                    caption_batch, caption_photo, explain_api, explain_word, show_example,
-                                    ui_options, word_choices)
+                                    caption_batch, caption_photo, clear_photo, explain_api, explain_word,
+                                    show_example, ui_options, word_choices)
 from captioner.web.state import EXAMPLES_DIR, AppState, load_state
 from captioner.web.views import ASK_FOR_A_PHOTO, model_panel, placeholder
 
@@ -156,11 +156,15 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
         # (preprocess=False, see handlers) and are refused before they join the queue when their
         # client has its share waiting or running (the validator).
         controls = [search, beam_size, candidates, max_length]
+        panels = [caption_view, words_view, candidates_view, classes_view, shown_caption]
         gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
-              inputs=[photo, *controls], outputs=[caption_view, words_view, candidates_view, classes_view, shown_caption],
-              preprocess=False, api_visibility="private", **queued(caption_photo, app, "caption"),
+              inputs=[photo, *controls], outputs=[*panels, photo], preprocess=False, api_visibility="private",
+              **queued(caption_photo, app, "caption"),
               ).success(word_choices, shown_caption, [explain_words, explain_view, explain_note, explained],
                         api_visibility="private")
+        photo.clear(clear_photo, None, panels, queue=False, api_visibility="private").then(
+            word_choices, shown_caption, [explain_words, explain_view, explain_note, explained], queue=False,
+            api_visibility="private")
         explain_words.input(inputs=[photo, explain_words, shown_caption, explained],
                             outputs=[explain_view, explain_note, explained], preprocess=False, api_visibility="private",
                             **queued(explain_word, app, "explain"))

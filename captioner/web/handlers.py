@@ -33,7 +33,7 @@ from captioner.web.guards import InputRefused, upload_source
 from captioner.web.outputs import OutputsFull
 from captioner.web.state import AppState
 from captioner.web.views import (ASK_FOR_A_PHOTO, candidate_rows, caption_heading, explain_note, placeholder,
-                                 top_classes, word_colours)
+                                 problem, top_classes, word_colours)
 
 BEAM, GREEDY = "Beam search", "Greedy"
 DEFAULT_BEAM = 3
@@ -184,15 +184,28 @@ def explainable(caption: Any, options: DecodeOptions) -> str | None:
 
 def caption_photo(app: AppState, upload: Any, search: Any, beam_size: Any, candidates: Any, max_length: Any,
                   request: gr.Request) -> tuple:
-    """The caption, its words, the candidates and the encoder's classes for the photo in the box."""
+    """The caption, its words, the candidates and the encoder's classes for the photo in the box.
+
+    A file that is not a usable image gets one message in the caption's place, every panel cleared
+    and the photo box emptied (no broken picture); that emptying, like any change to an empty box,
+    leaves the panels as they are (``clear_photo`` resets them when the visitor clears the box)."""
     if not upload:
-        return placeholder(ASK_FOR_A_PHOTO), [], [], None, ""
+        return (gr.skip(),) * 6
     model = require_model(app)
     options = ui_options(search, beam_size, candidates, max_length, app.default_length)
-    result = model.caption(image_source(upload), options)
+    source = image_source(upload)
+    try:
+        result = model.caption(source, options)
+    except ImageError as error:
+        return problem(f"This file cannot be captioned: {error}."), [], [], None, "", None
     words, colours = word_colours(result)
     return (caption_heading(result), gr.HighlightedText(value=words, color_map=colours), candidate_rows(result),
-            top_classes(result), result.caption)
+            top_classes(result), result.caption, gr.skip())
+
+
+def clear_photo() -> tuple:
+    """The panels as they are before any photo (the visitor cleared the photo box)."""
+    return placeholder(ASK_FOR_A_PHOTO), [], [], None, ""
 
 
 def word_choices(caption: str) -> tuple:

@@ -132,6 +132,28 @@ def test_a_bad_upload_shows_the_loader_message(page, tmp_path):
     page.locator("#caption-text .caption").wait_for()
 
 
+def test_a_non_image_upload_shows_one_message_and_clears_the_panels(page, tmp_path):
+    """After a good caption, a text file named .png: one message in the caption's place, every panel
+    emptied, no red "Error" badge, no toast, no broken picture in the photo box."""
+    page.locator("#photo input[type=file]").set_input_files(EXAMPLES / "rocket.jpg")
+    page.locator("#caption-text .caption").wait_for()
+    assert table_rows(page, "#candidates") == 3
+    (tmp_path / "notes.png").write_text("this is not a photo")
+    page.locator("#photo input[type=file]").set_input_files(tmp_path / "notes.png")
+    message = page.locator("#caption-text .problem")
+    message.wait_for()
+    page.wait_for_timeout(2000)  # anything the emptied photo box sets off has run
+    assert "not an image (it is a text file)" in message.inner_text()
+    assert page.locator("#caption-text .problem").count() == 1 and page.locator("#caption-text .caption").count() == 0
+    assert table_rows(page, "#candidates") == 0 and not re.search(r"\d+%", page.locator("#words").inner_text())
+    assert page.locator("span.error").count() == 0  # the status badge Gradio puts on a failed event's outputs
+    assert page.locator(".toast-body").count() == 0
+    assert page.locator("#photo img").count() == 0  # the box is empty, ready for another photo
+    page.locator("#photo input[type=file]").set_input_files(EXAMPLES / "coffee.jpg")
+    page.locator("#caption-text .caption").wait_for()
+    assert page.locator("#caption-text .problem").count() == 0 and table_rows(page, "#candidates") == 3
+
+
 def test_batch_tab_offers_a_csv_with_one_row_per_image(page, app_model, tmp_path):
     archive = tmp_path / "album.zip"
     with zipfile.ZipFile(archive, "w") as zf:
