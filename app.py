@@ -2,13 +2,13 @@
 
     python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx] [--fallback-to-bundled]
 
-The command line is ``captioner.web.cli``, the app ``captioner.web.app``; ``demo`` (what ``gradio app.py``
+The command is ``captioner.web.main``, the app ``captioner.web.app``; ``demo`` (what ``gradio app.py``
 looks for) is built on first use.
 """
 
 import importlib
 
-from captioner.web.cli import main
+from captioner.web.main import main
 
 
 def __getattr__(name: str):

@@ -49,7 +49,8 @@ def _candidate(hypothesis: Hypothesis, vocab: Vocabulary) -> Candidate:
             break
         if token not in (PAD_ID, START_ID):
             words.append((vocab.tokens[token], math.exp(log_prob)))
-    return Candidate(" ".join(word for word, _ in words), hypothesis.score, tuple(words))
+    return Candidate(" ".join(word for word, _ in words), hypothesis.score, tuple(words),
+                     cut=END_ID not in hypothesis.tokens)
 
 
 def _top_classes(outputs: torch.Tensor, encoder_output: str, names: Sequence[str], k: int

@@ -29,6 +29,8 @@ class DecodeOptions:
     """How to decode; ``beam_size=1`` is greedy. ``None`` fields take the model's defaults.
 
     ``num_candidates``: captions kept per image (at most ``beam_size``; greedy keeps one).
+    ``max_length``: words a caption may have (``decode_steps`` turns it into decoder steps); a caption
+    that would go on is cut there and says so (``Candidate.cut``).
     ``length_penalty``: beam scores are log-probability sums divided by ``length ** length_penalty``.
     ``top_classes``: ImageNet classes reported for class-probability encoders (0: none).
     ``no_repeat_ngram``: forbid any n-gram of this many words from appearing twice in a caption (0: off).
@@ -61,6 +63,12 @@ class DecodeOptions:
                        length_penalty=real_number("length_penalty", self.length_penalty, *LENGTH_PENALTY_RANGE),
                        top_classes=whole_number("top_classes", self.top_classes, 0, MAX_TOP_CLASSES),
                        no_repeat_ngram=whole_number("no_repeat_ngram", self.no_repeat_ngram, 0, MAX_NO_REPEAT_NGRAM))
+
+
+def decode_steps(max_words: int) -> int:
+    """Decoder steps for captions of up to ``max_words`` words: ``<start>``, the words, and one more step
+    that tells whether the caption ends there (``<end>``) or would go on (it is then cut)."""
+    return max_words + 2
 
 
 def whole_number(name: str, value: Any, low: int, high: int, note: str = "") -> int:

@@ -2,7 +2,7 @@
 
 The CLI's ``--json``, the web API, the batch downloads and the Ray front ends all write
 ``CaptionResult.to_dict()`` unchanged: ``image`` (when known), ``caption``, ``candidates``
-(``caption``, ``score``, ``confidence``, ``words``), ``words``, ``top_classes``, ``model``; or, for an
+(``caption``, ``score``, ``confidence``, ``words``, ``cut``), ``words``, ``top_classes``, ``model``; or, for an
 image that could not be captioned, ``image``, ``error`` and ``model``. Results are immutable, so a
 remembered result can be handed to many callers without copying.
 """
@@ -19,6 +19,7 @@ class Candidate:
     caption: str
     score: float  # mean log-probability per token (length-normalised); exp(score) is in (0, 1]
     words: tuple[tuple[str, float], ...]  # each word with the probability the decoder gave it
+    cut: bool = False  # the caption would have gone on: it was cut at the maximum length
 
     @property
     def confidence(self) -> float:
@@ -27,7 +28,7 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"caption": self.caption, "score": self.score, "confidence": self.confidence,
-                "words": _words(self.words)}
+                "words": _words(self.words), "cut": self.cut}
 
 
 @dataclass(frozen=True)

@@ -582,7 +582,6 @@ def _validation_scores(model: ShowAndTell, vocab: Vocabulary, inputs: Inputs, ca
     model.eval()
     count = min(limit, len(inputs))
     predictions, references, ended = {}, {}, 0
-    longest = model.config.max_length - 1  # <start> and max_length - 1 words: no <end> was reached
     for start in range(0, count, batch_size):
         rows = torch.arange(start, min(start + batch_size, count))
         inputs_batch, kept_rows = inputs.batch(rows)
@@ -592,7 +591,7 @@ def _validation_scores(model: ShowAndTell, vocab: Vocabulary, inputs: Inputs, ca
         for row, result in zip(kept_rows.tolist(), results):
             predictions[str(row)] = result.caption
             references[str(row)] = list(captions[row])
-            ended += bool(result.caption) and len(result.candidates[0].words) < longest
+            ended += bool(result.caption) and not result.candidates[0].cut
     if not predictions:
         return {}, None
     return score_captions(references, predictions, use_java=False), ended / len(predictions)

@@ -2,7 +2,7 @@
 which model is loaded. The page's layout and what each event runs; the handlers are in ``handlers``,
 what they share in ``state``, the limits of a public server in ``guards``.
 
-    python app.py [--model DIR | owner/name[@revision]]      # the checkout's app.py: see web/cli.py
+    python app.py [--model DIR | owner/name[@revision]]      # the checkout's app.py: see web/main.py
 
 The app is meant to be public: SECURITY.md lists what a request may carry and the limits it meets.
 """
@@ -23,9 +23,10 @@ from starlette.middleware import Middleware
 from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.guards import FileInputCheck, RequestSizeLimit
-from captioner.web.handlers import (BEAM, DEFAULT_BEAM, GREEDY, OVERLAY_SIDE, admission, bind, caption_api,
-                                    caption_batch, caption_photo, clear_photo, explain_api, explain_word,
-                                    show_example, ui_options, word_choices)
+from captioner.web.handlers import (BEAM, DEFAULT_BEAM, GREEDY, MAX_PAGE_BEAM, OVERLAY_SIDE, admission,
+                                    beam_controls, bind, caption_api, caption_batch, caption_photo, clear_photo,
+                                    explain_api, explain_word, page_max_length, show_example, ui_options,
+                                    word_choices)
 from captioner.web.state import EXAMPLES_DIR, AppState, load_state
 from captioner.web.views import ASK_FOR_A_PHOTO, model_panel, placeholder
 
@@ -42,9 +43,21 @@ CSS = """
   margin: 0.2em 0 0.1em; }
 #caption-text .placeholder { font-size: 1.25rem; opacity: 0.6; margin: 0.4em 0; }
 #caption-text .problem { font-size: 1.25rem; color: #b91c1c; margin: 0.4em 0; }
+#caption-text .cut-note { opacity: 0.75; margin: 0.2em 0; }
+#copy-caption { align-self: flex-start; }
 #model-notice { border-left: 4px solid #f59e0b; background: rgba(245, 158, 11, 0.12);
   padding: 0.6rem 1rem; border-radius: 6px; }
 """
+# The Copy caption button: the caption as shown, to the clipboard (a textarea where the page is not a
+# secure context, as on a LAN address, and the clipboard API is missing).
+COPY_CAPTION = """() => {
+  const text = document.querySelector('#caption-text .caption')?.innerText ?? '';
+  const button = document.querySelector('#copy-caption');
+  const done = () => { if (button) { button.textContent = 'Copied'; setTimeout(() => { button.textContent = 'Copy caption'; }, 1500); } };
+  if (navigator.clipboard && window.isSecureContext) { navigator.clipboard.writeText(text).then(done); return; }
+  const area = Object.assign(document.createElement('textarea'), {value: text});
+  document.body.appendChild(area); area.select(); document.execCommand('copy'); area.remove(); done();
+}"""
 # Gradio serves the theme's fonts itself, so the page needs nothing from the internet.
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="sky")
 
@@ -93,13 +106,17 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
                             search = gr.Radio([BEAM, GREEDY], value=BEAM, label="Search",
                                               info="Greedy takes the likeliest word at each step; beam search "
                                                    "keeps several partial sentences and picks the best whole one.")
-                            beam_size = gr.Slider(2, 10, value=DEFAULT_BEAM, step=1, label="Beam size")
-                            candidates = gr.Slider(1, 10, value=DEFAULT_BEAM, step=1, label="Candidates to show",
-                                                   info="At most the beam size.")
-                            max_length = gr.Slider(2, max(50, length), value=length, step=1,
-                                                   label="Maximum length (words)")
+                            beam_size = gr.Slider(2, MAX_PAGE_BEAM, value=DEFAULT_BEAM, step=1, label="Beam size",
+                                                  elem_id="beam-size")
+                            candidates = gr.Slider(1, MAX_PAGE_BEAM, value=DEFAULT_BEAM, step=1,
+                                                   label="Candidates to show", info="At most the beam size.",
+                                                   elem_id="candidates-shown")
+                            max_length = gr.Slider(2, page_max_length(length), value=length, step=1,
+                                                   label="Maximum length (words)", elem_id="max-length")
                     with gr.Column(scale=6):
                         caption_view = gr.Markdown(placeholder(ASK_FOR_A_PHOTO), elem_id="caption-text")
+                        copy = gr.Button("Copy caption", size="sm", variant="secondary", visible=False,
+                                         elem_id="copy-caption")
                         words_view = gr.HighlightedText(label="How sure the model is of each word",
                                                         show_legend=False, elem_id="words")
                         explain_words = gr.Radio([], label="Where did a word come from? Pick one to see its "
@@ -110,6 +127,7 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
                         shown_caption, explained = gr.State(""), gr.State(None)
                         candidates_view = gr.Dataframe(headers=["#", "Candidate", "Confidence", "Score"],
                                                        datatype=["number", "str", "str", "number"],
+                                                       column_widths=["9%", "45%", "27%", "19%"],
                                                        interactive=False, wrap=True, label="Beam candidates",
                                                        elem_id="candidates")
                         classes_view = gr.Label(num_top_classes=5, label="What the encoder sees (ImageNet classes)",
@@ -156,12 +174,15 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
         # (preprocess=False, see handlers) and are refused before they join the queue when their
         # client has its share waiting or running (the validator).
         controls = [search, beam_size, candidates, max_length]
-        panels = [caption_view, words_view, candidates_view, classes_view, shown_caption]
+        panels = [caption_view, words_view, candidates_view, classes_view, shown_caption, copy]
         gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
-              inputs=[photo, *controls], outputs=[*panels, photo], preprocess=False, api_visibility="private",
+              inputs=[photo, *controls], outputs=[*panels, photo, beam_size, candidates, max_length],
+              preprocess=False, api_visibility="private",
               **queued(caption_photo, app, "caption"),
               ).success(word_choices, shown_caption, [explain_words, explain_view, explain_note, explained],
                         api_visibility="private")
+        copy.click(None, js=COPY_CAPTION)
+        search.change(beam_controls, search, [beam_size, candidates], queue=False, api_visibility="private")
         photo.clear(clear_photo, None, panels, queue=False, api_visibility="private").then(
             word_choices, shown_caption, [explain_words, explain_view, explain_note, explained], queue=False,
             api_visibility="private")

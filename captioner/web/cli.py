@@ -1,5 +1,6 @@
-"""``python app.py``: the web demo's command line. Arguments are read and checked before Gradio and
-the model stack are imported, so ``--help`` and a mistyped option answer at once.
+"""``python app.py``'s command line: its arguments and their checks, in a module that imports neither
+Gradio nor the model stack, so that ``--help`` and a mistyped option answer at once (``web.main``
+reads them before it imports the rest).
 
     python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx]
                   [--max-batch-size N] [--fallback-to-bundled]
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from captioner.core.options import BACKEND_HELP, BACKENDS
 
@@ -37,32 +37,6 @@ def parser() -> argparse.ArgumentParser:
                              "on the page (default: stop with a message; $CAPTIONER_FALLBACK_TO_BUNDLED=1 "
                              "is the same)")
     return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    options = parser()
-    args = options.parse_args(argv)
-    from captioner.core.backends.choice import resolve_backend  # the model stack, once the arguments are read
-    from captioner.core.devices import select_device
-    from captioner.core.errors import CaptionerError
-
-    try:
-        batch_size = max_batch_size(args.max_batch_size)
-        resolve_backend(args.backend, select_device())  # e.g. onnx without onnxruntime: say so and stop
-    except (ValueError, CaptionerError) as error:
-        options.error(str(error))
-    from captioner.web.app import build_app, launch_options
-    from captioner.web.server import Server
-
-    built = build_app(args.model, batch_size=batch_size, backend=args.backend, fallback=args.fallback_to_bundled)
-    notice = built.state.choice.notice
-    if built.state.captioner is None:
-        built.state.close()
-        hint = "" if args.fallback_to_bundled else " (--fallback-to-bundled serves the bundled model instead)"
-        options.exit(2, f"{options.prog}: error: {notice}{hint}\n")
-    if notice:
-        print(f"{options.prog}: {notice}", file=sys.stderr)
-    Server(built.demo, launch_options()).run()
 
 
 def max_batch_size(value: int | str | None = None) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import html
 import inspect
+import math
+import numbers
 import sys
 import traceback
 from collections.abc import Callable
@@ -37,6 +39,7 @@ from captioner.web.views import (ASK_FOR_A_PHOTO, candidate_rows, caption_headin
 
 BEAM, GREEDY = "Beam search", "Greedy"
 DEFAULT_BEAM = 3
+MAX_PAGE_BEAM = 10  # the page's beam size and candidates sliders go up to this (the API to MAX_BEAM_SIZE)
 # Longest side of the word heatmaps the app computes and of the overlays it returns: the maps are made
 # at the overlays' size, never at the photo's.
 OVERLAY_SIDE = 1024
@@ -158,6 +161,23 @@ def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, de
     return DecodeOptions(beam, min(shown, beam), max_length).resolved(default_length)
 
 
+def page_max_length(default_length: int) -> int:
+    """The top of the Caption tab's Maximum length slider."""
+    return max(MAX_EXPLAINED_WORDS, default_length)
+
+
+def on_slider(name: str, value: Any, low: int, high: int) -> int:
+    """A slider's value as the slider can hold it: a whole number (``ValueError`` names the setting
+    otherwise) moved into ``[low, high]``, for a number typed into its box beyond its ends."""
+    try:
+        return whole_number(name, value, low, high)
+    except ValueError:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+                and float(value).is_integer():
+            return min(max(int(value), low), high)
+        raise
+
+
 def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
     """The ``caption`` endpoint's settings, checked as sent (``ValueError`` names the setting)."""
     return DecodeOptions(DEFAULT_BEAM if beam_size is None else beam_size, num_candidates,
@@ -184,28 +204,40 @@ def explainable(caption: Any, options: DecodeOptions) -> str | None:
 
 def caption_photo(app: AppState, upload: Any, search: Any, beam_size: Any, candidates: Any, max_length: Any,
                   request: gr.Request) -> tuple:
-    """The caption, its words, the candidates and the encoder's classes for the photo in the box.
+    """The caption, its words, the candidates and the encoder's classes for the photo in the box, and the
+    sliders' settings as used: a number typed into a slider's box beyond its ends is moved to the end,
+    and the box shows what was used.
 
     A file that is not a usable image gets one message in the caption's place, every panel cleared
     and the photo box emptied (no broken picture); that emptying, like any change to an empty box,
     leaves the panels as they are (``clear_photo`` resets them when the visitor clears the box)."""
+    settings = (on_slider("beam_size", beam_size, 2, MAX_PAGE_BEAM),
+                on_slider("num_candidates", candidates, 1, MAX_PAGE_BEAM),
+                on_slider("max_length", max_length, 2, page_max_length(app.default_length)))
+    sliders = tuple(gr.Slider(value=value) for value in settings)
     if not upload:
-        return (gr.skip(),) * 6
+        return (gr.skip(),) * 7 + sliders
     model = require_model(app)
-    options = ui_options(search, beam_size, candidates, max_length, app.default_length)
+    options = ui_options(search, *settings, app.default_length)
     source = image_source(upload)
     try:
         result = model.caption(source, options)
     except ImageError as error:
-        return problem(f"This file cannot be captioned: {error}."), [], [], None, "", None
+        cleared = problem(f"This file cannot be captioned: {error}."), [], [], None, "", gr.Button(visible=False)
+        return (*cleared, None, *sliders)
     words, colours = word_colours(result)
     return (caption_heading(result), gr.HighlightedText(value=words, color_map=colours), candidate_rows(result),
-            top_classes(result), result.caption, gr.skip())
+            top_classes(result), result.caption, gr.Button(visible=bool(result.caption)), gr.skip(), *sliders)
 
 
 def clear_photo() -> tuple:
     """The panels as they are before any photo (the visitor cleared the photo box)."""
-    return placeholder(ASK_FOR_A_PHOTO), [], [], None, ""
+    return placeholder(ASK_FOR_A_PHOTO), [], [], None, "", gr.Button(visible=False)
+
+
+def beam_controls(search: str) -> tuple:
+    """The beam size and candidates sliders, usable in beam search only (greedy keeps one caption)."""
+    return gr.Slider(interactive=search == BEAM), gr.Slider(interactive=search == BEAM)
 
 
 def word_choices(caption: str) -> tuple:

@@ -23,14 +23,21 @@ def problem(text: str) -> str:
     return f'<p class="problem" role="alert">{html.escape(text)}</p>'
 
 
-def shown_caption(text: str) -> str:
-    """A caption as the page shows it: the classic demo's title case, without ``str.title``'s ``It'S``."""
-    return " ".join(word[:1].upper() + word[1:] for word in text.split())
+def shown_caption(text: str, cut: bool = False) -> str:
+    """A caption as the page shows it: in sentence case, with "…" when it was cut at the maximum length."""
+    return text[:1].upper() + text[1:] + (" …" if cut else "")
 
 
 def caption_heading(result: CaptionResult) -> str:
-    caption = shown_caption(result.caption) if result.caption else EMPTY_CAPTION
-    return f'<h2 class="caption">{html.escape(caption)}</h2>'
+    """The caption, large; a caption cut at the maximum length says so under it."""
+    if not result.caption:
+        return f'<h2 class="caption">{html.escape(EMPTY_CAPTION)}</h2>'
+    best = result.candidates[0]
+    heading = f'<h2 class="caption">{html.escape(shown_caption(best.caption, best.cut))}</h2>'
+    if best.cut:
+        heading += (f'<p class="cut-note">Cut at {len(best.words)} words, the maximum length: the model would have '
+                    "gone on. Raise Maximum length in the decoding settings for the whole sentence.</p>")
+    return heading
 
 
 def word_colours(result: CaptionResult) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
@@ -46,7 +53,7 @@ def word_colours(result: CaptionResult) -> tuple[list[tuple[str, str | None]], d
 
 
 def candidate_rows(result: CaptionResult) -> list[list]:
-    return [[rank, shown_caption(c.caption), f"{c.confidence:.1%}", round(c.score, 4)]
+    return [[rank, shown_caption(c.caption, c.cut), f"{c.confidence:.1%}", round(c.score, 2)]
             for rank, c in enumerate(result.candidates, 1)]
 
 

@@ -363,8 +363,8 @@ def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_di
 
 def test_without_onnxruntime_the_app_refuses_the_onnx_backend_at_start(tmp_path):
     done = run_without("onnxruntime", """
-        from captioner.web import app
-        app.main(["--backend", "onnx"])
+        from captioner.web.main import main
+        main(["--backend", "onnx"])
     """, tmp_path)
     assert done.returncode == 2  # argparse's usage error, before any model is loaded or server started
     assert done.stderr.splitlines()[-1].endswith(

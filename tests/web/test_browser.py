@@ -96,10 +96,11 @@ def table_rows(page, selector: str) -> int:
     return int(page.locator(f"{selector} [role=grid]").get_attribute("aria-rowcount")) - 1
 
 
-def shown_caption(model_dir, photo: Path) -> str:
-    """What the Caption tab should show for ``photo`` with the default settings."""
-    caption = load_captioner(model_dir, "cpu").caption(photo, beam_size=3, num_candidates=3).caption
-    return " ".join(word[:1].upper() + word[1:] for word in caption.split())
+def shown_caption(model_dir, photo: Path, **settings) -> str:
+    """What the Caption tab should show for ``photo`` (default settings unless given): the caption in
+    sentence case, with "…" when it was cut at the maximum length."""
+    best = load_captioner(model_dir, "cpu").caption(photo, **{"beam_size": 3, "num_candidates": 3, **settings}).candidates[0]
+    return best.caption[:1].upper() + best.caption[1:] + (" …" if best.cut else "")
 
 
 def test_uploading_a_photo_shows_its_caption(page, app_model):
@@ -192,3 +193,105 @@ def test_model_tab_describes_the_model(page, app_model):
     panel.get_by_text("efficientnet-lite0", exact=False).first.wait_for()
     assert str(app_model) in panel.inner_text() and "CAPTIONER_MODEL" in panel.inner_text()
     save_screenshot(page, "model.png")
+
+
+# ---- the caption's details (sentence case, copying, the table on small screens, the settings' rules) -----
+
+def open_settings(page):
+    page.get_by_role("button", name="Decoding settings").click()
+    page.locator("#beam-size input[type=number]").wait_for()
+
+
+def caption_of(page, photo: Path) -> str:
+    page.locator("#photo input[type=file]").set_input_files(photo)
+    page.locator("#caption-text .caption").wait_for()
+    return page.locator("#caption-text .caption").inner_text()
+
+
+def test_the_caption_is_in_sentence_case_and_the_copy_button_copies_it(browser, url, app_model):
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, permissions=["clipboard-read",
+                                                                                    "clipboard-write"])
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    try:
+        page.goto(url)
+        shown = caption_of(page, EXAMPLES / "coffee.jpg")
+        words = shown.removesuffix(" …").split()
+        assert shown == shown_caption(app_model, EXAMPLES / "coffee.jpg")
+        assert words[0][0].isupper() and not any(word[0].isupper() for word in words[1:])  # never Title Case
+        first_row = page.locator("#candidates [role=gridcell]").nth(1).inner_text()
+        assert first_row.strip() == shown  # the table says the same, the same way
+        page.locator("#copy-caption").click()
+        page.locator("#copy-caption", has_text="Copied").wait_for()
+        assert page.evaluate("navigator.clipboard.readText()") == shown
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("width", [1366, 390])
+def test_long_captions_leave_confidence_and_score_on_screen(browser, url, width):
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    try:
+        page.goto(url)
+        open_settings(page)
+        longest = page.locator("#max-length input[type=number]")
+        longest.fill("50")
+        longest.blur()
+        assert len(caption_of(page, EXAMPLES / "rocket.jpg").split()) > 20  # a long caption
+        table = page.locator("#candidates")
+        box = table.bounding_box()
+        for header in ("Confidence", "Score"):
+            cell = table.get_by_text(header, exact=True).first.bounding_box()
+            assert cell["x"] >= box["x"] and cell["x"] + cell["width"] <= min(box["x"] + box["width"], width), header
+        scroll, visible = table.evaluate("e => [e.querySelector('.table-wrap, table')?.scrollWidth ?? 0, "
+                                         "e.querySelector('.table-wrap, table')?.clientWidth ?? 0]")
+        assert scroll <= visible + 1  # nothing to scroll sideways to
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=ARTIFACTS / f"long-caption-{width}.png", full_page=True)
+    finally:
+        context.close()
+
+
+def test_greedy_search_disables_the_beam_controls(page):
+    from playwright.sync_api import expect
+
+    open_settings(page)
+    controls = [page.locator(f"{slider} input[type={kind}]") for slider in ("#beam-size", "#candidates-shown")
+                for kind in ("number", "range")]
+    assert all(control.is_enabled() for control in controls)
+    page.get_by_label("Greedy").check()
+    for control in controls:
+        expect(control).to_be_disabled()
+    page.get_by_label("Beam search").check()
+    for control in controls:
+        expect(control).to_be_enabled()
+
+
+def test_a_beam_size_typed_beyond_the_slider_is_the_one_shown_and_used(page, app_model):
+    open_settings(page)
+    caption_of(page, EXAMPLES / "camera.jpg")
+    box = page.locator("#beam-size input[type=number]")
+    box.fill("50")
+    box.blur()  # the slider takes it on leaving the box
+    want = shown_caption(app_model, EXAMPLES / "camera.jpg", beam_size=10)
+    page.locator("#caption-text .caption", has_text=want).wait_for()
+    assert page.locator("#caption-text .caption").inner_text() == want
+    assert box.input_value() == "10"
+
+
+def test_maximum_length_counts_words_and_a_cut_caption_says_so(page, app_model):
+    open_settings(page)
+    longest = page.locator("#max-length input[type=number]")
+    longest.fill("2")
+    longest.blur()
+    shown = caption_of(page, EXAMPLES / "grace-hopper.jpg")
+    best = load_captioner(app_model, "cpu").caption(EXAMPLES / "grace-hopper.jpg", beam_size=3,
+                                                    max_length=2).candidates[0]
+    assert shown == shown_caption(app_model, EXAMPLES / "grace-hopper.jpg", max_length=2)
+    words = shown.removesuffix(" …").split()
+    assert len(words) == len(best.words) and 1 <= len(words) <= 2
+    noted = "Cut at 2 words" in page.locator("#caption-text").inner_text()
+    assert noted == best.cut == shown.endswith(" …")
+    assert words[-1].lower() not in ("a", "an", "the") or noted  # never ends on an article unless it says it was cut

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from captioner.core.model.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
-from captioner.core.options import DecodeOptions
+from captioner.core.options import DecodeOptions, decode_steps
 
 NEVER_GENERATED = (PAD_ID, START_ID, UNK_ID)  # after the first step, which is always <start>
 State = tuple[torch.Tensor, torch.Tensor]
@@ -35,9 +35,21 @@ class Hypothesis:
 
 
 def generate(decoder: DecoderSteps, embeddings: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
-    """Decode with resolved ``options``: the ``num_candidates`` best captions per image, best first."""
-    return beam_search(decoder, embeddings, options.beam_size, options.max_length, options.num_candidates,
-                       options.length_penalty, no_repeat_ngram=options.no_repeat_ngram)
+    """Decode with resolved ``options``: the ``num_candidates`` best captions per image, best first, of at
+    most ``options.max_length`` words. The search runs one step past the last word: a caption whose
+    next token would be a word rather than ``<end>`` is cut after ``max_length`` words (it then ends
+    without ``<end>``) and its score is that of the words kept."""
+    steps = decode_steps(options.max_length)
+    found = beam_search(decoder, embeddings, options.beam_size, steps, options.beam_size,  # all, then the best
+                        options.length_penalty, no_repeat_ngram=options.no_repeat_ngram)
+    return [sorted((_cut(h, steps, options.length_penalty) for h in hypotheses), key=lambda h: h.score,
+                   reverse=True)[:options.num_candidates] for hypotheses in found]
+
+
+def _cut(hypothesis: Hypothesis, steps: int, length_penalty: float) -> Hypothesis:
+    if END_ID in hypothesis.tokens or len(hypothesis.tokens) < steps:
+        return hypothesis
+    return _hypothesis(hypothesis.tokens[:-1], hypothesis.token_log_probs[:-1], length_penalty)
 
 
 @torch.inference_mode()
