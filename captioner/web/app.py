@@ -23,14 +23,30 @@ from starlette.middleware import Middleware
 from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.guards import FileInputCheck, RequestSizeLimit
-from captioner.web.handlers import (BEAM, DEFAULT_BEAM, GREEDY, MAX_PAGE_BEAM, OVERLAY_SIDE, admission,
-                                    beam_controls, bind, caption_api, caption_batch, caption_photo, clear_photo,
-                                    explain_api, explain_word, page_max_length, show_example, ui_options,
-                                    word_choices)
+from captioner.web.handlers import (
+    BEAM,
+    DEFAULT_BEAM,
+    GREEDY,
+    MAX_PAGE_BEAM,
+    OVERLAY_SIDE,
+    admission,
+    beam_controls,
+    bind,
+    caption_api,
+    caption_batch,
+    caption_photo,
+    clear_photo,
+    explain_api,
+    explain_word,
+    page_max_length,
+    show_example,
+    ui_options,
+    word_choices,
+)
 from captioner.web.state import EXAMPLES_DIR, AppState, load_state
 from captioner.web.views import ASK_FOR_A_PHOTO, model_panel, placeholder
 
-__all__ = ["CaptionApp", "build_app", "build_demo", "launch_options", "OVERLAY_SIDE"]
+__all__ = ["OVERLAY_SIDE", "CaptionApp", "build_app", "build_demo", "launch_options"]
 
 CONCURRENCY = {"caption": 8,  # caption calls in flight at once; their model work shares forward passes
                "explain": 3, "batch": 1}  # batch jobs have their own worker

@@ -144,7 +144,7 @@ class SharedCaptioner:
         try:
             pixels = torch.stack([request.pixels for request in requests])
             results = requests[0].context.run(self._model_call, pixels, options)  # e.g. ZeroGPU quota: first caller's
-        except BaseException as error:  # noqa: BLE001 - handed to the callers, who re-raise it
+        except BaseException as error:
             for request in requests:
                 request.future.set_exception(error)
             return

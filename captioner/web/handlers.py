@@ -34,8 +34,16 @@ from captioner.web.batcher import SharedCaptioner
 from captioner.web.guards import InputRefused, upload_source
 from captioner.web.outputs import OutputsFull
 from captioner.web.state import AppState
-from captioner.web.views import (ASK_FOR_A_PHOTO, candidate_rows, caption_heading, explain_note, placeholder,
-                                 problem, top_classes, word_colours)
+from captioner.web.views import (
+    ASK_FOR_A_PHOTO,
+    candidate_rows,
+    caption_heading,
+    explain_note,
+    placeholder,
+    problem,
+    top_classes,
+    word_colours,
+)
 
 BEAM, GREEDY = "Beam search", "Greedy"
 DEFAULT_BEAM = 3
@@ -100,7 +108,7 @@ def bind(handler: Callable, app: AppState) -> Callable:
             raise
         except USER_ERRORS as error:
             raise user_error(error) from None
-        except Exception as error:  # noqa: BLE001 - logged without its message, which may hold request data
+        except Exception as error:
             where = traceback.extract_tb(error.__traceback__)[-1]
             print(f"{handler.__name__} failed: {type(error).__name__} at {Path(where.filename).name}:{where.lineno}",
                   file=sys.stderr)

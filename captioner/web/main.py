@@ -1,6 +1,7 @@
 """``python app.py``: read the arguments (``web.cli``), then load the model, build the page and serve it
-(``web.server``). A model that cannot be loaded stops the app with a message unless the fallback to
-the bundled model is asked for."""
+(``web.server``; on a ZeroGPU Space, Gradio's own launch, which the ``spaces`` package needs to start
+its GPU workers, behind the Space's proxy). A model that cannot be loaded stops the app with a
+message unless the fallback to the bundled model is asked for."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         options.error(str(error))
     from captioner.web.app import build_app, launch_options
     from captioner.web.server import Server
+    from captioner.web.zerogpu import is_zero_gpu
 
     built = build_app(args.model, batch_size=batch_size, backend=args.backend, fallback=args.fallback_to_bundled)
     notice = built.state.choice.notice
@@ -32,4 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         options.exit(2, f"{options.prog}: error: {notice}{hint}\n")
     if notice:
         print(f"{options.prog}: {notice}", file=sys.stderr)
-    Server(built.demo, launch_options()).run()
+    if is_zero_gpu():  # the spaces package starts its GPU workers when Gradio launches the page itself
+        built.demo.launch(**launch_options())
+    else:
+        Server(built.demo, launch_options()).run()

@@ -97,6 +97,6 @@ def model_panel(captioner: Captioner | None, notice: str | None) -> str:
         about.append(f"\nLicence: `{card.metadata['license']}`")
     limits = ["", "### Known limits"]
     limits += [f"**{heading}**\n\n{text}\n" for heading, text in card.limits] or [
-        "The model card does not describe this model's limits. Treat every caption as a guess: "
-        "captioning models repeat the patterns and biases of their training data."]
+        ("The model card does not describe this model's limits. Treat every caption as a guess: "
+         "captioning models repeat the patterns and biases of their training data.")]
     return "\n".join([*lines, *about, *limits, "", CHOOSING_A_MODEL])

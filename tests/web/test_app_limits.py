@@ -328,7 +328,7 @@ def test_concurrent_explains_never_take_the_results_folder_over_its_cap(small_se
     assert not list(server.upload_dir.rglob("word.*.png"))
     status, (data, overlays) = server.call([server.upload(EXAMPLE.read_bytes(), "c.jpg"), "a cup", 1, 20],
                                            api="explain", output=None)
-    assert status == "ok" and len(overlays) == 2
+    assert status == "ok" and len(overlays) == 2 == len(data["words"])
 
 
 @pytest.mark.slow

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from captioner.core.inference import load_captioner
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from tests.helpers.app import app, make_app_model, serve
 from tests.helpers.paths import ROOT
-from captioner.core.repository.storage import BUNDLED_MODEL_DIR
-from captioner.core.inference import load_captioner
 
 pytestmark = [pytest.mark.browser,  # Gradio 6.31 calls a pandas option that pandas 3 deprecates:
               pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),

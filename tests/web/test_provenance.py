@@ -10,10 +10,10 @@ from huggingface_hub import snapshot_download
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web import provenance
 from captioner.web.views import model_panel
-from tests.helpers.hub import hub  # noqa: F401  (fixture)
+from tests.helpers.hub import hub
 
 
-def test_weights_origin_names_bundled_hub_and_local_models(hub, tiny_model_dir):  # noqa: F811
+def test_weights_origin_names_bundled_hub_and_local_models(hub, tiny_model_dir):
     assert provenance.weights_origin(None, BUNDLED_MODEL_DIR) == "bundled with the app (`models/default`)"
     hub.add_repo("team/captioner", tiny_model_dir)
     commit = hub.add_repo("team/captioner", tiny_model_dir, revision="v2")

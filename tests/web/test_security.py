@@ -27,13 +27,21 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from captioner.web.app import CONCURRENCY
+from captioner.web.guards import (
+    MAX_INLINE_IMAGE_BYTES,
+    MAX_JSON_BODY_BYTES,
+    MAX_UPLOAD_DIR_BYTES,
+    MAX_UPLOAD_REQUEST_BYTES,
+    REFUSED_PATH,
+    InputRefused,
+    upload_source,
+)
 from captioner.web.handlers import SHARES
 from tests.helpers.app import make_app_model
 from tests.helpers.app_process import FILE_META, PeakRSS, Server, poll, raw_post
 from tests.helpers.app_process import detail as _detail
-from tests.helpers.paths import ROOT
-from captioner.web.guards import MAX_INLINE_IMAGE_BYTES, MAX_JSON_BODY_BYTES, MAX_UPLOAD_DIR_BYTES, MAX_UPLOAD_REQUEST_BYTES, REFUSED_PATH, InputRefused, upload_source
 from tests.helpers.huge_png import write_rgba16_png
+from tests.helpers.paths import ROOT
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
 MEMORY_BUDGET = 1024 * 1024 * 1024  # peak RSS above idle for 16 concurrent worst-case images (SECURITY.md)

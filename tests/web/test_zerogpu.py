@@ -37,7 +37,7 @@ class StandInSpaces(types.ModuleType):
         self.inside = threading.local()
         self._lock = threading.Lock()
 
-    def GPU(self, task=None, *, duration=None, size=None):  # noqa: N802 - the real name
+    def GPU(self, task=None, *, duration=None, size=None):
         if task is None:
             return functools.partial(self.GPU, duration=duration, size=size)
         self.decorated.append((task.__name__, duration))
