@@ -48,8 +48,9 @@ from captioner.web.views import ASK_FOR_A_PHOTO, model_panel, placeholder
 
 __all__ = ["OVERLAY_SIDE", "CaptionApp", "build_app", "build_demo", "launch_options"]
 
-CONCURRENCY = {"caption": 8,  # caption calls in flight at once; their model work shares forward passes
-               "explain": 3, "batch": 1}  # batch jobs have their own worker
+# Requests of each kind running at once. Caption calls mostly wait for a shared forward pass (the
+# decode memory budget bounds their images), so there are more of them than any client's share.
+CONCURRENCY = {"caption": 24, "explain": 3, "batch": 1}  # batch jobs have their own worker
 QUEUE_SIZE = 64  # waiting requests beyond this are turned away ("queue is full")
 MAX_UPLOAD = "100mb"  # per file; zips of many photos need room, single images are capped lower by the loader
 UPLOADS_MAX_AGE_S = 3600  # Gradio removes uploads after this

@@ -66,7 +66,7 @@ class Share:
 
 # A client's share of captions and heatmaps is less than their workers (``app.CONCURRENCY``), so that
 # one client never holds every worker and another client's request starts at once.
-SHARES = {"caption": Share(6), "explain": Share(2),
+SHARES = {"caption": Share(16), "explain": Share(2),
           "batch": Share(2, total=8)}  # batches in all: they never fill the shared queue
 
 UNEXPECTED = "Something went wrong on the server while answering this request; it has been logged."
