@@ -110,10 +110,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder of python -m captioner.build.photos (default: tests/data)")
     parser.add_argument("--sweep", action="store_true", help="regularisation of new models, one setting at a time")
+    parser.add_argument("--rows", default=None, help="with --sweep: only these rows, e.g. 0,7 (numbered from 0)")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a machine busy with other work, more threads wait)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         if args.data is None:
@@ -134,7 +137,8 @@ def main() -> None:
         rows = [baseline, {**score(None, test, "the bundled model, not trained (zero-shot)"),
                            "minutes": (time.perf_counter() - began) / 60}]
         if args.sweep:
-            for label, regularisation, extra in SWEEP:
+            chosen = [int(n) for n in args.rows.split(",")] if args.rows else range(len(SWEEP))
+            for label, regularisation, extra in (SWEEP[n] for n in chosen):
                 config = dataclasses.replace(base, from_scratch=True, regularisation=regularisation, **extra)
                 rows.append(run(train, val, test, work / f"sweep-{len(rows)}", f"from scratch, {label}", config))
                 print(table(rows, baseline["CIDEr-D"]).splitlines()[-1], flush=True)

@@ -102,10 +102,12 @@ def require_images(items: list[CaptionedImage], report: DatasetReport, images: P
     """``DatasetError`` when none of the images the data names is in ``images``: how many, a few, the folder."""
     missing = report.skipped.get(SkipReason.MISSING_IMAGE, 0)
     if not items and missing:
+        folder = Path(images)
+        names = [Path(path).relative_to(folder).as_posix() if Path(path).is_relative_to(folder) else path
+                 for path in report.examples[SkipReason.MISSING_IMAGE][:3]]
         raise DatasetError(f"none of the {missing} images that {report.annotations.name} names is in the image "
-                           f"folder {Path(images).resolve()} (e.g. "
-                           f"{', '.join(report.examples[SkipReason.MISSING_IMAGE][:3])}); check --images: the file "
-                           "names in the captions are relative to it")
+                           f"folder {folder.resolve()} (e.g. {', '.join(names)}); check --images: the file names "
+                           "in the captions are relative to it")
 
 
 HOLDOUT_IMAGES = 50  # a validation metric needs some dozens of images to choose an epoch well

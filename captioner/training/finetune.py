@@ -9,9 +9,10 @@ not have. ``Start.report`` says which it is and why.
 ``add_new_words`` then fits the vocabulary to the training captions: words it lacks are added
 (``new_words="add"``) or left as ``<unk>`` and reported. A new word's embedding and output rows
 start from a known word it is made of (``hens`` from ``hen``, ``sea-lion`` from ``sea`` and
-``lion``), else from the mean of the known words, and its output bias at the lowest known bias:
-the model starts out saying what the source said, and one gradient step on the bias brings the
-new word into play where its related word was.
+``lion``), else from the mean of the known words; its output bias is the mean known bias, or just
+below that of the word it is made of. Its logit starts at about the average word's (or just below
+its related word's), far below the word the model says, so the model starts out saying what the
+source said; a few steps on the new word's captions bring it into play.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model
 from captioner.training.config import BUNDLED, NEW_WORDS, TrainConfig
 from captioner.training.plan import coverage, word_counts
 
+RELATED_BIAS_GAP = 1.0  # a new word starts e times less likely than the known word it is made of
 ARCHITECTURE_FIELDS = ("backbone", "encoder_output", "image_size", "embed_size", "hidden_size", "num_layers")
 
 
@@ -141,16 +143,17 @@ def extend_vocabulary(model: ShowAndTell, vocab: Vocabulary, new: Sequence[str])
     grown = ShowAndTell(config)
     state = model.state_dict()
     words = slice(len(SPECIAL_TOKENS), old)
-    lowest = state["decoder.linear.bias"][words].min()
-    rows = {name: [] for name in ("decoder.embed.weight", "decoder.linear.weight")}
+    bias = state["decoder.linear.bias"]
+    rows = {name: [] for name in ("decoder.embed.weight", "decoder.linear.weight", "decoder.linear.bias")}
     for word in new:
         related = [vocab.index[w] for w in related_words(word, vocab)]
         for name, added in rows.items():
             known = state[name][related] if related else state[name][words]
             added.append(known.mean(0))
+        if related:  # below the word it is made of, so that word keeps winning until training says otherwise
+            rows["decoder.linear.bias"][-1] = bias[related].min() - RELATED_BIAS_GAP
     for name, added in rows.items():
         state[name] = torch.cat([state[name], torch.stack(added)])
-    state["decoder.linear.bias"] = torch.cat([state["decoder.linear.bias"], lowest.expand(len(new))])
     grown.load_state_dict(state)
     grown.encoder.train_backbone = model.encoder.train_backbone
     return grown

@@ -67,10 +67,12 @@ class TrainingResult:
             before = base.start_score if self.metric else base.start_val_loss
             return (f"training did not beat the starting model ({by} {_num(before)} before training; "
                     f"none of {last} epochs did better), so the starting model was kept")
-        if best is not None and self.metric:
-            parts.append(f"best epoch {best.epoch}: {by} {_num(best.scores.get(self.metric))}")
-        if base.start_score is not None:
-            parts.append(f"starting model (zero-shot) {_num(base.start_score)}")
+        if best is not None:
+            parts.append(f"best epoch {best.epoch}: {by} "
+                         f"{_num(best.scores.get(self.metric) if self.metric else best.val_loss)}")
+        if base.start is not None:
+            before = base.start_score if self.metric else base.start_val_loss
+            parts.append(f"starting model (zero-shot) {_num(before)}")
         if base.constant_score is not None:
             parts.append(f"best constant caption ({base.constant_caption!r}) {_num(base.constant_score)}")
         return "; ".join(parts)
