@@ -132,7 +132,7 @@ def test_defaults_fit_the_training_captions_without_special_tokens(defaults, ite
     captioner = Captioner(load_model(out), torch.device("cpu"))
     references = {i.image_id: i.captions for i in train}
     for options in (DecodeOptions(beam_size=1), DecodeOptions(beam_size=3, no_repeat_ngram=0)):
-        results = captioner.caption_many([i.image_path for i in train], options)
+        results = captioner([i.image_path for i in train], options, errors="return")
         for result in results:
             assert result.error is None and result.candidates
             for candidate in result.candidates:
@@ -186,7 +186,7 @@ def test_new_words_become_captionable(finetuned, items):
     assert added and "added" in next(line for line in stdout.splitlines() if line.startswith("vocabulary:"))
     train, _ = items
     captioner = Captioner(tuned, torch.device("cpu"))
-    said = {w for r in captioner.caption_many([i.image_path for i in train], DecodeOptions(beam_size=1))
+    said = {w for r in captioner([i.image_path for i in train], DecodeOptions(beam_size=1), errors="return")
             for w in r.caption.split()}
     assert said & added, (said, sorted(added)[:20])
 
