@@ -281,15 +281,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     require_extra("train", "pycocoevalcap", purpose="evaluate (BLEU, METEOR, ROUGE-L, CIDEr)")
     from captioner.core.inference import load_captioner
-    from captioner.training.datasets import read_dataset
+    from captioner.training.datasets import read_dataset, require_images
     from captioner.training.evaluation import format_scores
     from captioner.training.evaluate import decoding_name, evaluate_captioner
 
     split = args.split if args.split != "all" else None
     if args.split is None:
         split = None if args.format == "coco" else "test"
-    items, report = read_dataset(args.format, Path(args.annotations), Path(args.images), split=split,
-                                 split_file=args.split_file)
+    annotations = Path(args.annotations) if args.annotations else None
+    items, report = read_dataset(args.format, annotations, Path(args.images), split=split, split_file=args.split_file)
+    require_images(items, report, Path(args.images))
     print(report.summary(), file=sys.stderr)
     if args.max_images:
         items = items[:args.max_images]
@@ -302,9 +303,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"# {decoding_name(beam)} ({len(result.references)} images)")
         print(format_scores(result.decodings[decoding_name(beam)]))
     out = Path(args.json_out) if args.json_out else Path(
-        f"eval-{Path(str(args.model or 'bundled')).name}-{Path(args.annotations).stem}-{split or 'all'}.json")
+        f"eval-{Path(str(args.model or 'bundled')).name}-{report.annotations.stem}-{split or 'all'}.json")
     data = {"model": captioner.loaded.source,
-            "data": {"format": args.format, "annotations": str(args.annotations), "image_folder": str(args.images),
+            "data": {"format": args.format, "annotations": str(report.annotations), "image_folder": str(args.images),
                      "split": split, "report": report.summary()},
             **result.to_json()}
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -431,7 +432,8 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a caption data set (BLEU, METEOR, ROUGE-L, CIDEr)")
     p.add_argument("--model", help="model directory or owner/name[@revision] (default: the bundled model)")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--annotations", required=True)
+    p.add_argument("--annotations", default=None,
+                   help="captions file (with --format folder: default IMAGES/captions.csv or captions.jsonl)")
     p.add_argument("--images", required=True)
     p.add_argument("--split", default=None, help="train, val, test or all (default: test; all for coco)")
     p.add_argument("--split-file", help="list of the image file names to score")
