@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from captioner.core.backends.choice import requested_backend, resolve_backend, start
+from captioner.core.backends.choice import requested_backend, requested_precision, resolve_backend, start
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.captions import caption_features
 from captioner.core.devices import select_device
@@ -40,17 +40,20 @@ class Captioner:
     """Captions images with one loaded model; thread-safe (inference only touches read-only state).
 
     ``backend`` is ``"torch"``, ``"onnx"`` (the backbone and the decoder step run in ONNX Runtime:
-    ``backends.onnx_runtime``) or ``"auto"`` (see ``backends.choice.resolve_backend``). With torch on CPU its
+    ``backends.onnx_runtime``) or ``"auto"`` (see ``backends.choice.resolve_backend``); ``precision``
+    (``"fp32"``, ``"int8"`` or ``"auto"``; None: ``$CAPTIONER_PRECISION``, else auto) is the onnx
+    backend's encoder arithmetic, and ``self.precision`` the one that runs. With torch on CPU its
     encoder's backbone is optimised for inference when it is created (``encoders.optimize_for_inference``:
     same outputs, faster), so ``model`` is for inference only and its ``state_dict`` is no longer the
     model file's.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch"):
+    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch", precision: str | None = None):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
-        self._onnx = start(loaded, backend, device)  # None: torch
+        self._onnx = start(loaded, backend, device, precision)  # None: torch
         self.backend = "onnx" if self._onnx is not None else "torch"
+        self.precision = self._onnx.precision if self._onnx is not None else "fp32"
         if device.type == "cpu" and self._onnx is None:
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
         self.preprocess = preprocessor_for(self.config)
@@ -60,7 +63,7 @@ class Captioner:
     def info(self) -> dict[str, Any]:
         return {"source": self.loaded.source, "path": str(self.loaded.path), "backbone": self.config.backbone,
                 "encoder_output": self.config.encoder_output, "vocab_size": len(self.vocab),
-                "device": str(self.device), "backend": self.backend}
+                "device": str(self.device), "backend": self.backend, "precision": self.precision}
 
     @property
     def class_names(self) -> list[str] | None:
@@ -170,28 +173,30 @@ def _name(source: ImageSource) -> str | None:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
 
 
-_cache: dict[tuple[str, str, str], Captioner] = {}
+_cache: dict[tuple[str, str, str, str], Captioner] = {}
 _cache_lock = threading.Lock()
 
 
 def load_captioner(source: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                   backend: str | None = None) -> Captioner:
+                   backend: str | None = None, precision: str | None = None) -> Captioner:
     """The captioner for ``source`` (a directory, ``owner/name[@rev]``, or None for
     ``$CAPTIONER_MODEL`` / the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or
-    ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached. A Hub model loaded
-    for the onnx backend brings its repository's ONNX export (``onnx/``) when it has one."""
+    ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``) and the onnx backend's encoder in
+    ``precision`` (``auto``, ``fp32`` or ``int8``; None: ``$CAPTIONER_PRECISION``, else ``auto``),
+    loaded once and cached. A Hub model loaded for the onnx backend brings its repository's ONNX
+    export (``onnx/``) when it has one."""
     device = select_device(device)
-    backend = requested_backend(backend)
-    first_choice = resolve_backend(backend, device)
+    backend, precision = requested_backend(backend), requested_precision(precision)
+    first_choice = resolve_backend(backend, device, precision)
     name = describe_source(source)
     with _cache_lock:
-        for key in ((name, str(device), backend), (name, str(device), first_choice)):
+        for key in ((name, str(device), backend, precision), (name, str(device), first_choice, precision)):
             if key in _cache:  # "auto" shares the captioner of the backend it chose
                 return _cache[key]
         onnx = first_choice == "onnx"  # ONNX Runtime runs the backbone from its graph: torch's is built if needed
         loaded = load_model(source, device, defer_backbone=onnx,
                             optional_files=SHIPPED_FILES if onnx else ())
-        captioner = Captioner(loaded, device, backend)
-        _cache[(name, str(device), backend)] = captioner
-        _cache.setdefault((name, str(device), captioner.backend), captioner)  # auto fell back: not under "onnx"
+        captioner = Captioner(loaded, device, backend, precision)
+        _cache[(name, str(device), backend, precision)] = captioner
+        _cache.setdefault((name, str(device), captioner.backend, precision), captioner)  # auto fell back: not under "onnx"
         return captioner

@@ -18,10 +18,14 @@ MAX_LENGTH_RANGE = (2, 200)
 MAX_TOP_CLASSES = 20
 MAX_NO_REPEAT_NGRAM = 10
 LENGTH_PENALTY_RANGE = (0.0, 5.0)
-# What runs the model (``onnx_backend.requested_backend`` checks the choice); here, not in onnx_backend,
+# What runs the model (``backends.choice.requested_backend`` checks the choice); here, not in backends,
 # so that the command line's parsers name them without importing torch.
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
+# The encoder's arithmetic on the onnx backend (``backends.choice.requested_precision`` checks the choice).
+PRECISIONS = ("auto", "fp32", "int8")
+PRECISION_HELP = ("encoder arithmetic on the onnx backend; auto: int8 when the model's int8 encoder passed its "
+                  "caption agreement check, else fp32 (default: $CAPTIONER_PRECISION or auto)")
 
 
 @dataclass(frozen=True)
