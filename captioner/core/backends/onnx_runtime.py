@@ -117,7 +117,7 @@ class OnnxBackend:
         else:
             backbone = self._fp32_backbone(loaded)
         self.session, self.origin, self.path = backbone
-        shipped = _shipped(loaded, SHIPPED_STEP, self.metadata, "decoder step", STEP_THREADS)
+        shipped = _shipped(loaded, SHIPPED_STEP, self.metadata, "decoder step", STEP_THREADS, stacklevel=5)
         step_session, self.step_origin, self.step_path = shipped or _cached_session(
             self.cache, "decoder-step", self.settings, lambda: export_decoder_step(model.decoder, self.metadata),
             STEP_THREADS)
@@ -191,8 +191,8 @@ NO_INT8 = ("this model has no int8 encoder: make one with `python -m captioner e
 Graph = tuple[Any, str, Path]  # session, origin ("shipped", "cache", "exported"), path
 
 
-def _shipped(loaded: Any, graph: Path, expected: dict[str, str], what: str, threads: int | None = None
-             ) -> Graph | None:
+def _shipped(loaded: Any, graph: Path, expected: dict[str, str], what: str, threads: int | None = None,
+             stacklevel: int = 6) -> Graph | None:
     """(session, "shipped", path) for the repository's ``graph`` when it is there and belongs to
     these weights; else None (with a warning when it is there but refused)."""
     path = loaded.path / graph
@@ -203,11 +203,11 @@ def _shipped(loaded: Any, graph: Path, expected: dict[str, str], what: str, thre
         session = open_session(path, threads)
         info = session_info(session)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a malformed graph
-        warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); {instead}", stacklevel=6)
+        warnings.warn(f"{path} is not a usable ONNX file ({type(error).__name__}); {instead}", stacklevel=stacklevel)
         return None
     problem = mismatch(info, expected, graph_interface(graph, loaded))
     if problem:
-        warnings.warn(f"refusing {path}: {problem}; {instead}", stacklevel=6)
+        warnings.warn(f"refusing {path}: {problem}; {instead}", stacklevel=stacklevel)
         return None
     return session, "shipped", path
 

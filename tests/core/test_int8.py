@@ -1,0 +1,267 @@
+"""The int8 encoder: made from calibration photos, checked against fp32 captions on others, chosen by precision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.core import inference
+from captioner.core.backends.agreement import MIN_PHOTOS, NEEDED, Agreement, card_section, with_card_section
+from captioner.core.backends.calibration import CalibrationError, photo_sets, split_photos
+from captioner.core.backends.choice import onnxruntime_available, requested_precision, resolve_backend
+from captioner.core.backends.int8 import export_int8_to_repo, int8_metadata
+from captioner.core.backends.onnx_export import (
+    SHIPPED_EXPORT,
+    SHIPPED_INT8,
+    BackendUnavailable,
+    export_to_repo,
+    verify_shipped,
+    with_metadata,
+)
+from captioner.core.errors import CaptionerError
+from captioner.core.inference import Captioner, load_captioner
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model, save_model
+from tests.helpers.models import make_tiny_model
+from tests.helpers.paths import ROOT
+from tests.helpers.photos import write_flat_pictures, write_real_photos
+
+needs_exporter = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def real_photos(tmp_path_factory) -> Path:
+    return write_real_photos(tmp_path_factory.mktemp("real-photos"))
+
+
+@pytest.fixture
+def onnx_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CAPTIONER_CALIBRATION", raising=False)
+    monkeypatch.delenv("CAPTIONER_PRECISION", raising=False)
+    return tmp_path / "cache" / "onnx"
+
+
+def int8_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "int8" in str(w.message)]
+
+
+@needs_exporter
+@pytest.mark.slow
+def test_a_badly_calibrated_encoder_fails_its_check_and_auto_uses_fp32(real_photos, tmp_path, onnx_cache,
+                                                                     example_photos, one_thread):
+    model_dir = Path(shutil.copytree(BUNDLED_MODEL_DIR, tmp_path / "model"))
+    photos = photo_sets(write_flat_pictures(tmp_path / "flat"), check=real_photos)
+    assert len(photos.check) >= MIN_PHOTOS
+    written, agreement = export_int8_to_repo(model_dir, photos)
+    assert model_dir / SHIPPED_INT8 in written and model_dir / "README.md" in written
+    assert agreement.photos == len(photos.check) and agreement.verdict == "failed"
+    assert min(agreement.greedy, agreement.beam) < NEEDED * agreement.photos
+    assert verify_shipped(load_model(model_dir, CPU)) == [SHIPPED_EXPORT, Path("onnx/decoder_step.onnx"), SHIPPED_INT8]
+
+    import onnx
+
+    recorded = {p.key: p.value for p in onnx.load(str(model_dir / SHIPPED_INT8)).metadata_props}
+    assert recorded["precision"] == "int8" and recorded["agreement"] == "failed"
+    assert Agreement.from_metadata(recorded) == agreement
+    assert recorded["calibration_photos"] == "24"
+    card = (model_dir / "README.md").read_text()
+    assert card.startswith((BUNDLED_MODEL_DIR / "README.md").read_text().rstrip("\n"))
+    assert f"| greedy | {agreement.greedy} of {agreement.photos} (" in card and "Verdict: failed" in card
+
+    reference = Captioner(load_model(model_dir, CPU), CPU, "onnx", "fp32")
+    with pytest.warns(UserWarning) as caught:
+        auto = Captioner(load_model(model_dir, CPU), CPU, "onnx", "auto")
+    [line] = int8_warnings(caught)
+    assert line == f"{model_dir / SHIPPED_INT8}: {agreement.line()}"
+    assert re.search(r"int8 encoder failed its check \(identical captions on \d+ held-out photos: greedy \d+\.\d%, "
+                     r"beam 3 \d+\.\d%; at least 98% needed\): refused: the fp32 encoder is used$", line)
+    assert (auto.precision, auto._onnx.origin, auto.info["precision"]) == ("fp32", "shipped", "fp32")
+    assert auto._onnx.path == model_dir / SHIPPED_EXPORT and auto._onnx.precision_note == line
+    photo = example_photos["coffee"]
+    assert auto.caption(photo).candidates[0].score == pytest.approx(reference.caption(photo).candidates[0].score,
+                                                                    abs=1e-6)
+
+    with pytest.warns(UserWarning, match="used as asked"):
+        forced = Captioner(load_model(model_dir, CPU), CPU, "onnx", "int8")
+    assert (forced.precision, forced._onnx.path) == ("int8", model_dir / SHIPPED_INT8)
+    assert forced.caption(photo).caption  # the int8 graph runs
+
+
+def passing_graph(model_dir: Path, photos: Path) -> bytes:
+    """The model's fp32 encoder graph, labelled as its int8 encoder with the agreement the check measures
+    for it (every caption identical): a graph whose check passed."""
+    from captioner.core.backends.agreement import measure
+    from captioner.core.backends.calibration import pixels_of
+    from captioner.core.backends.int8 import _runner
+    from captioner.core.backends.onnx_export import shipped_metadata, weights_digest
+    from captioner.core.images.preprocess import preprocessor_for
+
+    loaded = load_model(model_dir, CPU)
+    fp32 = (model_dir / SHIPPED_EXPORT).read_bytes()
+    _, check = split_photos(sorted(photos.iterdir()))
+    agreement = measure(loaded.model, loaded.vocab, _runner(fp32), _runner(fp32),
+                        pixels_of(check, preprocessor_for(loaded.config)))
+    assert agreement.passed
+    return with_metadata(fp32, int8_metadata(shipped_metadata(weights_digest(model_dir, loaded.config),
+                                                              loaded.config), agreement, 30))
+
+
+@needs_exporter
+def test_auto_uses_an_int8_encoder_whose_check_passed(tiny_model_copy, real_photos, onnx_cache, tmp_path, one_thread):
+    export_to_repo(tiny_model_copy)
+    (tiny_model_copy / SHIPPED_INT8).write_bytes(passing_graph(tiny_model_copy, real_photos))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "auto")
+    assert (auto.precision, auto._onnx.origin, auto._onnx.path) == ("int8", "shipped", tiny_model_copy / SHIPPED_INT8)
+    assert Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "fp32")._onnx.path == tiny_model_copy / SHIPPED_EXPORT
+    assert Captioner(load_model(tiny_model_copy, CPU), CPU, "torch", "auto").precision == "fp32"
+
+    other = save_model(*make_tiny_model(seed=4), tmp_path / "other")  # other weights, the first one's graphs
+    shutil.copytree(tiny_model_copy / "onnx", other / "onnx")
+    with pytest.warns(UserWarning, match=r"refusing .*encoder_model_int8\.onnx: its recorded weights_sha256 do not "
+                                         r"match"):
+        refused = Captioner(load_model(other, CPU), CPU, "onnx", "auto")
+    assert refused.precision == "fp32" and refused._onnx.precision_note.startswith("this model has no int8 encoder")
+
+
+@needs_exporter
+def test_without_an_int8_encoder_auto_is_quiet_and_int8_says_how_to_make_one(tiny_model_dir, onnx_cache, one_thread):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "auto").precision == "fp32"
+    with pytest.warns(UserWarning) as caught:
+        captioner = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
+    assert captioner.precision == "fp32"
+    assert int8_warnings(caught) == [
+        "this model has no int8 encoder: make one with `python -m captioner export-onnx DIR --int8 --calibration "
+        "PHOTOS`, or set CAPTIONER_CALIBRATION to a folder of photos; the fp32 encoder is used"]
+
+
+def cache_entries(cache: Path) -> list[Path]:
+    return sorted(cache.glob("efficientnet-lite0-int8-*.onnx"))
+
+
+def intact(path: Path) -> bool:
+    return hashlib.sha256(path.read_bytes()).hexdigest() == path.stem.rsplit("-", 1)[1]
+
+
+@needs_exporter
+@pytest.mark.slow
+def test_the_cached_int8_encoder_is_made_from_the_calibration_folder_and_rebuilt_when_damaged(
+        tiny_model_dir, real_photos, onnx_cache, monkeypatch, example_photos, one_thread):
+    monkeypatch.setenv("CAPTIONER_CALIBRATION", str(real_photos))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny random model's verdict is whatever it is
+        first = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
+    [path] = cache_entries(onnx_cache)
+    assert (first.precision, first._onnx.origin, first._onnx.path) == ("int8", "exported", path) and intact(path)
+    photo = example_photos["coffee"]
+    expected = first.caption(photo)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
+    assert (again._onnx.origin, again._onnx.path) == ("cache", path)
+
+    path.write_bytes(path.read_bytes()[:-64] + bytes(64))  # same size, last bytes zeroed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
+    [path] = cache_entries(onnx_cache)
+    assert (rebuilt.precision, rebuilt._onnx.origin) == ("int8", "exported") and intact(path)
+    assert rebuilt.caption(photo).caption == expected.caption  # the same photos make the same graph
+
+    monkeypatch.delenv("CAPTIONER_CALIBRATION")  # the entry stays in use without the folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")._onnx.origin == "cache"
+
+
+def test_the_precision_choice(monkeypatch):
+    monkeypatch.delenv("CAPTIONER_PRECISION", raising=False)
+    assert requested_precision() == "auto" and requested_precision(" INT8 ") == "int8"
+    monkeypatch.setenv("CAPTIONER_PRECISION", "fp32")
+    assert requested_precision() == "fp32" and requested_precision("int8") == "int8"
+    monkeypatch.setenv("CAPTIONER_PRECISION", "fp16")
+    with pytest.raises(CaptionerError, match="unknown precision 'fp16': use one of auto, fp32, int8"):
+        requested_precision()
+    monkeypatch.delenv("CAPTIONER_PRECISION")
+    with pytest.raises(BackendUnavailable, match="--precision int8 runs on the onnx backend"):
+        resolve_backend("torch", CPU, "int8")
+    with pytest.raises(BackendUnavailable, match="runs on the CPU, not cuda"):
+        resolve_backend("auto", torch.device("cuda"), "int8")
+    assert resolve_backend("auto", torch.device("cuda"), "auto") == "torch"
+    if onnxruntime_available():
+        assert resolve_backend("auto", CPU, "int8") == "onnx"
+
+
+@needs_exporter
+def test_load_captioner_keeps_one_captioner_per_precision(tiny_model_dir, onnx_cache, monkeypatch, one_thread):
+    inference._cache.clear()
+    try:
+        auto = load_captioner(tiny_model_dir, "cpu")
+        assert auto.precision == "fp32" and load_captioner(tiny_model_dir, "cpu", "onnx", "auto") is auto
+        fp32 = load_captioner(tiny_model_dir, "cpu", precision="fp32")
+        assert fp32 is not auto and fp32.precision == "fp32"
+        monkeypatch.setenv("CAPTIONER_PRECISION", "fp32")
+        assert load_captioner(tiny_model_dir, "cpu") is fp32
+    finally:
+        inference._cache.clear()
+
+
+def test_a_forged_agreement_counts_as_no_check():
+    good = Agreement(60, 60, 59)
+    assert good.verdict == "passed" and Agreement.from_metadata(good.to_metadata()) == good
+    assert Agreement(49, 49, 49).verdict == "unchecked" and Agreement(60, 58, 60).verdict == "failed"
+    for forged in ({**good.to_metadata(), "agreement_greedy": "61"}, {**good.to_metadata(), "agreement": "failed"},
+                   {**Agreement(60, 50, 60).to_metadata(), "agreement": "passed"},
+                   {key: value for key, value in good.to_metadata().items() if key != "agreement_beam3"}):
+        assert Agreement.from_metadata(forged) is None
+
+
+def test_the_model_card_gets_one_int8_section():
+    card = "---\nlicense: mit\n---\n\n# A model\n\n## Training\n\nSome text.\n"
+    first = with_card_section(card, card_section(Agreement(80, 70, 71), "40 real photos"))
+    assert first.startswith(card) and first.count("## Int8 encoder (ONNX Runtime)") == 1
+    assert "| greedy | 70 of 80 (87.5%) |" in first and "Verdict: failed" in first
+    middle = with_card_section(first, card_section(Agreement(80, 80, 80), "40 real photos"))
+    assert middle.count("## Int8 encoder (ONNX Runtime)") == 1 and "Verdict: passed" in middle
+    assert "Verdict: failed" not in middle and middle.startswith(card)
+    inside = card.replace("## Training", "## Int8 encoder (ONNX Runtime)\n\nold\n\n## Training")
+    replaced = with_card_section(inside, card_section(Agreement(80, 80, 80), "40 real photos"))
+    assert "old" not in replaced and replaced.index("Verdict: passed") < replaced.index("## Training")
+
+
+def test_calibration_photos_are_split_by_content(tmp_path, real_photos):
+    photos = sorted(real_photos.iterdir())
+    calibration, check = split_photos(photos)
+    assert not {p.read_bytes() for p in calibration} & {p.read_bytes() for p in check}
+    assert 0.3 < len(check) / len(photos) < 0.7
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for index, path in enumerate(reversed(photos)):  # other names, other order, and a duplicate
+        shutil.copy(path, renamed / f"x{index:03d}{path.suffix}")
+    shutil.copy(photos[0], renamed / ".hidden.jpg")
+    shutil.copy(photos[0], renamed / "again.jpg")
+    again = split_photos(sorted(renamed.iterdir()))
+    assert [sorted(p.read_bytes() for p in side) for side in again] == \
+        [sorted(p.read_bytes() for p in side) for side in (calibration, check)]
+    with pytest.raises(CalibrationError, match="no photo folder"):
+        photo_sets(tmp_path / "nowhere")
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in photos[:10]:
+        shutil.copy(path, few / path.name)
+    with pytest.raises(CalibrationError, match=r"calibration photos in .*few: an int8 encoder needs at least 20"):
+        photo_sets(few)
