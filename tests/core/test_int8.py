@@ -85,16 +85,16 @@ def test_a_badly_calibrated_encoder_fails_its_check_and_auto_uses_fp32(real_phot
     assert line == f"{model_dir / SHIPPED_INT8}: {agreement.line()}"
     assert re.search(r"int8 encoder failed its check \(identical captions on \d+ held-out photos: greedy \d+\.\d%, "
                      r"beam 3 \d+\.\d%; at least 98% needed\): refused: the fp32 encoder is used$", line)
-    assert (auto.precision, auto._onnx.origin, auto.info["precision"]) == ("fp32", "shipped", "fp32")
-    assert auto._onnx.path == model_dir / SHIPPED_EXPORT and auto._onnx.precision_note == line
+    assert (auto.precision, auto.pipeline.onnx.origin, auto.info["precision"]) == ("fp32", "shipped", "fp32")
+    assert auto.pipeline.onnx.path == model_dir / SHIPPED_EXPORT and auto.pipeline.onnx.precision_note == line
     photo = example_photos["coffee"]
-    assert auto.caption(photo).candidates[0].score == pytest.approx(reference.caption(photo).candidates[0].score,
+    assert auto(photo).candidates[0].score == pytest.approx(reference(photo).candidates[0].score,
                                                                     abs=1e-6)
 
     with pytest.warns(UserWarning, match="used as asked"):
         forced = Captioner(load_model(model_dir, CPU), CPU, "onnx", "int8")
-    assert (forced.precision, forced._onnx.path) == ("int8", model_dir / SHIPPED_INT8)
-    assert forced.caption(photo).caption  # the int8 graph runs
+    assert (forced.precision, forced.pipeline.onnx.path) == ("int8", model_dir / SHIPPED_INT8)
+    assert forced(photo).caption  # the int8 graph runs
 
 
 def passing_graph(model_dir: Path, photos: Path) -> bytes:
@@ -123,8 +123,8 @@ def test_auto_uses_an_int8_encoder_whose_check_passed(tiny_model_copy, real_phot
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         auto = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "auto")
-    assert (auto.precision, auto._onnx.origin, auto._onnx.path) == ("int8", "shipped", tiny_model_copy / SHIPPED_INT8)
-    assert Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "fp32")._onnx.path == tiny_model_copy / SHIPPED_EXPORT
+    assert (auto.precision, auto.pipeline.onnx.origin, auto.pipeline.onnx.path) == ("int8", "shipped", tiny_model_copy / SHIPPED_INT8)
+    assert Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "fp32").pipeline.onnx.path == tiny_model_copy / SHIPPED_EXPORT
     assert Captioner(load_model(tiny_model_copy, CPU), CPU, "torch", "auto").precision == "fp32"
 
     other = save_model(*make_tiny_model(seed=4), tmp_path / "other")  # other weights, the first one's graphs
@@ -132,7 +132,7 @@ def test_auto_uses_an_int8_encoder_whose_check_passed(tiny_model_copy, real_phot
     with pytest.warns(UserWarning, match=r"refusing .*encoder_model_int8\.onnx: its recorded weights_sha256 do not "
                                          r"match"):
         refused = Captioner(load_model(other, CPU), CPU, "onnx", "auto")
-    assert refused.precision == "fp32" and refused._onnx.precision_note.startswith("this model has no int8 encoder")
+    assert refused.precision == "fp32" and refused.pipeline.onnx.precision_note.startswith("this model has no int8 encoder")
 
 
 @needs_exporter
@@ -165,27 +165,27 @@ def test_the_cached_int8_encoder_is_made_from_the_calibration_folder_and_rebuilt
         warnings.simplefilter("ignore")  # the tiny random model's verdict is whatever it is
         first = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
     [path] = cache_entries(onnx_cache)
-    assert (first.precision, first._onnx.origin, first._onnx.path) == ("int8", "exported", path) and intact(path)
+    assert (first.precision, first.pipeline.onnx.origin, first.pipeline.onnx.path) == ("int8", "exported", path) and intact(path)
     photo = example_photos["coffee"]
-    expected = first.caption(photo)
+    expected = first(photo)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         again = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
-    assert (again._onnx.origin, again._onnx.path) == ("cache", path)
+    assert (again.pipeline.onnx.origin, again.pipeline.onnx.path) == ("cache", path)
 
     path.write_bytes(path.read_bytes()[:-64] + bytes(64))  # same size, last bytes zeroed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
     [path] = cache_entries(onnx_cache)
-    assert (rebuilt.precision, rebuilt._onnx.origin) == ("int8", "exported") and intact(path)
-    assert rebuilt.caption(photo).caption == expected.caption  # the same photos make the same graph
+    assert (rebuilt.precision, rebuilt.pipeline.onnx.origin) == ("int8", "exported") and intact(path)
+    assert rebuilt(photo).caption == expected.caption  # the same photos make the same graph
 
     monkeypatch.delenv("CAPTIONER_CALIBRATION")  # the entry stays in use without the folder
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")._onnx.origin == "cache"
+        assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8").pipeline.onnx.origin == "cache"
 
 
 def test_the_precision_choice(monkeypatch):
