@@ -164,7 +164,8 @@ def load_captioner(source: str | os.PathLike | None = None, device: str | torch.
     else ``auto``: int8 when the model's int8 encoder passed its check).
 
     Loaded once and cached, keyed by where the model is (a directory's resolved path, a Hub id with its
-    revision), the device, the backend and the precision; ``cache=False`` loads a fresh one and keeps it out of the cache
+    revision), the device, the backend and the precision; ``cache=False`` loads a fresh one and keeps it out
+    of the cache
     (e.g. after the model's files changed). A Hub model loaded for the onnx backend brings its
     repository's ONNX export (``onnx/``) when it has one."""
     device = select_device(device)

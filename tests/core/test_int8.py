@@ -30,6 +30,7 @@ from captioner.core.backends.onnx_export import (
 from captioner.core.errors import CaptionerError
 from captioner.core.inference import Captioner, load_captioner
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model, save_model
+from tests.helpers.int8 import ship_passing_int8
 from tests.helpers.models import make_tiny_model
 from tests.helpers.paths import ROOT
 from tests.helpers.photos import write_flat_pictures, write_real_photos
@@ -97,34 +98,16 @@ def test_a_badly_calibrated_encoder_fails_its_check_and_auto_uses_fp32(real_phot
     assert forced(photo).caption  # the int8 graph runs
 
 
-def passing_graph(model_dir: Path, photos: Path) -> bytes:
-    """The model's fp32 encoder graph, labelled as its int8 encoder with the agreement the check measures
-    for it (every caption identical): a graph whose check passed."""
-    from captioner.core.backends.agreement import measure
-    from captioner.core.backends.calibration import pixels_of
-    from captioner.core.backends.int8 import _runner
-    from captioner.core.backends.onnx_export import shipped_metadata, weights_digest
-    from captioner.core.images.preprocess import preprocessor_for
-
-    loaded = load_model(model_dir, CPU)
-    fp32 = (model_dir / SHIPPED_EXPORT).read_bytes()
-    _, check = split_photos(sorted(photos.iterdir()))
-    agreement = measure(loaded.model, loaded.vocab, _runner(fp32), _runner(fp32),
-                        pixels_of(check, preprocessor_for(loaded.config)))
-    assert agreement.passed
-    return with_metadata(fp32, int8_metadata(shipped_metadata(weights_digest(model_dir, loaded.config),
-                                                              loaded.config), agreement, 30))
-
-
 @needs_exporter
 def test_auto_uses_an_int8_encoder_whose_check_passed(tiny_model_copy, real_photos, onnx_cache, tmp_path, one_thread):
-    export_to_repo(tiny_model_copy)
-    (tiny_model_copy / SHIPPED_INT8).write_bytes(passing_graph(tiny_model_copy, real_photos))
+    ship_passing_int8(tiny_model_copy, real_photos)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         auto = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "auto")
-    assert (auto.precision, auto.pipeline.onnx.origin, auto.pipeline.onnx.path) == ("int8", "shipped", tiny_model_copy / SHIPPED_INT8)
-    assert Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "fp32").pipeline.onnx.path == tiny_model_copy / SHIPPED_EXPORT
+    onnx = auto.pipeline.onnx
+    assert (auto.precision, onnx.origin, onnx.path) == ("int8", "shipped", tiny_model_copy / SHIPPED_INT8)
+    fp32 = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx", "fp32")
+    assert fp32.pipeline.onnx.path == tiny_model_copy / SHIPPED_EXPORT
     assert Captioner(load_model(tiny_model_copy, CPU), CPU, "torch", "auto").precision == "fp32"
 
     other = save_model(*make_tiny_model(seed=4), tmp_path / "other")  # other weights, the first one's graphs
@@ -132,7 +115,8 @@ def test_auto_uses_an_int8_encoder_whose_check_passed(tiny_model_copy, real_phot
     with pytest.warns(UserWarning, match=r"refusing .*encoder_model_int8\.onnx: its recorded weights_sha256 do not "
                                          r"match"):
         refused = Captioner(load_model(other, CPU), CPU, "onnx", "auto")
-    assert refused.precision == "fp32" and refused.pipeline.onnx.precision_note.startswith("this model has no int8 encoder")
+    assert refused.precision == "fp32"
+    assert refused.pipeline.onnx.precision_note.startswith("this model has no int8 encoder")
 
 
 @needs_exporter
@@ -165,7 +149,8 @@ def test_the_cached_int8_encoder_is_made_from_the_calibration_folder_and_rebuilt
         warnings.simplefilter("ignore")  # the tiny random model's verdict is whatever it is
         first = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx", "int8")
     [path] = cache_entries(onnx_cache)
-    assert (first.precision, first.pipeline.onnx.origin, first.pipeline.onnx.path) == ("int8", "exported", path) and intact(path)
+    assert (first.precision, first.pipeline.onnx.origin, first.pipeline.onnx.path) == ("int8", "exported", path)
+    assert intact(path)
     photo = example_photos["coffee"]
     expected = first(photo)
 

@@ -98,17 +98,18 @@ def measure(model, vocab, reference: Encoder, candidate: Encoder, batches: Seque
 
 def card_section(agreement: Agreement, calibration: str) -> str:
     """The model card's section on the int8 encoder (``calibration``: how it was calibrated)."""
+    asked = "`--precision int8` uses it as asked"
     used = {"passed": "`--precision auto` (the default) uses it on the onnx backend",
-            "failed": "`--precision auto` refuses it and uses the fp32 encoder; `--precision int8` uses it as asked",
-            "unchecked": "`--precision auto` uses the fp32 encoder; `--precision int8` uses it as asked"}[agreement.verdict]
+            "failed": f"`--precision auto` refuses it and uses the fp32 encoder; {asked}",
+            "unchecked": f"`--precision auto` uses the fp32 encoder; {asked}"}[agreement.verdict]
+    greedy, beam = (f"{n} of {agreement.photos} ({agreement.rate(n):.1%})" for n in (agreement.greedy, agreement.beam))
     return (f"{CARD_HEADING}\n\n"
             "`onnx/encoder_model_int8.onnx` is this model's encoder quantised to int8 by ONNX Runtime's static "
             "quantisation (QDQ, per-channel weights; the pooling and the classifier head kept in float), "
             f"calibrated on {calibration}. Its captions were compared with the fp32 encoder's on real photos that "
             "the calibration never saw:\n\n"
             "| decoding | identical captions |\n|---|---|\n"
-            f"| greedy | {agreement.greedy} of {agreement.photos} ({agreement.rate(agreement.greedy):.1%}) |\n"
-            f"| beam search, 3 beams | {agreement.beam} of {agreement.photos} ({agreement.rate(agreement.beam):.1%}) |\n\n"
+            f"| greedy | {greedy} |\n| beam search, 3 beams | {beam} |\n\n"
             f"Verdict: {agreement.verdict} (at least {NEEDED:.0%} identical needed in each, on at least {MIN_PHOTOS} "
             f"photos); {used}.\n")
 

@@ -12,9 +12,9 @@ Where each graph comes from, in order:
    (``python -m captioner export-onnx DIR``). Each is used only when its metadata records this
    model's weights (the SHA-256 of ``model.safetensors``), backbone and encoder output, and its
    inputs and outputs are the ones this model needs; otherwise it is refused with a warning.
-2. The export cache (``onnx`` in the captioner's cache folder, ``paths.cache_root``): one file per weights hash, export settings and torch/onnxruntime
-   versions, named with the SHA-256 of its own bytes, which is checked on every load: a damaged
-   file is rebuilt, never trusted.
+2. The export cache (``onnx`` in the captioner's cache folder, ``paths.cache_root``): one file per
+   weights hash, export settings and torch/onnxruntime versions, named with the SHA-256 of its own
+   bytes, which is checked on every load: a damaged file is rebuilt, never trusted.
 3. A fresh export of the loaded weights (``torch.onnx.export``, opset 17, dynamic batch; about a
    second for EfficientNet-Lite0), written to the cache atomically. This needs the ``onnx`` package;
    with both graphs shipped (or cached), onnxruntime alone runs the model.

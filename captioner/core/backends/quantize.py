@@ -78,7 +78,8 @@ def quantize_graph(fp32: bytes, calibration: Sequence[torch.Tensor], method: str
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints a line per collection
             quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=head_nodes(graph.graph),
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            nodes_to_exclude=head_nodes(graph.graph),
                             extra_options={"CalibStridedMinMax": stride, "CalibPercentile": percentile})
         result = onnx.load(str(quantized))
     del result.metadata_props[:]
