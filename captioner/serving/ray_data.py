@@ -324,7 +324,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
     without it, an OUT that already holds parts is refused. ``backend``: each worker's
     ``load_captioner`` backend (``auto``, ``torch``, ``onnx``; None: the workers' ``$CAPTIONER_BACKEND``,
     else ``auto``). ``precision``: each worker's encoder precision on the onnx backend (``auto``, ``fp32``,
-    ``int8``; None: the workers' ``$CAPTIONER_PRECISION``, else ``auto``). Raises ``CaptionerError`` / ``ValueError`` for bad arguments before any image is read.
+    ``int8``; None: the workers' ``$CAPTIONER_PRECISION``, else ``auto``). Raises ``CaptionerError`` /
+    ``ValueError`` for bad arguments before any image is read.
     """
     started = time.perf_counter()
     source, out = os.fspath(source), os.fspath(out)
@@ -394,7 +395,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
         if own_cluster:
             ray.shutdown()
     return DatasetRun(out, len(inputs), len(inputs) - len(todo), captioned, failures, writer.written, count, gpus,
-                      startup, time.perf_counter() - started, tuple(sorted(backends)), tuple(sorted(precisions)))
+                      startup, time.perf_counter() - started, tuple(sorted(backends)),
+                      tuple(sorted(precisions)))
 
 
 def _local_object_store() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -18,15 +17,8 @@ from captioner.core import inference
 from captioner.core.backends.agreement import MIN_PHOTOS, NEEDED, Agreement, card_section, with_card_section
 from captioner.core.backends.calibration import CalibrationError, photo_sets, split_photos
 from captioner.core.backends.choice import onnxruntime_available, requested_precision, resolve_backend
-from captioner.core.backends.int8 import export_int8_to_repo, int8_metadata
-from captioner.core.backends.onnx_export import (
-    SHIPPED_EXPORT,
-    SHIPPED_INT8,
-    BackendUnavailable,
-    export_to_repo,
-    verify_shipped,
-    with_metadata,
-)
+from captioner.core.backends.int8 import export_int8_to_repo
+from captioner.core.backends.onnx_export import SHIPPED_EXPORT, SHIPPED_INT8, BackendUnavailable, verify_shipped
 from captioner.core.errors import CaptionerError
 from captioner.core.inference import Captioner, load_captioner
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model, save_model
@@ -250,3 +242,45 @@ def test_calibration_photos_are_split_by_content(tmp_path, real_photos):
         shutil.copy(path, few / path.name)
     with pytest.raises(CalibrationError, match=r"calibration photos in .*few: an int8 encoder needs at least 20"):
         photo_sets(few)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CAPTIONER_CALIBRATION", "CAPTIONER_PRECISION")}
+    return subprocess.run([sys.executable, "-m", "captioner", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200, env={**env, "OMP_NUM_THREADS": "1"})
+
+
+def test_export_onnx_int8_refuses_bad_photo_folders_in_one_line_before_any_work(tiny_model_copy, tmp_path):
+    before = sorted(path.name for path in tiny_model_copy.iterdir())
+    nowhere = tmp_path / "nowhere"
+    for args, message in (
+            (["--calibration", str(tmp_path)], "error: --calibration and --check choose the photos of the int8 "
+                                               "encoder: add --int8"),
+            (["--int8"], "error: --int8 needs photos: --calibration DIR (a folder of 100 or more photos like those "
+                         "the model will caption), or set CAPTIONER_CALIBRATION"),
+            (["--int8", "--calibration", str(nowhere)], f"error: no photo folder {str(nowhere)!r}"),
+            (["--int8", "--calibration", str(tmp_path)], f"error: 0 calibration photos in {tmp_path}: an int8 encoder "
+                                                         "needs at least 20 (about 100 or more calibrate it well)")):
+        done = _cli("export-onnx", str(tiny_model_copy), *args)
+        assert (done.returncode, done.stdout, done.stderr.splitlines()) == (1, "", [message])
+    assert sorted(path.name for path in tiny_model_copy.iterdir()) == before
+
+
+@needs_exporter
+@pytest.mark.slow
+def test_export_onnx_int8_writes_the_graph_the_card_and_one_verdict_line(tiny_model_copy, real_photos, tmp_path):
+    flat = write_flat_pictures(tmp_path / "flat")
+    done = _cli("export-onnx", str(tiny_model_copy), "--int8", "--calibration", str(flat), "--check", str(real_photos))
+    assert done.returncode == 0, done.stderr
+    *wrote, verdict = done.stdout.splitlines()
+    names = ("encoder_model.onnx", "decoder_step.onnx", "encoder_model_int8.onnx")
+    assert [line.split(" (")[0] for line in wrote] == [f"wrote {tiny_model_copy / 'onnx' / name}" for name in names] + [
+        f"wrote {tiny_model_copy / 'README.md'}"]
+    assert re.fullmatch(r"int8 encoder (passed|failed) its check \(identical captions on \d+ held-out photos: "
+                        r"greedy \d+\.\d%, beam 3 \d+\.\d%; at least 98% needed\).*", verdict), verdict
+    assert done.stderr.splitlines()[:2] == ["calibrating the int8 encoder on 24 photos",
+                                            f"checking its captions on {len(list(real_photos.iterdir()))} other photos"]
+    assert "## Int8 encoder (ONNX Runtime)" in (tiny_model_copy / "README.md").read_text()

@@ -16,8 +16,8 @@ from tests.helpers.int8 import ship_passing_int8
 from tests.helpers.paths import EXAMPLES
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAS_RAY or not onnxruntime_available(),
-                                                   reason='needs Ray and onnxruntime: pip install "captioner[ray,onnx]"')]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not HAS_RAY or not onnxruntime_available(), reason='needs Ray and onnxruntime: pip install "captioner[ray,onnx]"')]
 os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex})
 
 
