@@ -20,7 +20,7 @@ import torch
 
 from captioner.core.backends.onnx_export import EXPORTER_HINT, INPUT_NAME, ExporterMissing
 
-METHOD = "Percentile"
+METHOD = "MinMax"
 PERCENTILE = 99.999
 METHODS = ("MinMax", "Entropy", "Percentile")
 COLLECT_EVERY = 4  # photos whose intermediate outputs are held at once during calibration (memory)
