@@ -176,7 +176,7 @@ def test_the_precision_choice(monkeypatch):
     monkeypatch.delenv("CAPTIONER_PRECISION")
     with pytest.raises(BackendUnavailable, match="--precision int8 runs on the onnx backend"):
         resolve_backend("torch", CPU, "int8")
-    with pytest.raises(BackendUnavailable, match="runs on the CPU, not cuda"):
+    with pytest.raises(BackendUnavailable, match=r"int8 runs on the CPU \(the onnx backend\), not cuda"):
         resolve_backend("auto", torch.device("cuda"), "int8")
     assert resolve_backend("auto", torch.device("cuda"), "auto") == "torch"
     if onnxruntime_available():
