@@ -141,8 +141,8 @@ def measure(model_dir: Path, test_log_probs: np.ndarray, test_captions: list[str
     captioner = Captioner(loaded, torch.device(device))
     names = imagenet_class_names()
     for name, path in (photos or {}).items():
-        greedy_result = captioner.caption(path, beam_size=1)
-        beam_result = captioner.caption(path, beam_size=3)
+        greedy_result = captioner(path, beam_size=1)
+        beam_result = captioner(path, beam_size=3)
         top = [names.index(label) for label, _ in greedy_result.top_classes]
         allowed = grammar_captions(top)
         report.photos.append(PhotoCheck(name, greedy_result.caption, beam_result.caption, greedy_result.top_classes,
@@ -171,7 +171,10 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
                   photos: dict[str, Path] | None = None) -> QualityReport:
     """Generate, train, measure and write the bundled model; returns the measurements."""
     from captioner.build.synthetic import generate_pairs, grammar_phrases
-    from captioner.training.loop import CHECKPOINT, build_config, fit_decoder, read_checkpoint
+    from captioner.training.checkpoint import CHECKPOINT, read_checkpoint
+    from captioner.training.config import TrainConfig
+    from captioner.training.fit import fit_decoder
+    from captioner.training.job import build_config
 
     settings = settings or BuildSettings()
     device = select_device(settings.device)
@@ -201,8 +204,9 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
                   f"lr {learning_rate(settings, epoch):.2e}", file=sys.stderr, flush=True)
             fit_decoder(model, vocab, _encoder_outputs(train[0], ENCODER_OUTPUT), [[c] for c in train[1]],
                         val_inputs, val_captions, work,
-                        epochs=epoch, batch_size=settings.batch_size, lr=learning_rate(settings, epoch),
-                        seed=settings.seed, device=device, metric=None, resume=epoch > 1)
+                        TrainConfig(epochs=epoch, batch_size=settings.batch_size, lr=learning_rate(settings, epoch),
+                                    lr_schedule="constant", seed=settings.seed, device=str(device), metric=None,
+                                    resume=epoch > 1))
             del train
     state = read_checkpoint(work)
 

@@ -94,13 +94,14 @@ def queued(handler, app: AppState, kind: str) -> dict[str, Any]:
 
 def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR,
               examples_dir: str | os.PathLike = EXAMPLES_DIR, batch_size: int | None = None,
-              backend: str | None = None, fallback: bool = True) -> CaptionApp:
+              backend: str | None = None, precision: str | None = None, fallback: bool = True) -> CaptionApp:
     """The app for ``source`` (None: ``$CAPTIONER_MODEL``, else the ``bundled`` model). When that
     model cannot be loaded, the bundled one is shown instead if ``fallback``; when none is, the page
     still comes up and says why. ``batch_size``: images per forward pass (None: ``$CAPTIONER_MAX_BATCH``,
-    else 8). ``backend``: auto, torch or onnx (None: ``$CAPTIONER_BACKEND``, else auto)."""
+    else 8). ``backend``: auto, torch or onnx (None: ``$CAPTIONER_BACKEND``, else auto); ``precision``:
+    auto, fp32 or int8, the onnx backend's encoder (None: ``$CAPTIONER_PRECISION``, else auto)."""
     app = load_state(source, bundled=bundled, examples_dir=examples_dir, batch_size=batch_size, backend=backend,
-                     fallback=fallback)
+                     precision=precision, fallback=fallback)
     length = app.default_length
     app.warm_examples(ui_options(BEAM, DEFAULT_BEAM, DEFAULT_BEAM, length, length))  # examples answer at once
     captioner, notice = app.captioner, app.choice.notice

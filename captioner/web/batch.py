@@ -25,7 +25,7 @@ from captioner.core.errors import ImageError
 from captioner.core.images.decode import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size
 from captioner.core.inference import Captioner
 from captioner.core.options import DecodeOptions
-from captioner.core.results import CaptionResult, failed
+from captioner.core.results import CaptionResult
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together
@@ -121,16 +121,13 @@ def total_bytes(paths: Iterable[str | os.PathLike]) -> int:
 
 def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: DecodeOptions | None = None, *,
                    batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
-                   max_pixels: int = MAX_BATCH_PIXELS,
-                   caption_many: Callable[..., list[CaptionResult]] | None = None) -> list[CaptionResult]:
+                   max_pixels: int = MAX_BATCH_PIXELS) -> list[CaptionResult]:
     """Caption every input, ``batch_size`` images per forward pass; one result per input, in order,
     named after the input. Unreadable inputs become results with an error, and so do the images
     beyond ``max_pixels`` in all (counted from their headers, before decoding).
 
-    ``progress(done, total)`` is called before the first pass and after each one. ``caption_many``
-    runs each pass (default: ``captioner.caption_many``; the app passes it wrapped for ZeroGPU).
+    ``progress(done, total)`` is called before the first pass and after each one.
     """
-    caption_many = caption_many or captioner.caption_many
     options = options or DecodeOptions(num_candidates=1)
     results: list[CaptionResult] = []
     total = len(inputs)
@@ -139,9 +136,8 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: 
         progress(0, total)
     for start in range(0, total, batch_size):
         chunk = inputs[start:start + batch_size]
-        chunk_results: list[CaptionResult | None] = [None] * len(chunk)
-        readable, data = [], []
-        for index, item in enumerate(chunk):
+        entries: list[bytes | ImageError] = []
+        for item in chunk:
             try:
                 blob = item.read()
                 width, height = image_size(blob) or (0, 0)
@@ -150,15 +146,11 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: 
                     raise ImageError(f"this batch's images exceed {max_pixels / 1e6:g} megapixels together; "
                                      "caption this file in another batch")
                 used += pixels
-                data.append(blob)
-                readable.append(index)
+                entries.append(blob)
             except ImageError as error:
-                chunk_results[index] = failed(item.name, str(error), captioner.loaded.source)
-        captioned = caption_many(data, options, names=[chunk[i].name for i in readable],
-                                           batch_size=batch_size)
-        for index, result in zip(readable, captioned):
-            chunk_results[index] = result
-        results += chunk_results
+                entries.append(error)
+        results += captioner.pipeline.caption_each(entries, options, names=[item.name for item in chunk],
+                                                   batch_size=batch_size)
         if progress:
             progress(min(start + batch_size, total), total)
     return results

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +46,13 @@ _STOP = object()
 class SharedCaptioner:
     """Thread-safe single-image captioning that batches concurrent calls into shared forward passes."""
 
-    def __init__(self, captioner: Captioner, max_batch_size: int = 8, memo_size: int = 256,
-                 run_forward: Callable[[Callable], Callable] | None = None):
-        """``run_forward`` wraps the model call that every forward pass goes through (e.g. ``spaces.GPU``
-        on ZeroGPU hardware, where CUDA exists only inside the wrapped call); its arguments (a pixel
-        batch and the options) and results are plain data, so the wrapper may run it in another process."""
+    def __init__(self, captioner: Captioner, max_batch_size: int = 8, memo_size: int = 256):
+        """Each forward pass is ``captioner.pipeline.caption_batch``, run on the worker thread in the
+        context of the first caller waiting for it (so a wrapper given by ``Captioner.with_forward``,
+        such as ``spaces.GPU`` on ZeroGPU, sees that caller's request)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.captioner, self.max_batch_size, self.memo_size = captioner, max_batch_size, memo_size
-        self._model_call = run_forward(self._call_model) if run_forward is not None else self._call_model
         self.forward_passes = 0  # batched model calls so far
         self.batch_sizes: list[int] = []  # size of each forward pass, most recent last (up to 1000)
         self._memo: OrderedDict[tuple, CaptionResult] = OrderedDict()
@@ -72,7 +70,7 @@ class SharedCaptioner:
         """Caption one image, decoded once here. Raises ``ImageError`` for an unusable image, ``ValueError``
         for bad options. Results are immutable: a remembered one is returned as is."""
         options = options.resolved(self.captioner.config.max_length)
-        pixels = self.captioner.prepare(image)
+        pixels = self.captioner.pipeline.prepare(image)
         key = (hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).digest(), options)
         with self._memo_lock:
             if key in self._memo:
@@ -138,12 +136,12 @@ class SharedCaptioner:
                 return
 
     def _call_model(self, pixels: torch.Tensor, options: DecodeOptions) -> list[CaptionResult]:
-        return self.captioner.caption_pixels(pixels, options)
+        return self.captioner.pipeline.caption_batch(pixels, options)
 
     def _forward(self, options: DecodeOptions, requests: list[_Request]) -> None:
         try:
             pixels = torch.stack([request.pixels for request in requests])
-            results = requests[0].context.run(self._model_call, pixels, options)  # e.g. ZeroGPU quota: first caller's
+            results = requests[0].context.run(self._call_model, pixels, options)  # e.g. ZeroGPU quota: first caller's
         except BaseException as error:
             for request in requests:
                 request.future.set_exception(error)
@@ -163,12 +161,12 @@ class ModelChoice:
 
 
 def choose_model(source: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR, backend: str | None = None, *,
-                 fallback: bool = True) -> ModelChoice:
+                 bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR, backend: str | None = None,
+                 precision: str | None = None, *, fallback: bool = True) -> ModelChoice:
     """Load ``source``, else ``$CAPTIONER_MODEL``, else the ``bundled`` model directory; when the model
     asked for cannot be loaded and ``fallback`` is true, fall back to the bundled one if it exists.
-    Never raises for a missing or broken model: the notice says what happened. ``backend``: see
-    ``load_captioner``."""
+    Never raises for a missing or broken model: the notice says what happened. ``backend``,
+    ``precision``: see ``load_captioner``."""
     asked = source if source not in (None, "") else os.environ.get("CAPTIONER_MODEL") or None
     has_bundled = bundled is not None and (Path(bundled) / "config.json").is_file()
     if asked is None and not has_bundled:
@@ -176,7 +174,7 @@ def choose_model(source: str | os.PathLike | None = None, device: str | torch.de
                                  "config.json). Start the app with --model DIR or owner/name, or set "
                                  "CAPTIONER_MODEL.")
     try:
-        return ModelChoice(load_captioner(asked if asked is not None else bundled, device, backend))
+        return ModelChoice(load_captioner(asked if asked is not None else bundled, device, backend, precision))
     except (CaptionerError, OSError) as error:
         reason = str(error)
     if asked is not None and not fallback:
@@ -184,7 +182,7 @@ def choose_model(source: str | os.PathLike | None = None, device: str | torch.de
     if asked is None or not has_bundled or Path(str(asked)).resolve() == Path(bundled).resolve():
         return ModelChoice(None, f"No model is available: {reason}")
     try:
-        captioner = load_captioner(bundled, device, backend)
+        captioner = load_captioner(bundled, device, backend, precision)
     except (CaptionerError, OSError) as error:
         return ModelChoice(None, f"No model is available. The model {str(asked)!r} could not be loaded: "
                                  f"{reason}; the bundled model could not be loaded either: {error}")

@@ -3,7 +3,7 @@ Gradio nor the model stack, so that ``--help`` and a mistyped option answer at o
 reads them before it imports the rest).
 
     python app.py [--model DIR | owner/name[@revision]] [--backend auto|torch|onnx]
-                  [--max-batch-size N] [--fallback-to-bundled]
+                  [--precision auto|fp32|int8] [--max-batch-size N] [--fallback-to-bundled]
 
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1 and the first
 free port from 7860; the server is ``web/server.py``);
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from captioner.core.options import BACKEND_HELP, BACKENDS
+from captioner.core.options import BACKEND_HELP, BACKENDS, PRECISION_HELP, PRECISIONS
 
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
 
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
                         help="concurrent requests' images per shared forward pass; 1 turns batching off "
                              f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
     parser.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     parser.add_argument("--fallback-to-bundled", action="store_true",
                         default=os.environ.get("CAPTIONER_FALLBACK_TO_BUNDLED", "").strip() == "1",
                         help="when the model asked for cannot be loaded, serve the bundled model and say so "

@@ -163,10 +163,10 @@ def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, de
     if search not in (BEAM, GREEDY):
         raise ValueError(f"search must be {BEAM!r} or {GREEDY!r}, got {search!r}")
     if search == GREEDY:
-        return DecodeOptions(1, None, max_length).resolved(default_length)
+        return DecodeOptions(beam_size=1, max_length=max_length).resolved(default_length)
     beam = whole_number("beam_size", beam_size, 2, MAX_BEAM_SIZE, "beam search")
     shown = whole_number("num_candidates", candidates, 1, MAX_BEAM_SIZE)
-    return DecodeOptions(beam, min(shown, beam), max_length).resolved(default_length)
+    return DecodeOptions(beam_size=beam, num_candidates=min(shown, beam), max_length=max_length).resolved(default_length)
 
 
 def page_max_length(default_length: int) -> int:
@@ -188,8 +188,8 @@ def on_slider(name: str, value: Any, low: int, high: int) -> int:
 
 def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
     """The ``caption`` endpoint's settings, checked as sent (``ValueError`` names the setting)."""
-    return DecodeOptions(DEFAULT_BEAM if beam_size is None else beam_size, num_candidates,
-                         max_length).resolved(default_length)
+    return DecodeOptions(beam_size=DEFAULT_BEAM if beam_size is None else beam_size, num_candidates=num_candidates,
+                         max_length=max_length).resolved(default_length)
 
 
 def explainable(caption: Any, options: DecodeOptions) -> str | None:
@@ -349,7 +349,7 @@ def caption_batch(app: AppState, files: Any, search: Any, beam_size: Any, max_le
         inputs = collect_inputs(paths)
     except ImageError as error:
         raise user_error(error, "Batch refused") from None
-    rows = caption_inputs(model.captioner, inputs, options, batch_size=app.batch_size, caption_many=app.caption_many,
+    rows = caption_inputs(model.captioner, inputs, options, batch_size=app.batch_size,  # its passes on the device
                           progress=lambda done, total: progress((done, total), desc="Captioning", unit="images"))
     folder = app.outputs.new_request()
     csv_path = app.outputs.write(folder, "alt-text.csv", rows_to_csv(rows).encode("utf-8"))

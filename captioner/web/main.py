@@ -19,14 +19,16 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         batch_size = max_batch_size(args.max_batch_size)
-        resolve_backend(args.backend, select_device())  # e.g. onnx without onnxruntime: say so and stop
+        # e.g. onnx without onnxruntime, or int8 with the torch backend: say so and stop
+        resolve_backend(args.backend, select_device(), args.precision)
     except (ValueError, CaptionerError) as error:
         options.error(str(error))
     from captioner.web.app import build_app, launch_options
     from captioner.web.server import Server
     from captioner.web.zerogpu import is_zero_gpu
 
-    built = build_app(args.model, batch_size=batch_size, backend=args.backend, fallback=args.fallback_to_bundled)
+    built = build_app(args.model, batch_size=batch_size, backend=args.backend, precision=args.precision,
+                      fallback=args.fallback_to_bundled)
     notice = built.state.choice.notice
     if built.state.captioner is None:
         built.state.close()

@@ -18,7 +18,7 @@ from captioner.web.cli import max_batch_size
 from captioner.web.gallery import list_examples
 from captioner.web.guards import InFlight, QueueShares
 from captioner.web.outputs import OutputFolder
-from captioner.web.zerogpu import backend_for, gpu_wrapper, is_zero_gpu
+from captioner.web.zerogpu import backend_for, gpu_wrapper, is_zero_gpu, wrap_captioner
 
 
 def _examples_dir() -> Path:
@@ -35,13 +35,13 @@ DEFAULT_LENGTH = 20  # the length setting shown when no model is loaded
 
 @dataclass
 class AppState:
-    """One app's shared parts. ``explain`` and ``caption_many`` are the captioner's own, wrapped
-    for ZeroGPU where it runs (as the shared batcher's forward pass is)."""
+    """One app's shared parts. The shared batcher's captioner runs every forward pass inside the
+    hardware's wrapper (``zerogpu.wrap_captioner``: ``spaces.GPU`` on ZeroGPU, else as is), and
+    ``explain`` is the captioner's own, wrapped likewise."""
 
     choice: ModelChoice
     shared: SharedCaptioner | None
     explain: Callable | None
-    caption_many: Callable | None
     batch_size: int
     examples: list[Path]
     outputs: OutputFolder = field(default_factory=OutputFolder)
@@ -77,13 +77,16 @@ class AppState:
 
 def load_state(source: str | os.PathLike | None = None, *, bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR,
                examples_dir: str | os.PathLike = EXAMPLES_DIR, batch_size: int | None = None,
-               backend: str | None = None, fallback: bool = True) -> AppState:
+               backend: str | None = None, precision: str | None = None, fallback: bool = True) -> AppState:
     """The state of an app showing ``source`` (see ``choose_model``; ``backend`` as ``backend_for``
-    decides it) with ``batch_size`` images per forward pass (see ``max_batch_size``)."""
+    decides it, ``precision`` as ``load_captioner`` reads it) with ``batch_size`` images per forward
+    pass (see ``max_batch_size``)."""
     batch_size = max_batch_size(batch_size)
-    choice = choose_model(source, bundled=bundled, backend=backend_for(backend), fallback=fallback)
+    choice = choose_model(source, bundled=bundled, backend=backend_for(backend), precision=precision,
+                          fallback=fallback)
     captioner = choice.captioner
+    if captioner is None:
+        return AppState(choice, None, None, batch_size, list_examples(examples_dir))
     on_gpu = gpu_wrapper()  # on ZeroGPU every model call runs inside spaces.GPU (CUDA exists only there)
-    shared = SharedCaptioner(captioner, max_batch_size=batch_size, run_forward=on_gpu) if captioner else None
-    return AppState(choice, shared, on_gpu(captioner.explain) if captioner else None,
-                    on_gpu(captioner.caption_many) if captioner else None, batch_size, list_examples(examples_dir))
+    shared = SharedCaptioner(wrap_captioner(captioner, on_gpu), max_batch_size=batch_size)
+    return AppState(choice, shared, on_gpu(captioner.explain), batch_size, list_examples(examples_dir))

@@ -87,7 +87,8 @@ def model_panel(captioner: Captioner | None, notice: str | None) -> str:
              f"- **Hardware:** {hardware_summary(info['device'])}",
              f"- **Backbone:** {info['backbone']} (the encoder passes on {_ENCODER_OUTPUTS[info['encoder_output']]})",
              f"- **Vocabulary:** {info['vocab_size']:,} tokens",
-             f"- **Device:** {info['device']} ({info['backend']} backend)"]
+             f"- **Device:** {info['device']} ({info['backend']} backend"
+             f"{', int8 encoder' if info.get('precision') == 'int8' else ''})"]
     card = summarize_card(captioner.loaded.card)
     about = ["", "### About this model (from its model card)"]
     if card.title:

@@ -5,11 +5,11 @@ GPU through torch, not to ONNX Runtime on the CPU, unless a backend was asked fo
 
 ``gpu_wrapper()`` is ``spaces.GPU`` (with a duration fit for one batched forward pass) when the app runs
 on a ZeroGPU Space and the ``spaces`` package can be imported, and the identity everywhere else, so
-nothing changes off ZeroGPU. The app wraps its model calls with it once, at start-up: the shared
-batcher's forward pass (``SharedCaptioner(run_forward=...)``), the batch tab's ``caption_many`` and
-``explain``. On ZeroGPU ``spaces.GPU`` runs the wrapped call in a worker process that holds the GPU for
-the call's length, so its arguments and results travel by pickling (pixels or image bytes in, plain
-results out)."""
+nothing changes off ZeroGPU. The app wraps its model calls with it once, at start-up: every forward
+pass of its captioner (``wrap_captioner``, through the captioner's own seam ``Captioner.with_forward``:
+the shared batcher's and the batch tab's passes) and ``explain``. On ZeroGPU ``spaces.GPU`` runs the
+wrapped call in a worker process that holds the GPU for the call's length, so its arguments and
+results travel by pickling (a pixel batch in, plain results out)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,9 @@ def gpu_wrapper(duration: int = FORWARD_SECONDS) -> Callable[[F], F]:
         return spaces.GPU(function, duration=duration)
 
     return wrap
+
+
+def wrap_captioner(captioner, wrap: Callable[[F], F]):
+    """``captioner`` itself when ``wrap`` is the identity, else the captioner with every forward pass
+    run inside ``wrap`` (``Captioner.with_forward``)."""
+    return captioner if wrap is identity else captioner.with_forward(wrap)

@@ -38,7 +38,7 @@ def test_decode_steps_are_start_the_words_and_one_to_learn_if_it_ends():
 @pytest.mark.parametrize("words", [2, 4, 7])
 def test_a_caption_that_would_go_on_has_exactly_max_length_words_and_says_it_was_cut(talkative, words, beam,
                                                                                     one_thread):
-    result = load_captioner(talkative, "cpu").caption(EXAMPLES / "coffee.jpg", beam_size=beam, max_length=words)
+    result = load_captioner(talkative, "cpu")(EXAMPLES / "coffee.jpg", beam_size=beam, max_length=words)
     assert result.candidates
     for candidate in result.candidates:
         assert len(candidate.caption.split()) == words == len(candidate.words)
@@ -47,13 +47,13 @@ def test_a_caption_that_would_go_on_has_exactly_max_length_words_and_says_it_was
 
 def test_a_caption_that_ends_by_itself_is_not_cut(terse, one_thread):
     for beam in (1, 3):
-        result = load_captioner(terse, "cpu").caption(EXAMPLES / "coffee.jpg", beam_size=beam, max_length=2)
+        result = load_captioner(terse, "cpu")(EXAMPLES / "coffee.jpg", beam_size=beam, max_length=2)
         assert len(result.caption.split()) == 1 and not result.candidates[0].cut
 
 
 def test_default_length_is_the_models_in_words(talkative, one_thread):
     captioner = load_captioner(talkative, "cpu")
-    result = captioner.caption(EXAMPLES / "coffee.jpg", DecodeOptions(beam_size=1))
+    result = captioner(EXAMPLES / "coffee.jpg", DecodeOptions(beam_size=1))
     assert len(result.caption.split()) == captioner.config.max_length and result.candidates[0].cut
 
 
@@ -70,6 +70,6 @@ def test_the_best_caption_does_not_depend_on_how_many_candidates_are_kept(tiny_m
     for model in (tiny_model_dir, talkative):
         captioner = load_captioner(model, "cpu")
         for words in (3, 6, 12):
-            one = captioner.caption(EXAMPLES / "rocket.jpg", beam_size=4, num_candidates=1, max_length=words)
-            four = captioner.caption(EXAMPLES / "rocket.jpg", beam_size=4, num_candidates=4, max_length=words)
+            one = captioner(EXAMPLES / "rocket.jpg", beam_size=4, num_candidates=1, max_length=words)
+            four = captioner(EXAMPLES / "rocket.jpg", beam_size=4, num_candidates=4, max_length=words)
             assert one.caption == four.caption and one.candidates[0] == four.candidates[0]

@@ -99,7 +99,7 @@ def table_rows(page, selector: str) -> int:
 def shown_caption(model_dir, photo: Path, **settings) -> str:
     """What the Caption tab should show for ``photo`` (default settings unless given): the caption in
     sentence case, with "…" when it was cut at the maximum length."""
-    best = load_captioner(model_dir, "cpu").caption(photo, **{"beam_size": 3, "num_candidates": 3, **settings}).candidates[0]
+    best = load_captioner(model_dir, "cpu")(photo, **{"beam_size": 3, "num_candidates": 3, **settings}).candidates[0]
     return best.caption[:1].upper() + best.caption[1:] + (" …" if best.cut else "")
 
 
@@ -175,7 +175,7 @@ def test_batch_tab_offers_a_csv_with_one_row_per_image(page, app_model, tmp_path
                                              "album.zip/album/rocket.jpg", "broken.jpg"]
     captioner = load_captioner(app_model, "cpu")
     for row, photo in zip(rows[:4], ["coffee", "grace-hopper", "camera", "rocket"]):
-        assert row["caption"] == captioner.caption(EXAMPLES / f"{photo}.jpg", beam_size=3).caption
+        assert row["caption"] == captioner(EXAMPLES / f"{photo}.jpg", beam_size=3).caption
         assert row["error"] == "" and 0 < float(row["confidence"]) <= 1
     assert "truncated or corrupt" in rows[4]["error"] and rows[4]["caption"] == ""
 
@@ -287,8 +287,7 @@ def test_maximum_length_counts_words_and_a_cut_caption_says_so(page, app_model):
     longest.fill("2")
     longest.blur()
     shown = caption_of(page, EXAMPLES / "grace-hopper.jpg")
-    best = load_captioner(app_model, "cpu").caption(EXAMPLES / "grace-hopper.jpg", beam_size=3,
-                                                    max_length=2).candidates[0]
+    best = load_captioner(app_model, "cpu")(EXAMPLES / "grace-hopper.jpg", beam_size=3, max_length=2).candidates[0]
     assert shown == shown_caption(app_model, EXAMPLES / "grace-hopper.jpg", max_length=2)
     words = shown.removesuffix(" …").split()
     assert len(words) == len(best.words) and 1 <= len(words) <= 2

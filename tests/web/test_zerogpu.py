@@ -81,8 +81,8 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     state = built.state
     shared = state.shared
     assert state.captioner.backend == "torch"  # on ZeroGPU the GPU runs the model, through torch
-    # captions, the batch tab's passes, heatmaps: each wrapped once, when the app starts
-    assert sorted(name for name, _ in stand_in_spaces.decorated) == ["_call_model", "caption_many", "explain"]
+    # every forward pass (the shared batcher's and the batch tab's) and heatmaps: each wrapped once, at start
+    assert sorted(name for name, _ in stand_in_spaces.decorated) == ["_caption_pixels", "explain"]
     assert stand_in_spaces.calls == 0 and shared.forward_passes == 0  # examples are not pre-captioned on ZeroGPU
     runs = record_model_runs(shared.captioner, stand_in_spaces)
     with serve(built) as url:
@@ -97,10 +97,10 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     assert all(runs)
     assert all(request is not None for request in stand_in_spaces.requests)  # billed to a visitor's request
 
-    # The batch tab's passes go through spaces.GPU too (as its handler runs them).
+    # The batch tab's passes go through spaces.GPU too (its handler hands them the shared batcher's captioner).
     before = stand_in_spaces.calls
-    rows = caption_inputs(state.captioner, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(2, 1),
-                          batch_size=4, caption_many=state.caption_many)
+    rows = caption_inputs(shared.captioner, collect_inputs([EXAMPLES / photo for photo in PHOTOS]),
+                          DecodeOptions(beam_size=2, num_candidates=1), batch_size=4)
     assert [row.error for row in rows] == [None] * len(PHOTOS) and [row.image for row in rows] == PHOTOS
     assert stand_in_spaces.calls - before == 2 and len(runs) == shared.forward_passes + 2 and all(runs)
 
@@ -115,7 +115,7 @@ def test_off_zerogpu_spaces_gpu_is_never_used(stand_in_spaces, monkeypatch, tiny
         answer = Client(url, verbose=False).predict(handle_file(EXAMPLES / PHOTOS[0]), 2, 2, 8, api_name="/caption")
     assert answer["caption"] is not None
     assert zerogpu.gpu_wrapper() is zerogpu.identity
-    assert built.state.caption_many == shared.captioner.caption_many  # unwrapped
+    assert shared.captioner is built.state.captioner  # not wrapped
     assert stand_in_spaces.decorated == [] and stand_in_spaces.calls == 0 and runs == [False] * len(runs)
 
 
