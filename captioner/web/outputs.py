@@ -62,8 +62,8 @@ class OutputFolder:
     def write(self, folder: Path, name: str, data: bytes) -> Path:
         """``data`` as ``folder/name``, counted first: older requests' folders are removed until it fits.
 
-        Raises ``OutputsFull`` when it cannot fit, ``FileNotFoundError`` when ``folder`` itself was
-        removed to make room for newer requests (the server is flooded). Writing holds the folder's
+        Raises ``OutputsFull`` when it cannot fit, or when ``folder`` itself was removed to make room
+        for newer requests (the server is flooded). Writing holds the folder's
         lock (files are written whole, a few MB at most), so what is on disk never passes the cap."""
         if os.sep in name or name.startswith("."):
             raise ValueError(f"not a plain file name: {name!r}")
@@ -86,7 +86,8 @@ class OutputFolder:
     def _make_room(self, folder: Path, size: int) -> None:
         """Remove expired request folders, then the oldest others, until ``size`` more bytes fit."""
         if folder not in self._folders:
-            raise FileNotFoundError("this request's output folder was removed to make room for newer ones")
+            raise OutputsFull("the server is busy: this request's results were removed to make room for newer "
+                              "ones; try again in a minute")
         now = time.monotonic()
         total = sum(used for _, used in self._folders.values())
         for other, (created, used) in list(self._folders.items()):
