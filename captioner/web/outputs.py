@@ -27,7 +27,8 @@ MAX_BYTES = 256 * MB  # and the oldest go first when the folder would hold more 
 
 
 class OutputsFull(OSError):
-    """A file does not fit under the folder's cap even with every older request's files removed."""
+    """A file does not fit under the folder's cap even with every older request's files removed, or its
+    request's own files were removed for newer ones."""
 
 
 class OutputFolder:
