@@ -37,7 +37,7 @@ from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
 from captioner.web.batcher import SharedCaptioner, choose_model
 from captioner.web.gallery import list_examples
-from captioner.web.guards import InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder, upload_source
+from captioner.web.guards import FileInputGuard, InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder, upload_source
 from captioner.web.provenance import hardware_summary, weights_origin
 from captioner.web.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 
@@ -131,8 +131,9 @@ def launch_options() -> dict[str, Any]:
     """Arguments for ``demo.launch`` (Gradio 6 takes theme and CSS here, not in ``gr.Blocks``); the
     request size limits (see ``RequestSizeLimit``) wrap the server."""
     limits = Middleware(RequestSizeLimit, upload_dir=get_upload_folder())
+    files = Middleware(FileInputGuard, upload_dir=get_upload_folder())  # also when mounted (see FileInputGuard)
     return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "share": False,
-            "app_kwargs": {"middleware": [limits]}}
+            "app_kwargs": {"middleware": [limits, files]}}
 
 
 def validation(inputs: int, problem: str | None) -> list[dict]:
