@@ -22,8 +22,15 @@ def local_cluster(env_vars: dict[str, str] | None = None) -> Iterator[str]:
     are shut down afterwards, and any Ray process of this cluster still alive is killed."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
+    for attempt in range(3):  # Ray waits only 30 s for its raylet, which a busy machine can exceed
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
+            break
+        except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(error) or attempt == 2:
+                raise
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

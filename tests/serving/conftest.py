@@ -32,6 +32,9 @@ def upload_dir(tmp_path_factory) -> Path:
 def cluster(upload_dir) -> Iterator[str]:
     if not HAS_RAY:
         pytest.skip('needs Ray: pip install "captioner[ray]"')
+    from captioner.serving.ray_serve import use_returning_allocator
+
+    use_returning_allocator()  # as `python -m captioner serve` does before it starts a local cluster
     with local_cluster({"GRADIO_TEMP_DIR": str(upload_dir), "CAPTIONER_CACHE": os.environ["CAPTIONER_CACHE"]}) as address:
         yield address
 
@@ -55,8 +58,9 @@ def running_service(name: str, prefix: str = "/", port: int | None = None, **set
 
 @pytest.fixture(scope="module")
 def service(cluster) -> Iterator[str]:
-    """The caption service with the web page (bundled model, torch backend) on a free port; yields its URL."""
+    """The caption service with the web page (bundled model, torch backend) on a free port; yields its URL.
+    Its requests may take 10 minutes: tests of the time limit use their own deployment."""
     port = free_port()
     with running_service("captioner", "/", port=port, max_batch_size=8, batch_wait_ms=100, max_upload_mb=2,
-                         backend="torch") as prefix:  # torch: not the onnx that auto would choose on this CPU
+                         backend="torch", request_timeout_s=600) as prefix:  # torch: not the onnx that auto would choose on this CPU
         yield f"http://127.0.0.1:{port}{prefix}"
