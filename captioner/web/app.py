@@ -36,8 +36,9 @@ from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
 from captioner.web.batcher import SharedCaptioner, choose_model
+from captioner.web.file_guard import FileInputGuard
 from captioner.web.gallery import list_examples
-from captioner.web.guards import FileInputGuard, InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder, upload_source
+from captioner.web.guards import InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder, upload_source
 from captioner.web.provenance import hardware_summary, weights_origin
 from captioner.web.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
 

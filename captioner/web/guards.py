@@ -8,12 +8,6 @@
   upload folder (resolved, so ``..`` and links cannot leave it) or the bytes of a ``data:`` URL of
   bounded encoded length. Every other path is refused with one message that says nothing about
   whether it exists.
-- ``FileInputGuard``: an ASGI middleware that reads each JSON request body (within the same cap)
-  and refuses it when a file payload in it names anything but a regular file inside the upload
-  folder, before Gradio sees it. Gradio copies the file a ``meta``-marked payload names into its
-  cache before any handler runs, and checks that path itself only for an app started with
-  ``launch`` (``Blocks.has_launched``), never for one mounted with ``gr.mount_gradio_app``; with
-  this guard in front, the same rule holds however the app is served.
 - ``QueueShares``: per-client limits on a Gradio queue (how many of one client's requests may wait
   or run), counted from the moment a validator lets a request in.
 - ``prune_folder``: drop old files from a folder and keep it under a size cap.
@@ -27,7 +21,6 @@ import base64
 import binascii
 import json
 import os
-import re
 import shutil
 import threading
 import time
@@ -115,113 +108,6 @@ def _data_url_bytes(url: str, max_bytes: int) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise InputRefused("The image data in the data: URL is damaged (not valid base64).") from None
-
-
-def file_reference_refusal(payload: dict, upload_dir: str | os.PathLike) -> str | None:
-    """Why a file payload of a request body may not be read (``REFUSED_PATH``, or
-    ``REFUSED_WEB_ADDRESS`` for a web address, which Gradio would download), or None when it
-    names nothing on the server (a ``data:`` URL) or a regular file inside ``upload_dir``. Only
-    names are looked at: nothing is opened, so devices, pipes and ``/proc`` cost nothing."""
-    path, url = payload.get("path"), payload.get("url")
-    reference = path if isinstance(path, str) and path else url if isinstance(url, str) and url else None
-    if reference is None or reference.startswith("data:"):
-        return None  # no file named here; the handler checks what the payload carries
-    if _is_web_address(reference):
-        return REFUSED_WEB_ADDRESS
-    try:
-        _path_in(reference, upload_dir)
-    except InputRefused:
-        return REFUSED_PATH
-    return None
-
-
-def file_payloads(value: Any) -> list[dict]:
-    """Every dict in a parsed JSON body that names a file (a ``path`` or ``url`` text), at any depth."""
-    found, stack = [], [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item.get("path"), str) or isinstance(item.get("url"), str):
-                found.append(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return found
-
-
-class FileInputGuard:
-    """ASGI middleware: a request body (JSON, up to ``max_body`` bytes) with a file payload that
-    names anything but a regular file inside ``upload_dir`` is answered ``400`` with
-    ``REFUSED_PATH`` before the app reads it (see ``file_reference_refusal``). Bodies that are
-    not JSON, and uploads (paths ending in ``upload_suffix``), pass unchanged."""
-
-    def __init__(self, app: Callable, *, upload_dir: str | os.PathLike, max_body: int = MAX_JSON_BODY_BYTES,
-                 upload_suffix: str = "/gradio_api/upload"):
-        self.app, self.upload_dir, self.max_body, self.upload_suffix = app, upload_dir, max_body, upload_suffix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS")
-                or scope.get("path", "").rstrip("/").endswith(self.upload_suffix)):
-            await self.app(scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_body:
-                await _refuse(send, 413, f"The request is too large (limit {self.max_body / MB:.0f} MB).")
-                return
-        body = b"".join(chunks)
-        try:
-            parsed = json.loads(body)  # the parser Starlette's request.json() uses, so both read the same
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        payloads = file_payloads(parsed) + [{"path": text} for text in _strings_for_file_inputs(scope, parsed)]
-        for payload in payloads:
-            refusal = file_reference_refusal(payload, self.upload_dir)
-            if refusal:
-                await _refuse(send, 400, refusal)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _strings_for_file_inputs(scope: Scope, body: Any) -> list[str]:
-    """Texts sent in place of a file payload, for a file input of the Gradio event a request
-    calls (``/queue/join`` by ``fn_index``, ``/call/NAME``, ``/run/NAME``), so that a path sent
-    as bare text gets the same answer as in a payload (Gradio would refuse it with a message that
-    echoes it). The event is looked up in the Blocks of the Gradio app serving the request."""
-    data = body.get("data") if isinstance(body, dict) else None
-    get_blocks = getattr(scope.get("app"), "get_blocks", None)
-    if not isinstance(data, list) or get_blocks is None:
-        return []
-    functions = get_blocks().fns  # {fn_index: event}
-    route, index = scope.get("path", "").rstrip("/"), body.get("fn_index")
-    if route.endswith("/queue/join"):
-        event = functions.get(index) if isinstance(index, int) else None
-    else:
-        name = re.search(r"/(?:call|run)/([^/]+)$", route)
-        event = next((fn for fn in functions.values() if name and fn.api_name == name[1]), None)
-    inputs = event.inputs if event is not None else []
-    texts: list[str] = []
-    for component, value in zip(inputs, data):
-        if getattr(component, "data_model", None) is None:
-            continue  # not a file input
-        items = value if isinstance(value, list) else [value]
-        texts += [item for item in items if isinstance(item, str)]
-    return texts
 
 
 class RequestSizeLimit:

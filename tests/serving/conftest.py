@@ -35,7 +35,8 @@ def cluster(upload_dir) -> Iterator[str]:
     from captioner.serving.ray_serve import use_returning_allocator
 
     use_returning_allocator()  # as `python -m captioner serve` does before it starts a local cluster
-    with local_cluster({"GRADIO_TEMP_DIR": str(upload_dir), "CAPTIONER_CACHE": os.environ["CAPTIONER_CACHE"]}) as address:
+    workers_env = {"GRADIO_TEMP_DIR": str(upload_dir), "CAPTIONER_CACHE": os.environ["CAPTIONER_CACHE"]}
+    with local_cluster(workers_env) as address:
         yield address
 
 
@@ -61,6 +62,7 @@ def service(cluster) -> Iterator[str]:
     """The caption service with the web page (bundled model, torch backend) on a free port; yields its URL.
     Its requests may take 10 minutes: tests of the time limit use their own deployment."""
     port = free_port()
+    # torch: not the onnx that auto would choose on this CPU
     with running_service("captioner", "/", port=port, max_batch_size=8, batch_wait_ms=100, max_upload_mb=2,
-                         backend="torch", request_timeout_s=600) as prefix:  # torch: not the onnx that auto would choose on this CPU
+                         backend="torch", request_timeout_s=600) as prefix:
         yield f"http://127.0.0.1:{port}{prefix}"

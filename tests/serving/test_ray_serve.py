@@ -177,9 +177,11 @@ def test_memory_returns_to_idle_after_a_burst(service, tmp_path):
         after.append(settled_rss(replicas))
         proxy_after.append(settled_rss(proxies))
         peaks.append(peak.peak)
-    print(f"\nreplica RSS: idle {idle / MB:.0f} MB; peaks {', '.join(f'+{(p - idle) / MB:.0f}' for p in peaks)} MB; "
-          f"after each burst {', '.join(f'{(a - idle) / idle:+.1%}' for a in after)}. Proxy: idle "
-          f"{proxy_idle / MB:.0f} MB, after each burst {', '.join(f'{(a - proxy_idle) / MB:+.0f} MB' for a in proxy_after)}")
+    rises = ", ".join(f"+{(p - idle) / MB:.0f}" for p in peaks)
+    kept = ", ".join(f"{(a - idle) / idle:+.1%}" for a in after)
+    proxy_kept = ", ".join(f"{(a - proxy_idle) / MB:+.0f} MB" for a in proxy_after)
+    print(f"\nreplica RSS: idle {idle / MB:.0f} MB; peaks {rises} MB; after each burst {kept}. "
+          f"Proxy: idle {proxy_idle / MB:.0f} MB, after each burst {proxy_kept}")
     assert max(after) <= idle * 1.10
     assert proxy_after[1] <= proxy_after[0] * 1.05
 
