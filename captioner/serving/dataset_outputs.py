@@ -77,9 +77,9 @@ class Output:
 
 def output_for(out: str, fmt: str | None = None) -> Output:
     """The target ``out`` names: a file when it ends in .jsonl, .ndjson, .csv, .parquet or .pq and is
-    not an existing folder; else a folder of parts (``fmt``: parquet, the default, or jsonl; jsonl
-    when the folder's name ends in .jsonl). Raises ``ValueError`` for a format that contradicts the
-    file's suffix."""
+    not an existing folder; else a folder of parts (``fmt``: parquet or jsonl; by default the format
+    of the parts already in it, else jsonl when its name ends in .jsonl, else parquet). Raises
+    ``ValueError`` for a format that contradicts the file's suffix."""
     fs, path, _ = filesystem(out)
     is_folder = fs.get_file_info(path).type == pafs.FileType.Directory
     kind = FILE_FORMATS.get(suffix(path.rstrip("/")))
@@ -87,8 +87,9 @@ def output_for(out: str, fmt: str | None = None) -> Output:
         if fmt is not None and fmt != kind:
             raise ValueError(f"--format {fmt} does not match the file name {out} (a .{kind} file)")
         return Output(out, kind, True)
-    if fmt is None:
-        fmt = "jsonl" if kind == "jsonl" else "parquet"
+    if fmt is None:  # the format of the parts already there, else by the folder's name
+        present = [name for name in PART_FORMATS if is_folder and _parts(fs, path, name)]
+        fmt = present[0] if present else "jsonl" if kind == "jsonl" else "parquet"
     if fmt not in PART_FORMATS:
         raise ValueError(f"a folder of parts holds {' or '.join(PART_FORMATS)} files, not {fmt}; "
                          f"name a .{fmt} file to get one {fmt} file")

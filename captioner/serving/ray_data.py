@@ -35,8 +35,7 @@ from captioner.core.errors import CaptionerError  # noqa: E402
 from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
 from captioner.serving.dataset_inputs import list_inputs  # noqa: E402
-from captioner.serving.dataset_outputs import (  # noqa: E402
-    PartWriter, check_file_is_new, output_for, read_results, to_row)
+from captioner.serving.dataset_outputs import PartWriter, check_file_is_new, output_for, read_results, to_row  # noqa: E402  # noqa: E402
 
 ROWS_PER_PART = 1000
 MAX_BLOCKS = 100_000  # input blocks; a block is a whole number of batches

@@ -43,8 +43,7 @@ from captioner.core.errors import CaptionerError, ImageError  # noqa: E402
 from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.images.memory import release_free_memory  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
-from captioner.serving.serve_limits import (  # noqa: E402
-    BodyBudget, ClientShares, RequestError, Watchdog, body_length, read_image)
+from captioner.serving.serve_limits import BodyBudget, ClientShares, RequestError, Watchdog, body_length, read_image  # noqa: E402  # noqa: E402
 
 MAX_BATCH_SIZE = 8  # prepared images per forward pass
 BATCH_WAIT_S = 0.01  # how long the first request of a batch waits for company

@@ -12,8 +12,17 @@ from pathlib import Path
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.repository.storage import MODEL_FILES
 from captioner.serving.space import (
-    CPU_HARDWARE, REQUIRED_MODEL_FILES, HubModel, SpaceError, StagedSpace, check_repo_id, is_cpu_hardware,
-    normalise_hardware, parse_model, stage_space)
+    CPU_HARDWARE,
+    REQUIRED_MODEL_FILES,
+    HubModel,
+    SpaceError,
+    StagedSpace,
+    check_repo_id,
+    is_cpu_hardware,
+    normalise_hardware,
+    parse_model,
+    stage_space,
+)
 
 
 class HubUnreachable(SpaceError):

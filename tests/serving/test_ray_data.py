@@ -215,12 +215,13 @@ def test_a_stopped_run_resumed_shows_a_progress_bar_and_a_summary_not_rays_outpu
 
 
 def _no_ray_processes_left(session: int) -> None:
-    """No process of the command's session (its local cluster) is still alive."""
+    """No process of the command's session (its local cluster) is still running (an exited one that
+    its new parent has not reaped yet does not count)."""
     time.sleep(2)
     left = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
-            if os.getsid(process.pid) == session:
+            if os.getsid(process.pid) == session and process.info["status"] != psutil.STATUS_ZOMBIE:
                 left.append(" ".join(process.info["cmdline"] or [])[:80])
         except (ProcessLookupError, PermissionError):
             continue

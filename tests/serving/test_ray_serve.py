@@ -5,19 +5,25 @@ caps, the body budget, the time limit, a stuck replica replaced, memory handed b
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psutil
 import pytest
 
+from tests.helpers.app import free_port
 from tests.helpers.huge_png import write_rgba16_png
-from tests.helpers.paths import EXAMPLES
+from tests.helpers.paths import EXAMPLES, ROOT
 from tests.helpers.ray_cluster import ray_processes
-from tests.serving.conftest import running_service
+from tests.serving.conftest import driver_env, running_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 PHOTOS = sorted(EXAMPLES.glob("*.jpg"))
@@ -309,3 +315,43 @@ def test_a_stuck_replica_fails_its_health_check_and_is_replaced(limited):
     with _client("127.0.0.11") as client:
         answer = client.post(f"{limited}/v1/caption", content=PHOTOS[0].read_bytes())
     assert answer.status_code == 200 and answer.json()["caption"]
+
+
+def test_the_serve_command_serves_on_its_own_cluster_and_stops_cleanly(tmp_path):
+    """``python -m captioner serve`` as a user runs it: its own local cluster, whose processes (Serve's
+    proxy included) get the allocator settings; Ctrl-C stops it and leaves no Ray process behind."""
+    from captioner.serving.ray_serve import ALLOCATOR_ENV
+
+    port = free_port()
+    env = {key: value for key, value in driver_env().items() if not key.startswith("MALLOC_")}
+    server = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--no-ui", "--port", str(port),
+                               "--backend", "torch", "--requests-per-client", "4"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in server.stdout:
+            if line.startswith("serving on"):
+                break
+        assert server.poll() is None
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/caption", content=PHOTOS[0].read_bytes(), timeout=300)
+        assert answer.status_code == 200 and answer.json()["caption"]
+        session = [p for p in psutil.process_iter(["pid"]) if _in_session(p.pid, server.pid)]
+        proxy = next(p for p in session if " ".join(p.cmdline()).startswith("ray::ProxyActor"))
+        environ = proxy.environ()
+        assert all(environ.get(name) == value for name, value in ALLOCATOR_ENV.items())
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C in its terminal
+        server.wait(timeout=180)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    time.sleep(2)
+    left = [p.pid for p in psutil.process_iter(["pid", "status"])
+            if _in_session(p.pid, server.pid) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert not left
+
+
+def _in_session(pid: int, session: int) -> bool:
+    try:
+        return os.getsid(pid) == session
+    except (ProcessLookupError, PermissionError):
+        return False
