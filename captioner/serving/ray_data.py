@@ -5,7 +5,7 @@
 
 The input paths are listed (or read from a table) on the driver (``dataset_inputs``), streamed
 through an actor pool (``map_batches`` with ``ActorPoolStrategy``: each actor loads the model once
-and captions batches with ``Captioner.caption_many``, decoding images in threads beside the forward
+and captions batches with ``Captioner.pipeline.caption_each``, decoding images in threads beside the forward
 pass), and the driver writes the results in complete parts (``dataset_outputs``): a job that is
 stopped leaves only complete parts, and ``resume=True`` skips the inputs already in them, so a
 stopped job resumed ends with every input exactly once. A file target (``.jsonl``, ``.csv``,
@@ -30,12 +30,18 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 
-from captioner.core.backends.choice import requested_backend  # noqa: E402
+from captioner.core.backends.choice import requested_backend, requested_precision  # noqa: E402
 from captioner.core.errors import CaptionerError  # noqa: E402
 from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
 from captioner.serving.dataset_inputs import list_inputs  # noqa: E402
-from captioner.serving.dataset_outputs import PartWriter, check_file_is_new, output_for, read_results, to_row  # noqa: E402  # noqa: E402
+from captioner.serving.dataset_outputs import (  # noqa: E402
+    PartWriter,
+    check_file_is_new,
+    output_for,
+    read_results,
+    to_row,
+)
 
 ROWS_PER_PART = 1000
 MAX_BLOCKS = 100_000  # input blocks; a block is a whole number of batches
@@ -60,6 +66,7 @@ class DatasetRun:
     seconds: float  # the whole call
     backends: tuple[str, ...] = ()  # the backends the workers ran ("torch", "onnx")
     file_rows: int | None = None  # rows in the file written (a file target), else None
+    precisions: tuple[str, ...] = ()  # the encoder precisions they ran ("fp32", "int8")
 
     def summary(self) -> str:
         done = f"captioned {self.captioned - self.failed} of {self.captioned} images"
@@ -68,6 +75,8 @@ class DatasetRun:
         if self.skipped:
             done += f"; {self.skipped} done by an earlier run were kept"
         backends = f" ({'/'.join(self.backends)} backend)" if self.backends else ""
+        if "int8" in self.precisions:
+            backends = backends.replace(" backend)", f" backend, {'/'.join(self.precisions)} encoder)")
         wrote = (f"wrote {self.out} ({self.file_rows} rows)" if self.file_rows is not None
                  else f"wrote {self.parts} part file(s) to {self.out}")
         return f"{done}{backends}; {wrote} in {self.seconds:.1f} s"
@@ -79,34 +88,22 @@ class CaptionWorker:
     """A Ray Data actor: loads the model once, then captions batches of paths."""
 
     def __init__(self, model: str | None, device: str, options: DecodeOptions, batch_size: int, threads: int,
-                 backend: str | None = None):
+                 backend: str | None = None, precision: str | None = None):
         import torch
 
         from captioner.core.inference import load_captioner
 
         torch.set_num_threads(max(1, threads))
-        self.captioner = load_captioner(model, device, backend)
+        self.captioner = load_captioner(model, device, backend, precision)
         self.options, self.batch_size = options, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        from captioner.core.results import failed
-
         paths = [str(path) for path in batch["path"]]
-        results: list[Any] = [None] * len(paths)
-        readable, sources = [], []
-        for index, path in enumerate(paths):
-            source = _open_source(path)
-            if isinstance(source, Exception):
-                results[index] = failed(path, str(source), self.captioner.loaded.source)
-            else:
-                readable.append(index)
-                sources.append(source)
-        captioned = self.captioner.caption_many(sources, self.options, names=[paths[i] for i in readable],
-                                                batch_size=self.batch_size)
-        for index, result in zip(readable, captioned):
-            results[index] = result
+        results = self.captioner.pipeline.caption_each([_open_source(path) for path in paths], self.options,
+                                                       names=paths, batch_size=self.batch_size)
         return {"path": paths, "result": [json.dumps(result.to_dict(), ensure_ascii=False) for result in results],
-                "backend": [self.captioner.backend] * len(paths)}
+                "backend": [self.captioner.backend] * len(paths),
+                "precision": [self.captioner.precision] * len(paths)}
 
 
 def _open_source(path: str) -> str | bytes | Exception:
@@ -128,7 +125,7 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
                     workers: int | None = None, gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
                     batch_size: int = 8, model: str | None = None, options: DecodeOptions = DecodeOptions(),
                     resume: bool = False, path_column: str = "path", fmt: str | None = None,
-                    rows_per_part: int = ROWS_PER_PART, backend: str | None = None,
+                    rows_per_part: int = ROWS_PER_PART, backend: str | None = None, precision: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> DatasetRun:
     """Caption every image ``source`` names (see ``list_inputs``) and write one row per input to
     ``out``: one file when it ends in ``.jsonl``, ``.csv`` or ``.parquet`` (an existing file is
@@ -141,7 +138,9 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
     cluster has is refused (Ray would wait for them forever). ``resume``: keep the rows of a stopped
     run and caption only the rest; without it, results already there are refused. ``backend``: each
     worker's ``load_captioner`` backend (``auto``, ``torch``, ``onnx``; None: the workers'
-    ``$CAPTIONER_BACKEND``, else ``auto``). ``progress(done, total)`` runs as rows come in (``total``
+    ``$CAPTIONER_BACKEND``, else ``auto``). ``precision``: each worker's encoder precision on the onnx
+    backend (``auto``, ``fp32``, ``int8``; None: the workers' ``$CAPTIONER_PRECISION``, else ``auto``).
+    ``progress(done, total)`` runs as rows come in (``total``
     counts this run's inputs). Raises ``CaptionerError`` / ``ValueError`` for bad arguments before
     any image is read.
     """
@@ -150,6 +149,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
     options.resolved(200)  # settings checked before anything starts (max_length again against the model)
     if backend is not None:
         backend = requested_backend(backend)  # an unknown name is refused here, not in every worker
+    if precision is not None:
+        precision = requested_precision(precision)
     for name, value in (("batch_size", batch_size), ("rows_per_part", rows_per_part)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -170,7 +171,7 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
     if resume:
         writer.remove_temporary()  # a resumed job is OUT's only writer: what a stopped one left half-written goes
     todo = [path for path in inputs if path not in done]
-    count, gpus, captioned, failures, startup, backends = 0, 0.0, 0, 0, 0.0, set()
+    count, gpus, captioned, failures, startup, backends, precisions = 0, 0.0, 0, 0, 0.0, set(), set()
     if todo:
         own_cluster = not ray.is_initialized()
         if own_cluster:
@@ -178,14 +179,16 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
                      **({} if address else {"object_store_memory": LOCAL_OBJECT_STORE_BYTES}))
         startup = time.perf_counter() - started
         try:
-            count, gpus = _workers(workers, gpus_per_worker, cpus_per_worker, backend, len(todo), batch_size)
-            dataset = _captions(todo, count, gpus, cpus_per_worker, batch_size, model, options, backend)
+            count, gpus = _workers(workers, gpus_per_worker, cpus_per_worker, backend, precision, len(todo),
+                                   batch_size)
+            dataset = _captions(todo, count, gpus, cpus_per_worker, batch_size, model, options, backend, precision)
             if progress is not None:
                 progress(0, len(todo))
             rows: list[dict[str, Any]] = []
             for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 rows += [to_row(str(path), json.loads(result)) for path, result in zip(batch["path"], batch["result"])]
                 backends.update(str(name) for name in batch["backend"])
+                precisions.update(str(name) for name in batch["precision"])
                 while len(rows) >= rows_per_part:
                     captioned, failures = _write(writer, rows[:rows_per_part], captioned, failures)
                     rows = rows[rows_per_part:]
@@ -199,7 +202,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
                 ray.shutdown()
     file_rows = writer.finish() if output.file else None
     return DatasetRun(out, len(inputs), len(inputs) - len(todo), captioned, failures, writer.written, count, gpus,
-                      startup, time.perf_counter() - started, tuple(sorted(backends)), file_rows)
+                      startup, time.perf_counter() - started, tuple(sorted(backends)), file_rows,
+                      tuple(sorted(precisions)))
 
 
 def _write(writer: PartWriter, rows: list[dict[str, Any]], captioned: int, failures: int) -> tuple[int, int]:
@@ -208,7 +212,7 @@ def _write(writer: PartWriter, rows: list[dict[str, Any]], captioned: int, failu
 
 
 def _workers(workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float, backend: str | None,
-             todo: int, batch_size: int) -> tuple[int, float]:
+             precision: str | None, todo: int, batch_size: int) -> tuple[int, float]:
     """(model actors, GPUs each) for the connected cluster; refuses GPUs it does not have."""
     resources = ray.cluster_resources()
     gpus_there, cpus_there = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
@@ -218,12 +222,15 @@ def _workers(workers: int | None, gpus_per_worker: float | None, cpus_per_worker
                              f"use --gpus-per-worker 0 to caption on CPUs")
     if backend == "onnx" and gpus:
         raise CaptionerError("the onnx backend runs on the CPU: use --gpus-per-worker 0 or --backend torch")
+    if precision == "int8" and gpus:
+        raise CaptionerError("--precision int8 runs on the CPU (the onnx backend): use --gpus-per-worker 0")
     count = workers or max(1, int(gpus_there // gpus) if gpus else int(cpus_there // cpus_per_worker))
     return min(count, math.ceil(todo / batch_size)), gpus
 
 
 def _captions(todo: list[str], count: int, gpus: float, cpus_per_worker: float, batch_size: int,
-              model: str | None, options: DecodeOptions, backend: str | None) -> ray.data.Dataset:
+              model: str | None, options: DecodeOptions, backend: str | None,
+              precision: str | None) -> ray.data.Dataset:
     """The dataset of ``todo``'s results, computed by ``count`` model actors as it is read."""
     # Blocks of whole batches (at most MAX_BLOCKS of them), as Arrow slices: cheap for millions of paths.
     block_rows = batch_size * max(1, math.ceil(len(todo) / batch_size / MAX_BLOCKS))
@@ -234,4 +241,4 @@ def _captions(todo: list[str], count: int, gpus: float, cpus_per_worker: float, 
         compute=ray.data.ActorPoolStrategy(size=count), num_cpus=cpus_per_worker, num_gpus=gpus or None,
         fn_constructor_kwargs={"model": model, "device": "cuda" if gpus else "cpu", "options": options,
                                "batch_size": batch_size, "threads": int(max(1, cpus_per_worker)),
-                               "backend": backend})
+                               "backend": backend, "precision": precision})

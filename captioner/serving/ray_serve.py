@@ -10,7 +10,8 @@ multipart field named ``image`` or ``file``) with decoding settings as query par
 ``no_repeat_ngram``) and answers with the library's result schema as JSON. Each request decodes and
 checks its own image (a bad one gets HTTP 400 with the loader's message and costs no one else
 anything); ``@serve.batch`` then gathers the prepared images of concurrent requests and
-``core.batching`` runs them as one forward pass per group of equal settings. ``GET /healthz``
+``core.batching`` runs them as one forward pass per group of equal settings
+(``Captioner.pipeline.caption_batch``). ``GET /healthz``
 reports the model and how many forward passes served how many requests. The Gradio app
 (``captioner.web.app``) is mounted at ``/`` behind the same request guards as ``python app.py``.
 
@@ -43,7 +44,14 @@ from captioner.core.errors import CaptionerError, ImageError  # noqa: E402
 from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.images.memory import release_free_memory  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
-from captioner.serving.serve_limits import BodyBudget, ClientShares, RequestError, Watchdog, body_length, read_image  # noqa: E402  # noqa: E402
+from captioner.serving.serve_limits import (  # noqa: E402
+    BodyBudget,
+    ClientShares,
+    RequestError,
+    Watchdog,
+    body_length,
+    read_image,
+)
 
 MAX_BATCH_SIZE = 8  # prepared images per forward pass
 BATCH_WAIT_S = 0.01  # how long the first request of a batch waits for company
@@ -94,7 +102,7 @@ class CaptionService:
 
     def __init__(self, model: str | None = None, device: str = "cpu", max_batch_size: int = MAX_BATCH_SIZE,
                  batch_wait_s: float = BATCH_WAIT_S, threads: int = 1, ui: bool = True,
-                 max_upload_bytes: int = MAX_IMAGE_BYTES, backend: str | None = None,
+                 max_upload_bytes: int = MAX_IMAGE_BYTES, backend: str | None = None, precision: str | None = None,
                  limits: ServeLimits = ServeLimits()):
         import torch
 
@@ -102,8 +110,8 @@ class CaptionService:
 
         torch.set_num_threads(max(1, threads))
         self.model, self.backend, self.ui, self.max_upload_bytes = model, backend, ui, max_upload_bytes
-        self.limits = limits
-        self.captioner = load_captioner(model, device, backend)
+        self.precision, self.limits = precision, limits
+        self.captioner = load_captioner(model, device, backend, precision)
         self.max_batch_size = max_batch_size
         self.caption_batch.set_max_batch_size(max_batch_size)
         self.caption_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -141,7 +149,7 @@ class CaptionService:
     async def _caption(self, request: Request, options: DecodeOptions) -> dict[str, Any]:
         with self.bodies.reserve(body_length(request, self.max_upload_bytes)):
             data = await read_image(request, self.max_upload_bytes)
-            pixels = await self._in_thread(self.captioner.prepare, data)  # ImageError for a bad image
+            pixels = await self._in_thread(self.captioner.pipeline.prepare, data)  # ImageError for a bad image
             del data
         result = await self.caption_batch(PreparedImage(pixels, options))
         if isinstance(result, Exception):
@@ -161,7 +169,7 @@ class CaptionService:
         return await asyncio.get_running_loop().run_in_executor(None, watched)
 
     def _forward(self, pixels: Any, options: DecodeOptions, group: list[PreparedImage]) -> list[Any]:
-        results = self.captioner.caption_pixels(pixels, options)
+        results = self.captioner.pipeline.caption_batch(pixels, options)
         with self._stats_lock:
             self.forward_passes += 1
             self.requests += len(group)
@@ -172,8 +180,9 @@ class CaptionService:
     def health(self) -> dict[str, Any]:
         with self._stats_lock:
             return {"status": "ok", "model": self.captioner.loaded.source, "device": str(self.captioner.device),
-                    "backend": self.captioner.backend, "max_batch_size": self.max_batch_size,
-                    "replica": _replica_id(), "forward_passes": self.forward_passes, "requests": self.requests,
+                    "backend": self.captioner.backend, "precision": self.captioner.precision,
+                    "max_batch_size": self.max_batch_size, "replica": _replica_id(),
+                    "forward_passes": self.forward_passes, "requests": self.requests,
                     "largest_batch": self.largest_batch, "recent_batches": list(self.recent_batches)}
 
 
@@ -220,7 +229,8 @@ def build_http_app(service: CaptionService) -> FastAPI:
     if service.ui:
         from captioner.web import app as web_app
 
-        demo = web_app.build_demo(service.model, batch_size=service.max_batch_size, backend=service.backend)
+        demo = web_app.build_demo(service.model, batch_size=service.max_batch_size, backend=service.backend,
+                                  precision=service.precision)
         mount_page(http, demo, web_app.launch_options())
     return http
 
@@ -252,7 +262,7 @@ def http_options(host: str, port: int) -> dict[str, Any]:
 
 
 SETTINGS = ("model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
-            "max_batch_size", "batch_wait_ms", "ui", "max_upload_mb", "backend", "request_timeout_s",
+            "max_batch_size", "batch_wait_ms", "ui", "max_upload_mb", "backend", "precision", "request_timeout_s",
             "requests_per_client", "body_budget_mb", "stuck_after_s", "health_check_period_s")
 
 
@@ -264,10 +274,12 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     cluster with GPUs, else 0), ``cpus_per_replica`` (default 1), ``max_batch_size``,
     ``batch_wait_ms``, ``ui`` (mount the Gradio app at ``/``; default true), ``max_upload_mb``,
     ``backend`` (``auto``, ``torch``, ``onnx``; default: the replicas' ``$CAPTIONER_BACKEND``, else
-    ``auto``), and the limits of ``ServeLimits``: ``request_timeout_s``, ``requests_per_client``,
-    ``body_budget_mb``, ``stuck_after_s``, ``health_check_period_s``.
+    ``auto``), ``precision`` (``auto``, ``fp32``, ``int8``: the onnx backend's encoder; default: the
+    replicas' ``$CAPTIONER_PRECISION``, else ``auto``), and the limits of ``ServeLimits``:
+    ``request_timeout_s``, ``requests_per_client``, ``body_budget_mb``, ``stuck_after_s``,
+    ``health_check_period_s``.
     """
-    from captioner.core.backends.choice import requested_backend
+    from captioner.core.backends.choice import requested_backend, requested_precision
 
     settings = {**(args or {}), **settings}
     unknown = set(settings) - set(SETTINGS)
@@ -275,6 +287,7 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
         raise ValueError(f"unknown setting {sorted(unknown)[0]!r}")
     try:
         backend = requested_backend(str(settings["backend"])) if settings.get("backend") else None
+        precision = requested_precision(str(settings["precision"])) if settings.get("precision") else None
     except CaptionerError as error:
         raise ValueError(str(error)) from None
     max_batch = _number(settings, "max_batch_size", MAX_BATCH_SIZE, int, 1)
@@ -284,6 +297,8 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     gpus = _cluster_gpus_default() if gpus in (None, "") else _number(settings, "gpus_per_replica", 0, float, 0)
     if backend == "onnx" and gpus:
         raise ValueError("the onnx backend runs on the CPU: set gpus_per_replica to 0, or use the torch backend")
+    if precision == "int8" and gpus:
+        raise ValueError("precision int8 runs on the CPU (the onnx backend): set gpus_per_replica to 0")
     ui = str(settings.get("ui", True)).lower() not in ("false", "0", "no")
     upload = int(_number(settings, "max_upload_mb", MAX_IMAGE_BYTES / 2 ** 20, float, 0.001) * 2 ** 20)
     limits = _limits(settings)
@@ -293,7 +308,8 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     deployment_options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {}),
                               "runtime_env": {"env_vars": dict(ALLOCATOR_ENV)}},
-        "max_ongoing_requests": max(MAX_ONGOING_REQUESTS, 4 * max_batch), "max_queued_requests": MAX_QUEUED_REQUESTS,
+        "max_ongoing_requests": max(MAX_ONGOING_REQUESTS, 4 * max_batch),
+        "max_queued_requests": MAX_QUEUED_REQUESTS,
         "health_check_period_s": limits.health_check_period_s,
         "health_check_timeout_s": max(limits.health_check_period_s, 5.0)}
     if settings.get("min_replicas") is not None or settings.get("max_replicas") is not None:
@@ -309,7 +325,7 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     return CaptionService.options(**deployment_options).bind(
         model=settings.get("model") or None, device="cuda" if gpus else "cpu", max_batch_size=max_batch,
         batch_wait_s=wait_s, threads=int(max(1, cpus)), ui=ui, max_upload_bytes=upload, backend=backend,
-        limits=limits)
+        precision=precision, limits=limits)
 
 
 def _limits(settings: dict[str, Any]) -> ServeLimits:

@@ -30,19 +30,19 @@ def test_one_pass_per_group_and_results_in_the_callers_order(tiny_model_dir):
     from captioner.core.inference import load_captioner
 
     captioner = load_captioner(tiny_model_dir, "cpu", "torch")
-    photos = [captioner.prepare(path) for path in sorted(EXAMPLES.glob("*.jpg"))[:5]]
+    photos = [captioner.pipeline.prepare(path) for path in sorted(EXAMPLES.glob("*.jpg"))[:5]]
     settings = [BEAM, GREEDY, BEAM, GREEDY, BEAM]
     requests = [PreparedImage(pixels, options) for pixels, options in zip(photos, settings)]
     passes = []
 
     def forward(pixels, options, group):
         passes.append((len(group), options))
-        return captioner.caption_pixels(pixels, options)
+        return captioner.pipeline.caption_batch(pixels, options)
 
     results = run_by_options(requests, forward)
     assert passes == [(3, BEAM), (2, GREEDY)]
     for request, result in zip(requests, results):  # each result is its own image's, with its own settings
-        alone = captioner.caption_pixels(request.pixels[None], request.options)[0]
+        alone = captioner.pipeline.caption_batch(request.pixels[None], request.options)[0]
         assert result.caption == alone.caption and len(result.candidates) == len(alone.candidates)
 
 

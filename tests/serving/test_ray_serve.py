@@ -59,7 +59,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_captions(ser
     from captioner.core.inference import load_captioner
 
     chosen = (PHOTOS * 4)[:16]
-    expected = [result.caption for result in load_captioner(None, backend="torch").caption(chosen)]
+    expected = [result.caption for result in load_captioner(None, backend="torch")(chosen)]
     assert len(set(expected)) > 3
 
     def ask(index: int) -> dict:
@@ -118,7 +118,7 @@ def test_the_mounted_gradio_app_loads_and_captions(service):
     assert config["title"] == "Show and Tell: image captioner"
     client = Client(f"{service}/", verbose=False)
     result = client.predict(handle_file(str(PHOTOS[0])), 3, 3, None, api_name="/caption")
-    assert result["caption"] == load_captioner(None, backend="torch").caption(PHOTOS[0]).caption
+    assert result["caption"] == load_captioner(None, backend="torch")(PHOTOS[0]).caption
 
 
 class PeakRSS:

@@ -440,7 +440,7 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     # The batch tab's passes go through spaces.GPU too.
     model = zerogpu.wrap_captioner(shared.captioner, zerogpu.gpu_wrapper())
     before = stand_in_spaces.calls
-    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(2, 1),
+    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(beam_size=2, num_candidates=1),
                           batch_size=4)
     assert [row.error for row in rows] == [None] * len(PHOTOS) and [row.image for row in rows] == PHOTOS
     assert stand_in_spaces.calls - before == 2 and len(runs) == shared.forward_passes + 2 and all(runs)
