@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
@@ -225,9 +226,10 @@ def _read_part(fs: pafs.FileSystem, path: str, fmt: str, columns: list[str] | No
         return [json.loads(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
 
 
-def read_results(out: str) -> list[dict[str, Any]]:
+def read_results(out: str | os.PathLike) -> list[dict[str, Any]]:
     """Every row ``caption_dataset`` wrote to ``out`` (a file, or a folder's complete parts in part
     order); CSV cells come back as text (an empty cell as None), with the nested columns parsed."""
+    out = os.fspath(out)
     output = output_for(out)
     fs, path, _ = filesystem(out)
     if not output.file:
