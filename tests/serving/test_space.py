@@ -279,7 +279,8 @@ def test_a_cpu_space_preloads_the_onnx_export_its_model_ships(tmp_path, tiny_mod
     with HubServer() as hub:
         hub.add_repo("someone/captioner", tiny_model_copy)
         env = hub.environ(tmp_path / "cache")
-        for hardware, preloaded in (("zerogpu", MODEL_FILES), ("cpu", MODEL_FILES + SHIPPED_FILES)):
+        shipped = tuple(name for name in SHIPPED_FILES if (tiny_model_copy / name).is_file())  # no int8 encoder here
+        for hardware, preloaded in (("zerogpu", MODEL_FILES), ("cpu", MODEL_FILES + shipped)):
             result = deploy_space("me/demo", "--model", "someone/captioner", "--hardware", hardware, env=env)
             assert result.returncode == 0, result.stderr
             card = SpaceCard(hub.space("me/demo").commits[hub.space("me/demo").refs["main"]]["README.md"].decode())
