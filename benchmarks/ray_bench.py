@@ -139,15 +139,17 @@ def serving_table(paths: list[Path], requests: int, clients: int) -> Table:
     from ray import serve
 
     from captioner.web import app
-    from captioner.serving.ray_serve import build_app
+    from captioner.serving.ray_serve import build_app, http_options
 
     items = [paths[i % len(paths)] for i in range(requests)]
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(cpus_per_replica=2, max_batch_size=8, ui=False), name="captioner", route_prefix="/")
+        serve.start(http_options=http_options("127.0.0.1", port))
+        # every simulated client comes from this one address: let all of them in
+        serve.run(build_app(cpus_per_replica=2, max_batch_size=8, ui=False, requests_per_client=clients),
+                  name="captioner", route_prefix="/")
         with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
             def ask(path: Path) -> None:
                 answer = http.post(f"http://127.0.0.1:{port}/v1/caption", content=path.read_bytes())

@@ -476,11 +476,12 @@ def _add_evaluate(sub) -> None:
 
 
 def cmd_deploy_space(args: argparse.Namespace) -> int:
-    from captioner.serving.space import deploy, print_staged, stage_space
+    from captioner.serving.space import print_staged
+    from captioner.serving.space_deploy import deploy, stage
 
     if args.dry_run:
-        staged = stage_space(args.dry_run, args.space_id, model=args.model, bundle_model=args.bundle_model,
-                             hardware=args.hardware)
+        staged = stage(args.dry_run, args.space_id, model=args.model, bundle_model=args.bundle_model,
+                       hardware=args.hardware)
         print_staged(staged)
         print("dry run: nothing was uploaded")
         return 0
@@ -498,9 +499,12 @@ def _add_deploy_space(sub) -> None:
                                    "HF_TOKEN. Publish a model first with `push`, then name it with --model.")
     p.add_argument("space_id", metavar="OWNER/NAME", help="the Space to create or update")
     p.add_argument("--model", default=None, help="owner/name[@revision]: a Hub model the Space downloads at build "
-                                                 "time; or a local model folder, uploaded with the Space")
+                                                 "time (checked on the Hub, in dry runs too when it can be "
+                                                 "reached); or a local model folder, uploaded with the Space "
+                                                 "(default: the bundled model, uploaded with the Space)")
     p.add_argument("--bundle-model", action="store_true",
-                   help="upload the bundled model (models/default) with the Space; used when --model is not given")
+                   help="upload the bundled model (models/default) as well when --model is given; without "
+                        "--model it is uploaded anyway")
     p.add_argument("--hardware", default="cpu-basic",
                    help="cpu-basic (default), zerogpu (= zero-a10g), or a GPU flavour such as t4-small")
     p.add_argument("--private", action="store_true", help="create the Space as private (an existing one keeps its "
@@ -581,14 +585,33 @@ def cmd_caption_dataset(args: argparse.Namespace) -> int:
     from captioner.core.extras import require_extra
 
     require_extra("ray", "ray.data", "pyarrow", purpose="caption-dataset (Ray Data)")
+    from tqdm import tqdm
+
+    from captioner.serving.logfile import default_log_path, output_to
     from captioner.serving.ray_data import caption_dataset
 
     options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
-    run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
-                          gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                          batch_size=args.batch_size, model=args.model, options=options, resume=args.resume,
-                          path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part,
-                          backend=args.backend, precision=args.precision)
+    log_path = args.log_file or default_log_path("caption-dataset")
+    print(f"Ray's messages go to {log_path}", file=sys.stderr, flush=True)
+    bar = None
+    try:
+        with output_to(log_path) as terminal:
+            def progress(done: int, total: int) -> None:
+                nonlocal bar
+                bar = bar or tqdm(total=total, unit="image", desc="captioning", file=terminal, dynamic_ncols=True)
+                bar.update(done - bar.n)
+
+            run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
+                                  gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                                  batch_size=args.batch_size, model=args.model, options=options,
+                                  resume=args.resume, path_column=args.path_column, fmt=args.format,
+                                  rows_per_part=args.rows_per_part, backend=args.backend,
+                                  precision=args.precision, progress=progress)
+            if bar is not None:
+                bar.close()
+    finally:
+        if bar is not None and not bar.disable:
+            bar.disable = True  # stopped: the terminal stream is closed
     print(run.summary())
     return 0
 
@@ -596,14 +619,18 @@ def cmd_caption_dataset(args: argparse.Namespace) -> int:
 def _add_caption_dataset(sub) -> None:
     p = sub.add_parser("caption-dataset", help="caption a whole collection on a Ray cluster (Ray Data)",
                        description="Caption every image of a folder (recursive), a glob pattern or a CSV / JSON "
-                                   "Lines / Parquet table of paths, on a Ray cluster, into Parquet or JSON Lines "
-                                   "parts in OUT: one row per input (path, caption, score, confidence, candidates, "
+                                   "Lines / Parquet table of paths, on a Ray cluster, into one file (.jsonl, .csv, "
+                                   ".parquet) or a folder of parts: one row per input (path, caption, score, "
+                                   "confidence, candidates, "
                                    "words, top_classes, model, error). Paths may be on any filesystem pyarrow "
                                    "knows (s3://, gs://, abfs://, hdfs://). Needs: pip install \"captioner[ray]\".")
     p.add_argument("source", metavar="SOURCE", help="folder, glob pattern, or table (.csv, .jsonl, .parquet)")
-    p.add_argument("--out", required=True, help="output folder (its parts: part-*.parquet, or *.jsonl)")
+    p.add_argument("--out", required=True,
+                   help="a file: OUT.jsonl, OUT.csv or OUT.parquet (must not exist yet); or a folder, which gets "
+                        "part files (part-*.parquet, or part-*.jsonl)")
     p.add_argument("--format", choices=("parquet", "jsonl"), default=None,
-                   help="output format (default: jsonl when OUT ends in .jsonl, else parquet)")
+                   help="the parts' format when OUT is a folder (default: parquet; jsonl when its name ends in "
+                        ".jsonl)")
     p.add_argument("--path-column", default="path", help="the table column holding image paths (default: path)")
     p.add_argument("--address", default=None,
                    help="a running Ray cluster (ray://host:10001, or auto); default: start a local one")
@@ -621,7 +648,10 @@ def _add_caption_dataset(sub) -> None:
     p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
     p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
-    p.add_argument("--resume", action="store_true", help="skip the inputs already in OUT (after a stopped job)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run: keep its rows and caption only the rest")
+    p.add_argument("--log-file", default=None, metavar="PATH",
+                   help="where Ray's own messages go (default: a new file in the temporary folder, named at start)")
     p.set_defaults(func=cmd_caption_dataset)
 
 
@@ -634,18 +664,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from captioner.serving.ray_serve import build_app
+    from captioner.serving.ray_serve import build_app, http_options, use_returning_allocator
 
     own_cluster = not ray.is_initialized()
     if own_cluster:
+        if not args.address:
+            use_returning_allocator()  # the local cluster's processes inherit it, Serve's proxy included
         ray.init(address=args.address, **({} if args.address else {"include_dashboard": False}))
     try:
         settings = {name: getattr(args, name) for name in (
             "model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
-            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend", "precision")
-            if getattr(args, name) is not None}
+            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend", "precision", "request_timeout_s",
+            "requests_per_client", "body_budget_mb") if getattr(args, name) is not None}
         application = build_app(settings, ui=not args.no_ui)
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options=http_options(args.host, args.port))
         serve.run(application, name="captioner", route_prefix="/")
         print(f"serving on http://{args.host}:{args.port}/ (POST /v1/caption, GET /healthz"
               f"{'' if args.no_ui else ', the web UI at /'}); Ctrl-C stops", flush=True)
@@ -682,6 +714,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--batch-wait-ms", type=_non_negative, default=None,
                    help="how long a request waits for others to share its pass (default 10)")
     p.add_argument("--max-upload-mb", type=_above_zero, default=None, help="largest image accepted (default 50)")
+    p.add_argument("--request-timeout-s", type=_above_zero, default=None,
+                   help="time limit of one /v1/caption request, upload included (default 60)")
+    p.add_argument("--requests-per-client", type=_positive, default=None,
+                   help="/v1/caption requests one client address may have in progress per replica (default 16)")
+    p.add_argument("--body-budget-mb", type=_above_zero, default=None,
+                   help="request bodies a replica holds at once; more waiting uploads are answered 503 "
+                        "(default 256)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP + "; for every replica")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP + "; for every replica")
     p.add_argument("--no-ui", action="store_true", help="the REST API only, without the Gradio app at /")

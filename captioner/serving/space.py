@@ -6,10 +6,7 @@ photos with their ``ATTRIBUTION.md``, ``LICENSE``, a ``.gitattributes`` that sto
 LFS, and a ``README.md`` whose front matter (built with huggingface_hub's ``SpaceCard``) names the
 Gradio version, the Python version, the Hub model and what to preload at build time. Weights travel
 with the Space only when asked: the bundled model (``bundle_model``) or a local model folder.
-``deploy_space`` then creates or updates the Space with huggingface_hub: ``create_repo``,
-``upload_folder`` (which stores large files the way the Hub requires), the ``CAPTIONER_MODEL``
-variable and the hardware request. The token comes from huggingface_hub's usual places
-(``HF_TOKEN``, ``hf auth login``), never from an argument.
+``space_deploy`` checks the model on the Hub and creates or updates the Space.
 """
 
 from __future__ import annotations
@@ -77,6 +74,7 @@ class StagedSpace:
     variables: dict[str, str] = field(default_factory=dict)  # Space variables (CAPTIONER_MODEL)
     model: str = ""  # in words: where the Space's weights come from
     files: list[str] = field(default_factory=list)  # staged paths, relative, sorted
+    notes: list[str] = field(default_factory=list)  # what was not checked or left out, and why
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -170,15 +168,15 @@ def stage_space(folder: str | os.PathLike, repo_id: str, *, model: str | os.Path
     """Write the Space for ``repo_id`` into ``folder`` (missing or empty) and return what was staged.
 
     ``model``: a Hub model the Space downloads at build time (``preload_from_hub``) and start-up
-    (the ``CAPTIONER_MODEL`` variable), or a local model folder uploaded with the Space.
-    ``bundle_model``: upload the bundled model too (it is used when ``model`` is not given).
+    (the ``CAPTIONER_MODEL`` variable), or a local model folder uploaded with the Space; None: the
+    bundled model, uploaded with the Space. ``bundle_model``: upload the bundled model as well.
+    A model folder's ONNX export (``onnx/``) is staged only for CPU hardware (where the app runs ONNX
+    Runtime) and only when it belongs to the folder's weights; otherwise it is left out and a note
+    says why (the app exports the model itself when it needs to).
     """
     repo_id, hardware, root = check_repo_id(repo_id), normalise_hardware(hardware), Path(root)
     source = model if isinstance(model, HubModel) else parse_model(model)
-    if source is None and not bundle_model:
-        raise SpaceError("choose the Space's model: --model OWNER/NAME (a model on the Hub; publish one with "
-                         "`python -m captioner push models/default OWNER/NAME`), --model DIR (a local model folder, "
-                         "uploaded with the Space) or --bundle-model (upload the bundled model)")
+    bundle_model = bundle_model or source is None
     missing = [name for name in ("app.py", "requirements.txt", "captioner", "examples/ATTRIBUTION.md")
                if not (root / name).exists()]
     if missing:
@@ -198,16 +196,18 @@ def stage_space(folder: str | os.PathLike, repo_id: str, *, model: str | os.Path
     _stage_examples(root / "examples", folder / "examples")
 
     variables: dict[str, str] = {}
+    notes: list[str] = []
+    with_export = is_cpu_hardware(hardware)
     if bundle_model:
-        _copy_model(root / "models" / "default" if (root / "models" / "default").is_dir() else BUNDLED_MODEL_DIR,
-                    folder / "models" / "default")
+        bundled = root / "models" / "default" if (root / "models" / "default").is_dir() else BUNDLED_MODEL_DIR
+        notes += _copy_model(bundled, folder / "models" / "default", with_export)
     if isinstance(source, HubModel):
         variables["CAPTIONER_MODEL"] = source.source
         where = f"the Hub model `{source.source}`, downloaded when the Space is built"
     elif isinstance(source, Path):
         name = re.sub(r"[^\w.-]", "-", source.resolve().name) or "model"
         name = "uploaded" if name == "default" else name
-        _copy_model(source, folder / "models" / name)
+        notes += _copy_model(source, folder / "models" / name, with_export)
         variables["CAPTIONER_MODEL"] = f"models/{name}"
         where = f"the model folder `models/{name}` uploaded with the Space (from `{source}`)"
     else:
@@ -220,7 +220,7 @@ def stage_space(folder: str | os.PathLike, repo_id: str, *, model: str | os.Path
     too_big = [f for f in files if (folder / f).stat().st_size > MAX_PLAIN_FILE and not stored_with_lfs(f, patterns)]
     if too_big:
         raise SpaceError(f"staged files over 10 MB that .gitattributes does not store with LFS: {', '.join(too_big)}")
-    return StagedSpace(repo_id, folder, hardware, variables, where, files)
+    return StagedSpace(repo_id, folder, hardware, variables, where, files, notes)
 
 
 def _package_ignore(directory: str, names: list[str]) -> set[str]:
@@ -244,18 +244,36 @@ def _stage_examples(source: Path, target: Path) -> None:
             shutil.copy2(photo, target / photo.name)
 
 
-def _copy_model(source: Path, target: Path) -> None:
-    """Copy a model folder's files after checking that it loads (nothing broken is published)."""
+def _copy_model(source: Path, target: Path, with_export: bool) -> list[str]:
+    """Copy a model folder's files after checking that it loads (nothing broken is published), and
+    with ``with_export`` its ONNX export when that belongs to these weights. Returns notes on an
+    export left out."""
+    from captioner.core.backends.onnx_export import (SHIPPED_EXPORT, SHIPPED_STEP, BackendUnavailable,
+                                                     ShippedExportError, verify_shipped)
     from captioner.core.repository.storage import load_model
 
     missing = [name for name in REQUIRED_MODEL_FILES if not (source / name).is_file()]
     if missing:
         raise SpaceError(f"{source} is not a model folder (missing {', '.join(missing)})")
-    load_model(source)
+    loaded = load_model(source)
     target.mkdir(parents=True)
     for name in MODEL_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
+    if not any((source / name).is_file() for name in SHIPPED_FILES):
+        return []
+    if not with_export:
+        return [f"{source}/onnx left out: this hardware runs the model with torch"]
+    try:
+        graphs = verify_shipped(loaded)
+    except (ShippedExportError, BackendUnavailable) as error:
+        return [f"{source}/onnx left out: {error}"]
+    if not {SHIPPED_EXPORT, SHIPPED_STEP} <= set(graphs):  # the int8 encoder is optional
+        return [f"{source}/onnx left out: it holds only {', '.join(g.as_posix() for g in graphs)}"]
+    for graph in graphs:
+        (target / graph).parent.mkdir(exist_ok=True)
+        shutil.copy2(source / graph, target / graph)
+    return []
 
 
 def space_card(repo_id: str, hardware: str, hub_model: HubModel | None, where: str) -> str:
@@ -284,124 +302,6 @@ def space_card(repo_id: str, hardware: str, hub_model: HubModel | None, where: s
     return str(card)
 
 
-def check_hub_model(model: HubModel, token: str | None = None, *, with_export: bool = False) -> HubModel:
-    """``model`` with the commit its revision resolves to and its model files, read from the Hub;
-    raises ``SpaceError`` when it is missing or not a captioner model. ``with_export``: its ONNX
-    export (``onnx/``) counts among its files when it has one (a CPU Space runs ONNX Runtime, and
-    preloading the export spares the app fetching it at start)."""
-    from huggingface_hub import HfApi
-
-    try:
-        info = HfApi().model_info(model.repo, revision=model.revision, token=token)
-    except Exception as error:  # huggingface_hub and its HTTP client raise many types
-        raise SpaceError(f"could not check the model {model.source!r} on the Hub: {hub_reason(error)}") from None
-    names = {sibling.rfilename for sibling in info.siblings or []}
-    missing = [name for name in REQUIRED_MODEL_FILES if name not in names]
-    if missing:
-        raise SpaceError(f"the Hub repo {model.source!r} is not a captioner model (missing {', '.join(missing)}); "
-                         "publish one with `python -m captioner push DIR OWNER/NAME`")
-    wanted = MODEL_FILES + (SHIPPED_FILES if with_export else ())
-    return HubModel(model.repo, model.revision, info.sha, tuple(n for n in wanted if n in names))
-
-
-def require_token() -> str:
-    """The token huggingface_hub would use (``HF_TOKEN``, else the one saved by ``hf auth login``)."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    if token is None:
-        raise SpaceError("no Hugging Face token found: log in with `hf auth login` (or set HF_TOKEN to a token "
-                         "with write access)")
-    return token
-
-
-def deploy(repo_id: str, *, model: str | os.PathLike | None = None, bundle_model: bool = False,
-           hardware: str = CPU_HARDWARE, private: bool = False, commit_message: str | None = None,
-           progress=None) -> tuple[StagedSpace, str]:
-    """Check the token and the model, stage the Space in a temporary folder and deploy it;
-    returns what was staged and the Space's URL. ``progress(staged)`` is called before the upload."""
-    import tempfile
-
-    check_repo_id(repo_id)
-    hardware = normalise_hardware(hardware)
-    source = parse_model(model)
-    require_token()
-    if isinstance(source, HubModel):
-        source = check_hub_model(source, with_export=is_cpu_hardware(hardware))
-    with tempfile.TemporaryDirectory(prefix="captioner-space-") as tmp:
-        staged = stage_space(Path(tmp) / "space", repo_id, model=source,
-                             bundle_model=bundle_model, hardware=hardware)
-        if progress is not None:
-            progress(staged)
-        return staged, deploy_space(staged, private=private, commit_message=commit_message)
-
-
-def deploy_space(staged: StagedSpace, *, private: bool = False, commit_message: str | None = None) -> str:
-    """Create (or update) the Space from a staged folder: repo, files, variables, hardware; returns its URL.
-
-    Files the Space no longer needs (old package modules, examples, model folders) are deleted in the
-    same commit; files outside those folders that someone added to the Space are kept.
-    """
-    from huggingface_hub import HfApi
-
-    require_token()
-    api = HfApi()
-    step = "create the Space"
-    try:
-        url = api.create_repo(staged.repo_id, repo_type="space", space_sdk="gradio", private=private or None,
-                              exist_ok=True)
-        step = "upload the files"
-        api.upload_folder(repo_id=staged.repo_id, repo_type="space", folder_path=staged.folder,
-                          commit_message=commit_message or "Deploy the captioner demo",
-                          delete_patterns=["captioner/**", "examples/**", "models/**"])
-        step = "set the Space variables"
-        current = api.get_space_variables(staged.repo_id)
-        for key, value in staged.variables.items():
-            if key not in current or current[key].value != value:
-                api.add_space_variable(staged.repo_id, key, value, description="model the captioner app loads")
-        if "CAPTIONER_MODEL" in current and "CAPTIONER_MODEL" not in staged.variables:
-            api.delete_space_variable(staged.repo_id, "CAPTIONER_MODEL")  # the Space now carries its model
-        step = f"request the {staged.hardware} hardware"
-        api.request_space_hardware(staged.repo_id, staged.hardware)
-    except SpaceError:
-        raise
-    except Exception as error:  # huggingface_hub and its HTTP client raise many types
-        raise SpaceError(f"could not {step} for {staged.repo_id!r}: {hub_reason(error)}") from None
-    return str(url)
-
-
-def hub_reason(error: Exception) -> str:
-    """One line saying why a Hub call failed, with what to do about it where that is clear."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    response = getattr(error, "response", None) if isinstance(error, HfHubHTTPError) else None
-    status = getattr(response, "status_code", None)
-    if status == 401 and not isinstance(error, RepositoryNotFoundError):
-        return ("the Hub refused the token (invalid or expired): log in again with `hf auth login` "
-                "or set HF_TOKEN to a token with write access")
-    if isinstance(error, RevisionNotFoundError):
-        return "that revision does not exist"
-    if isinstance(error, RepositoryNotFoundError):
-        return "no such repository, or the token may not see it"
-    if status == 403:
-        return "the token may not do this (a read-only token, or a namespace it cannot write to)"
-    if status == 402:
-        return "the Hub asks for payment: this hardware needs billing set up for the account"
-    if status is not None:
-        return f"the Hub answered HTTP {status}: {_first_line(error)}"
-    names = {kind.__name__ for kind in type(error).__mro__}
-    if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
-                "ConnectionError", "OfflineModeIsEnabled"}:
-        return f"could not reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {_first_line(error)})"
-    return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
-
-
 def print_staged(staged: StagedSpace, file=sys.stdout) -> None:
     """What was staged, for the command line."""
     total = sum((staged.folder / f).stat().st_size for f in staged.files)
@@ -411,3 +311,5 @@ def print_staged(staged: StagedSpace, file=sys.stdout) -> None:
     print(f"hardware: {staged.hardware}", file=file)
     for key, value in staged.variables.items():
         print(f"variable: {key}={value}", file=file)
+    for note in staged.notes:
+        print(f"note: {note}", file=file)

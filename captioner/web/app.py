@@ -22,7 +22,8 @@ from starlette.middleware import Middleware
 
 from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
-from captioner.web.guards import FileInputCheck, RequestSizeLimit
+from captioner.web.file_guard import FileInputGuard
+from captioner.web.guards import RequestSizeLimit
 from captioner.web.handlers import (
     BEAM,
     DEFAULT_BEAM,
@@ -233,9 +234,9 @@ def build_demo(source: str | os.PathLike | None = None, **settings: Any) -> gr.B
 def launch_options() -> dict[str, Any]:
     """Arguments for ``demo.launch`` or ``gr.mount_gradio_app`` (Gradio 6 takes theme and CSS here, not
     in ``gr.Blocks``). The request limits wrap the app, outermost first: body sizes
-    (``RequestSizeLimit``), then the files a request names (``FileInputCheck``)."""
+    (``RequestSizeLimit``), then the files a request names (``FileInputGuard``)."""
     uploads = get_upload_folder()
-    middleware = [Middleware(RequestSizeLimit, upload_dir=uploads), Middleware(FileInputCheck, upload_dir=uploads)]
+    middleware = [Middleware(RequestSizeLimit, upload_dir=uploads), Middleware(FileInputGuard, upload_dir=uploads)]
     return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "share": False,
             "app_kwargs": {"middleware": middleware}}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from captioner.core.batching import run_by_options
 from captioner.core.errors import CaptionerError
 from captioner.core.images.decode import ImageSource
 from captioner.core.inference import Captioner, load_captioner
@@ -126,30 +127,22 @@ class SharedCaptioner:
                     break
             stop = _STOP in waiting
             waiting = [request for request in waiting if request is not _STOP]
-            groups: dict[DecodeOptions, list[_Request]] = {}
-            for request in waiting:
-                groups.setdefault(request.options, []).append(request)
-            for options, requests in groups.items():
-                for start in range(0, len(requests), self.max_batch_size):
-                    self._forward(options, requests[start:start + self.max_batch_size])
+            for request, result in zip(waiting, run_by_options(waiting, self._forward, self.max_batch_size)):
+                if isinstance(result, Exception):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
             if stop:
                 return
 
     def _call_model(self, pixels: torch.Tensor, options: DecodeOptions) -> list[CaptionResult]:
         return self.captioner.pipeline.caption_batch(pixels, options)
 
-    def _forward(self, options: DecodeOptions, requests: list[_Request]) -> None:
-        try:
-            pixels = torch.stack([request.pixels for request in requests])
-            results = requests[0].context.run(self._call_model, pixels, options)  # e.g. ZeroGPU quota: first caller's
-        except BaseException as error:
-            for request in requests:
-                request.future.set_exception(error)
-            return
+    def _forward(self, pixels: torch.Tensor, options: DecodeOptions, requests: list[_Request]) -> list[CaptionResult]:
+        results = requests[0].context.run(self._call_model, pixels, options)  # e.g. ZeroGPU quota: first caller's
         self.forward_passes += 1
         self.batch_sizes = [*self.batch_sizes[-999:], len(requests)]
-        for request, result in zip(requests, results):
-            request.future.set_result(result)
+        return results
 
 
 @dataclass

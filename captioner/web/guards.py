@@ -10,9 +10,6 @@
   whether it exists.
 - ``QueueShares``: per-client limits on a Gradio queue (how many of one client's requests may wait
   or run), counted from the moment a validator lets a request in.
-- ``FileInputCheck``: an ASGI middleware that holds every file a JSON request names to
-  ``upload_source``'s rule before Gradio sees the request (Gradio would copy a named file into its
-  cache first, and its own messages name server paths).
 - ``InFlight``: counts the requests being served and, when the last one ends, hands memory that the
   C allocator keeps back to the system (what large decodes and batched forward passes freed).
 """
@@ -40,6 +37,7 @@ MAX_UPLOAD_DIR_BYTES = 4 * 1024 * MB  # uploads are refused while the upload fol
 
 REFUSED_PATH = ("The image must come with the request (a file upload or a data: URL); "
                 "files already on the server are not read.")
+REFUSED_WEB_ADDRESS = "Web addresses are not fetched: send the image itself (a file upload or a data: URL)."
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,9 +74,13 @@ def upload_source(payload: Any, upload_dir: str | os.PathLike, *,
         raise InputRefused("No image was received: send a file upload or a data: URL.")
     if path.startswith("data:"):
         return _data_url_bytes(path, max_inline_bytes)
-    if "://" in path:
-        raise InputRefused("Web addresses are not fetched: send the image itself (a file upload or a data: URL).")
+    if _is_web_address(path):
+        raise InputRefused(REFUSED_WEB_ADDRESS)
     return _path_in(path, upload_dir)
+
+
+def _is_web_address(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
 
 
 def _path_in(path: str, upload_dir: str | os.PathLike) -> str:
@@ -164,73 +166,6 @@ class RequestSizeLimit:
                 size = folder_bytes(self.upload_dir) if self.upload_dir is not None else 0
                 self._dir_size = (time.monotonic(), size)
             return size
-
-
-class FileInputCheck:
-    """ASGI middleware: the JSON body of each POST request (but uploads) is read and every file
-    payload in it (a dict marked as Gradio's ``FileData``, which Gradio copies into its cache before
-    any handler or validator runs) must be what ``upload_source`` accepts; otherwise the request is
-    answered ``400`` with the refusal's message before Gradio sees it. This holds whether the page is
-    launched by Gradio or mounted under another server (whose Gradio skips its own path check), and
-    no message names a server path. Bodies over ``max_body`` are answered ``413``."""
-
-    def __init__(self, app: Callable, *, upload_dir: str | os.PathLike, max_body: int = MAX_JSON_BODY_BYTES,
-                 upload_suffix: str = "/gradio_api/upload"):
-        self.app, self.upload_dir, self.max_body, self.upload_suffix = app, upload_dir, max_body, upload_suffix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope.get("method") != "POST"
-                or scope.get("path", "").rstrip("/").endswith(self.upload_suffix)):
-            await self.app(scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_body:
-                await _refuse(send, 413, f"The request is too large (limit {self.max_body / MB:.0f} MB).")
-                return
-        body = b"".join(chunks)
-        try:
-            problem = refused_file(json.loads(body), self.upload_dir)
-        except (ValueError, RecursionError):
-            problem = None  # not JSON: Gradio answers it
-        if problem is not None:
-            await _refuse(send, 400, problem)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def refused_file(value: Any, upload_dir: str | os.PathLike) -> str | None:
-    """Why the first file payload (a dict marked ``gradio.FileData``) in a JSON value is refused by
-    ``upload_source``, or None when every one is accepted."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            meta = item.get("meta")
-            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
-                try:
-                    upload_source(item, upload_dir)
-                except InputRefused as error:
-                    return str(error)
-            stack.extend(item.values())
-    return None
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -81,8 +81,8 @@ def test_dry_run_stages_a_space_that_pulls_its_weights_from_the_hub(tmp_path):
     files = staged_files(out)
     assert files["app.py"] == (ROOT / "app.py").read_bytes()
     assert files["requirements.txt"] == (ROOT / "requirements.txt").read_bytes()  # CPU: the project's own
-    assert files["captioner/serving/batcher.py"] == (ROOT / "captioner/serving/batcher.py").read_bytes()
-    assert "captioner/core/imagenet_classes.json" in files and "LICENSE" in files and ".gitattributes" in files
+    assert files["captioner/web/batcher.py"] == (ROOT / "captioner/web/batcher.py").read_bytes()
+    assert "captioner/core/model/imagenet_classes.json" in files and "LICENSE" in files and ".gitattributes" in files
     assert not any(name.startswith(("models/", "captioner/training/", "captioner/build/")) or "__pycache__" in name
                    for name in files)
     assert sorted(n.split("/", 1)[1] for n in files if n.startswith("examples/") and not n.endswith(".md")) == PHOTOS
@@ -118,7 +118,6 @@ def test_zerogpu_requirements_pin_a_torch_the_hardware_supports(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    ([], ["--model", "push"]),  # the bundled model travels only when asked
     (["--model", "not a model"], ["neither a model folder nor a Hub model id"]),
     (["--model", "someone/m", "--hardware", "h100-imaginary"], ["unknown Space hardware", "zero-a10g"]),
 ])
@@ -126,6 +125,59 @@ def test_bad_requests_get_one_line_errors(tmp_path, args, words):
     line = one_line_error(deploy_space("me/demo", *args, "--dry-run", str(tmp_path / "s")))
     assert all(word in line for word in words), line
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_without_a_model_the_bundled_model_is_staged(tmp_path):
+    result = deploy_space("me/demo", "--dry-run", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    assert "weights: the bundled model `models/default`" in result.stdout
+    staged = tmp_path / "s" / "models" / "default"
+    assert sorted(p.name for p in staged.iterdir()) == sorted(p.name for p in BUNDLED_MODEL_DIR.iterdir()
+                                                              if p.name in MODEL_FILES)
+    assert (staged / "model.safetensors").read_bytes() == (BUNDLED_MODEL_DIR / "model.safetensors").read_bytes()
+
+
+def test_a_dry_run_checks_the_hub_model_when_the_hub_can_be_reached(model_on_hub, tmp_path):
+    env = model_on_hub.environ(tmp_path / "cache")
+    line = one_line_error(deploy_space("me/demo", "--model", "someone/nothing", "--dry-run", str(tmp_path / "a"),
+                                       env=env))
+    assert "someone/nothing" in line and "no such repository" in line
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    checked = deploy_space("me/demo", "--model", "someone/captioner", "--dry-run", str(tmp_path / "b"), env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "not checked" not in checked.stdout
+    commit = model_on_hub.repos["someone/captioner"].refs["main"]
+    card = SpaceCard.load(tmp_path / "b" / "README.md")
+    assert card.data.to_dict()["preload_from_hub"] == [f"someone/captioner {','.join(MODEL_FILES)} {commit}"]
+    assert model_on_hub.spaces == {}  # a dry run uploads nothing
+    offline = deploy_space("me/demo", "--model", "someone/nothing", "--dry-run", str(tmp_path / "c"))
+    assert offline.returncode == 0, offline.stderr
+    assert "note: the model 'someone/nothing' was not checked: could not check the model" in offline.stdout
+    assert "offline" in offline.stdout.lower() or "could not reach the Hub" in offline.stdout
+
+
+def test_a_model_folders_onnx_export_is_staged_only_when_it_matches_on_cpu(tmp_path, tiny_model_copy, app_model):
+    pytest.importorskip("onnx")
+    export_to_repo(tiny_model_copy)
+    cpu = deploy_space("me/demo", "--model", str(tiny_model_copy), "--dry-run", str(tmp_path / "cpu"))
+    assert cpu.returncode == 0, cpu.stderr
+    staged = tmp_path / "cpu" / "models" / "model"
+    shipped = [name for name in SHIPPED_FILES if (tiny_model_copy / name).is_file()]
+    assert len(shipped) >= 2  # the encoder and the decoder step (an int8 encoder is optional)
+    assert all((staged / name).read_bytes() == (tiny_model_copy / name).read_bytes() for name in shipped)
+    assert "note:" not in cpu.stdout
+    gpu = deploy_space("me/demo", "--model", str(tiny_model_copy), "--hardware", "zerogpu",
+                       "--dry-run", str(tmp_path / "gpu"))
+    assert gpu.returncode == 0, gpu.stderr
+    assert not (tmp_path / "gpu" / "models" / "model" / "onnx").exists()
+    assert "onnx left out: this hardware runs the model with torch" in gpu.stdout
+    stale = tmp_path / "stale"
+    shutil.copytree(app_model, stale)
+    shutil.copytree(tiny_model_copy / "onnx", stale / "onnx")  # another model's export
+    result = deploy_space("me/demo", "--model", str(stale), "--dry-run", str(tmp_path / "stale-space"))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "stale-space" / "models" / "stale" / "onnx").exists()
+    assert "onnx left out:" in result.stdout and "does not belong to this model" in result.stdout
 
 
 def test_refuses_to_stage_into_a_folder_in_use(tmp_path):
@@ -218,7 +270,8 @@ def test_a_cpu_space_preloads_the_onnx_export_its_model_ships(tmp_path, tiny_mod
     with HubServer() as hub:
         hub.add_repo("someone/captioner", tiny_model_copy)
         env = hub.environ(tmp_path / "cache")
-        for hardware, preloaded in (("zerogpu", MODEL_FILES), ("cpu", MODEL_FILES + SHIPPED_FILES)):
+        shipped = tuple(name for name in SHIPPED_FILES if (tiny_model_copy / name).is_file())  # no int8 encoder here
+        for hardware, preloaded in (("zerogpu", MODEL_FILES), ("cpu", MODEL_FILES + shipped)):
             result = deploy_space("me/demo", "--model", "someone/captioner", "--hardware", hardware, env=env)
             assert result.returncode == 0, result.stderr
             card = SpaceCard(hub.space("me/demo").commits[hub.space("me/demo").refs["main"]]["README.md"].decode())
