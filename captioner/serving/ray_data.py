@@ -37,10 +37,10 @@ import ray  # noqa: E402
 
 from captioner.core.backends.choice import requested_backend  # noqa: E402
 from captioner.core.errors import CaptionerError  # noqa: E402
+from captioner.core.files import IMAGE_SUFFIXES  # noqa: E402
 from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".avif")
 TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet",
                   ".pq": "parquet"}
 FORMATS = ("parquet", "jsonl")

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -706,7 +706,7 @@ def model_card(config: ModelConfig, vocab: Vocabulary, result: TrainingResult, i
         lines += ["", "## Validation scores (best epoch, greedy decoding)", "",
                   f"Validation loss {best.val_loss:.4f}."]
         if best.scores:
-            lines += ["Computed by `captioner.evaluation.score_captions` without Java (so no METEOR); run "
+            lines += ["Computed by `captioner.training.evaluation.score_captions` without Java (so no METEOR); run "
                       "`python -m captioner evaluate` for the full set and for beam search.", "",
                       "| metric | value |", "|---|---|"]
             lines += [f"| {name} | {value:.4f} |" for name, value in best.scores.items() if value is not None]
@@ -943,11 +943,11 @@ def decoding_name(beam_size: int) -> str:
 
 def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequence[int] = (3,),
                        batch_size: int = 16, max_length: int | None = None, use_java: bool = True,
-                       progress: bool = True) -> EvaluationResult:
+                       progress: bool = True, options: DecodeOptions | None = None) -> EvaluationResult:
     """Caption every item with each beam size (1 = greedy) and score each decoding.
 
     ``captioner`` is an ``inference.Captioner``; each batch of images is encoded once and decoded
-    with every beam size. Unusable images are skipped and listed.
+    with every beam size (the other decoding settings: ``options``). Unusable images are skipped and listed.
     """
     from tqdm import tqdm
 
@@ -969,8 +969,9 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
                 continue
             features = captioner.pipeline.features(pixels)  # encoded once, decoded with every beam size
             for name, beam in zip(names, beam_sizes):
-                options = DecodeOptions(beam_size=beam, num_candidates=1, max_length=max_length, top_classes=0)
-                for index, result in zip(kept, caption_features(model, captioner.vocab, features, options)):
+                decoding = replace(options or DecodeOptions(), beam_size=beam, num_candidates=1, max_length=max_length,
+                                   top_classes=0)
+                for index, result in zip(kept, caption_features(model, captioner.vocab, features, decoding)):
                     captions[name][batch[index].image_id] = result.caption
             for index in kept:
                 item = batch[index]
