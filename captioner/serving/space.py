@@ -25,6 +25,7 @@ from pathlib import Path
 
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.errors import CaptionerError
+from captioner.core.repository.hub import REPO_ID, hub_reason, parse_hub_id
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
 from captioner.web.gallery import IMAGE_SUFFIXES
 
@@ -36,8 +37,6 @@ ZEROGPU_PINS = {"torch": "torch==2.11.0", "torchvision": "torchvision==0.26.0", 
 HARDWARE_ALIASES = {"cpu": "cpu-basic", "zerogpu": "zero-a10g", "zero-gpu": "zero-a10g", "zero": "zero-a10g"}
 REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "vocab.json")
 MAX_PLAIN_FILE = 10 * 1024 * 1024  # the Hub refuses larger files unless stored with LFS/Xet
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_HUB_MODEL = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -80,7 +79,7 @@ class StagedSpace:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not _REPO_ID.match(repo_id or ""):
+    if not REPO_ID.match(repo_id or ""):
         raise SpaceError(f"{repo_id!r} is not a Space id: give OWNER/NAME (letters, digits, '-', '_', '.')")
     return repo_id
 
@@ -112,11 +111,11 @@ def parse_model(model: str | os.PathLike | None) -> HubModel | Path | None:
     local = Path(model).expanduser()
     if local.is_dir():
         return local
-    match = _HUB_MODEL.match(str(model))
-    if match is None or local.exists():
+    hub_id = parse_hub_id(str(model))
+    if hub_id is None or local.exists():
         raise SpaceError(f"--model {str(model)!r} is neither a model folder nor a Hub model id "
                          "(owner/name or owner/name@revision)")
-    return HubModel(match["repo"], match["revision"])
+    return HubModel(*hub_id)
 
 
 def gradio_version() -> str:
@@ -368,38 +367,6 @@ def deploy_space(staged: StagedSpace, *, private: bool = False, commit_message: 
     except Exception as error:  # huggingface_hub and its HTTP client raise many types
         raise SpaceError(f"could not {step} for {staged.repo_id!r}: {hub_reason(error)}") from None
     return str(url)
-
-
-def hub_reason(error: Exception) -> str:
-    """One line saying why a Hub call failed, with what to do about it where that is clear."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    response = getattr(error, "response", None) if isinstance(error, HfHubHTTPError) else None
-    status = getattr(response, "status_code", None)
-    if status == 401 and not isinstance(error, RepositoryNotFoundError):
-        return ("the Hub refused the token (invalid or expired): log in again with `hf auth login` "
-                "or set HF_TOKEN to a token with write access")
-    if isinstance(error, RevisionNotFoundError):
-        return "that revision does not exist"
-    if isinstance(error, RepositoryNotFoundError):
-        return "no such repository, or the token may not see it"
-    if status == 403:
-        return "the token may not do this (a read-only token, or a namespace it cannot write to)"
-    if status == 402:
-        return "the Hub asks for payment: this hardware needs billing set up for the account"
-    if status is not None:
-        return f"the Hub answered HTTP {status}: {_first_line(error)}"
-    names = {kind.__name__ for kind in type(error).__mro__}
-    if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
-                "ConnectionError", "OfflineModeIsEnabled"}:
-        return f"could not reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {_first_line(error)})"
-    return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
 
 
 def print_staged(staged: StagedSpace, file=sys.stdout) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from captioner.core.errors import ModelSourceError
 
-HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")  # owner/name[@rev]
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # a repository to create: owner/name alone
 
 
 def parse_hub_id(text: str) -> tuple[str, str | None] | None:
@@ -29,7 +30,7 @@ def download_snapshot(repo_id: str, revision: str | None, source: str, files: Se
     of ``optional_files`` the repository has; ``ModelSourceError`` says why it could not be had."""
     from huggingface_hub import constants, snapshot_download
 
-    tried = (f"no local directory {source!r}; then the Hugging Face Hub repo {repo_id!r}"
+    tried = (f"no local folder {source!r}; then the Hugging Face Hub repo {repo_id!r}"
              f"{f' at revision {revision!r}' if revision else ''} via {constants.ENDPOINT}"
              f"{' (offline mode: cache only)' if constants.HF_HUB_OFFLINE else ''}, cache {constants.HF_HUB_CACHE}")
     try:
@@ -62,17 +63,41 @@ def fetch_optional(repo_id: str, snapshot: Path, names: Sequence[str]) -> None:
 
 
 def hub_reason(error: Exception) -> str:
-    from huggingface_hub import errors
+    """One line saying why a Hub call failed, and what to do about it where that is clear."""
+    from huggingface_hub import constants, errors
 
-    reasons = [
-        (errors.RevisionNotFoundError, "that revision does not exist"),
-        (errors.RepositoryNotFoundError, "no such repository (or it is private)"),
-        (errors.EntryNotFoundError, "a model file is missing from the repository"),
-        (errors.OfflineModeIsEnabled, "offline mode is on and the model is not in the cache"),
-        (errors.LocalEntryNotFoundError, "the Hub could not be reached and the model is not in the cache"),
-    ]
-    for kind, reason in reasons:
-        if isinstance(error, kind):
-            return reason
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"{type(error).__name__}: {first_line}"
+    response = getattr(error, "response", None) if isinstance(error, errors.HfHubHTTPError) else None
+    status = getattr(response, "status_code", None)
+    if isinstance(error, errors.OfflineModeIsEnabled) or (
+            isinstance(error, errors.LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
+        return ("offline mode is on (HF_HUB_OFFLINE) and the files are not in the local Hub cache: download them "
+                "once with the Hub reachable and HF_HUB_OFFLINE unset, or use a local model folder")
+    if isinstance(error, errors.LocalEntryNotFoundError):  # before EntryNotFoundError, its parent
+        return (f"the files are not in the local Hub cache and the Hub at {constants.ENDPOINT} could not be reached: "
+                "run this once with the Hub reachable to download them (they are kept for offline use), "
+                "or use a local model folder")
+    if status == 401 and not isinstance(error, errors.RepositoryNotFoundError):
+        return ("the Hub refused the token (invalid or expired): log in again with `hf auth login` "
+                "or set HF_TOKEN to a token with write access")
+    if isinstance(error, errors.RevisionNotFoundError):
+        return "that revision does not exist"
+    if isinstance(error, errors.RepositoryNotFoundError):
+        return "no such repository, or it is private and the token may not see it"
+    if isinstance(error, errors.EntryNotFoundError):
+        return "a model file is missing from the repository"
+    if status == 403:
+        return "the token may not do this (a read-only token, or a namespace it cannot write to)"
+    if status == 402:
+        return "the Hub asks for payment: this needs billing set up for the account"
+    if status is not None:
+        return f"the Hub answered HTTP {status}: {_first_line(error)}"
+    names = {kind.__name__ for kind in type(error).__mro__}
+    if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
+                "ConnectionError"}:
+        return f"could not reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {_first_line(error)})"
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
