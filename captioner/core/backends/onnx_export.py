@@ -5,12 +5,11 @@ into ONNX graphs (``torch.onnx.export``, opset 17, dynamic batch), recording in 
 SHA-256 of the weights they came from. ``export_to_repo`` writes both into a model repository's
 ``onnx/`` folder (the layout Hugging Face Optimum uses: ``onnx/encoder_model.onnx``, and
 ``onnx/decoder_step.onnx``), and ``verify_shipped`` / ``mismatch`` check that a shipped graph belongs
-to a model's weights and fits its inputs. ``onnx_backend`` runs the graphs.
+to a model's weights and fits its inputs. ``onnx_runtime`` runs the graphs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import warnings
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from captioner.core.errors import CaptionerError, ModelSourceError
+from captioner.core.extras import install_hint, installed
 from captioner.core.files import write_all_atomic
 from captioner.core.model.config import ModelConfig
 
@@ -30,7 +30,7 @@ SHIPPED_EXPORT = Path("onnx") / "encoder_model.onnx"  # the backbone, where Opti
 SHIPPED_STEP = Path("onnx") / "decoder_step.onnx"
 SHIPPED_FILES = (SHIPPED_EXPORT.as_posix(), SHIPPED_STEP.as_posix())  # a repository's export, as repo paths
 INPUT_NAME, OUTPUT_NAME = "pixels", "features"
-EXPORTER_HINT = "exporting to ONNX needs the onnx package: pip install onnx (or pip install 'captioner[onnx]')"
+EXPORTER_HINT = install_hint("onnx", "exporting to ONNX", ["onnx"])
 
 
 class BackendUnavailable(CaptionerError):
@@ -46,11 +46,8 @@ class ShippedExportError(CaptionerError):
 
 
 def exporter_available() -> bool:
-    """Whether the onnx package (what ``export`` needs) can be found."""
-    try:
-        return importlib.util.find_spec("onnx") is not None
-    except (ImportError, ValueError):
-        return False
+    """Whether the onnx package (what ``export`` needs) is installed."""
+    return installed("onnx")
 
 
 def weights_digest(model_dir: Path, config: ModelConfig) -> str:

@@ -57,12 +57,13 @@ from captioner.core.backends.onnx_export import (
     weights_digest,
 )
 from captioner.core.errors import CaptionerError
+from captioner.core.extras import install_hint
 from captioner.core.files import write_atomic
 from captioner.core.model.config import ModelConfig
 from captioner.core.model.search import DecoderSteps
 from captioner.core.paths import cache_dir
 
-INSTALL_HINT = "the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"
+INSTALL_HINT = install_hint("onnx", "the onnx backend", ["onnxruntime"])
 
 
 def export_cache_dir() -> Path:
@@ -83,8 +84,8 @@ def export_settings(config: ModelConfig) -> dict[str, Any]:
 # takes the cores from the torch and Python work between runs (the decoding loop, the next image).
 SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
 # The decoder step runs on the calling thread alone: its operators are too small to share, and waking a
-# pool for each of a caption's steps cost more than the step (a whole greedy caption of the bundled model
-# took 1.5x as long with 2 threads; benchmarks/onnx_threads.py).
+# pool for each of a caption's steps costs more than the step (with 2 threads a whole greedy caption of the
+# bundled model takes 1.5x as long: benchmarks/onnx_threads.py).
 STEP_THREADS = 1
 
 
