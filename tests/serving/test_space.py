@@ -90,8 +90,8 @@ def test_dry_run_stages_a_space_that_pulls_its_weights_from_the_hub(tmp_path):
     files = staged_files(out)
     assert files["app.py"] == (ROOT / "app.py").read_bytes()
     assert files["requirements.txt"] == (ROOT / "requirements.txt").read_bytes()  # CPU: the project's own
-    assert files["captioner/serving/batcher.py"] == (ROOT / "captioner/serving/batcher.py").read_bytes()
-    assert "captioner/core/imagenet_classes.json" in files and "LICENSE" in files and ".gitattributes" in files
+    assert files["captioner/web/batcher.py"] == (ROOT / "captioner/web/batcher.py").read_bytes()
+    assert "captioner/core/model/imagenet_classes.json" in files and "LICENSE" in files and ".gitattributes" in files
     assert not any(name.startswith(("models/", "captioner/training/", "captioner/build/")) or "__pycache__" in name
                    for name in files)
     assert sorted(n.split("/", 1)[1] for n in files if n.startswith("examples/") and not n.endswith(".md")) == PHOTOS
@@ -363,7 +363,7 @@ def stand_in_spaces(monkeypatch):
 def record_model_runs(captioner, spaces: StandInSpaces) -> list[bool]:
     """For each run of the encoder's backbone: whether it ran inside the decorated function."""
     runs: list[bool] = []
-    captioner.model.encoder.backbone.register_forward_pre_hook(
+    captioner.model.encoder.require_backbone().register_forward_pre_hook(
         lambda module, args: runs.append(getattr(spaces.inside, "now", False)))
     return runs
 

@@ -1,8 +1,7 @@
-"""Drawing a word's heatmap over its photo, as an image or PNG bytes, and naming the files."""
+"""Drawing a word's heatmap over its photo, and writing the overlays as named PNG files."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -47,12 +46,6 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.5, max_
         image, heat = image.resize(size, Image.Resampling.BILINEAR), heat.resize(size, Image.Resampling.BILINEAR)
     colours = Image.fromarray(colourize(np.asarray(heat)))
     return Image.blend(image, colours, alpha)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
 
 
 def overlay_name(stem: str, index: int, word: str) -> str:
