@@ -200,6 +200,14 @@ def test_each_shared_flag_has_one_help_text():
     assert len(helps) == 7 and all(len(texts) == 1 for texts in helps.values()), helps
 
 
+def test_no_flag_takes_a_name_the_commands_reserve():
+    from captioner.cli.arguments import RESERVED
+
+    for name, command in _commands().items():
+        clashes = {action.dest for action in command._actions} & set(RESERVED)
+        assert not clashes, f"{name}: {clashes}"
+
+
 def test_decoding_flags_reach_the_options_of_every_command_that_decodes(tmp_path):
     parser = build_parser()
     for argv in (["caption", "x.jpg"], ["caption-dataset", "photos", "--out", "out.jsonl"],

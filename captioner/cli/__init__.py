@@ -33,13 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status (2: the arguments were refused, with the command's usage)."""
     args = build_parser().parse_args(argv)
     try:
-        args.options = decode_options(args)
-        if args.check is not None:
-            args.check(args)
+        args.decoding = decode_options(args)
+        if args.command_check is not None:
+            args.command_check(args)
     except (ValueError, CaptionerError) as error:
         args.command_parser.error(_flag_names(str(error)))
     try:
-        return args.func(args)
+        return args.command_run(args)
     except (CaptionerError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

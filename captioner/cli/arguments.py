@@ -19,6 +19,8 @@ from captioner.core.options import (
     MAX_BEAM_SIZE,
     MAX_LENGTH_RANGE,
     MAX_NO_REPEAT_NGRAM,
+    PRECISION_HELP,
+    PRECISIONS,
     DecodeOptions,
 )
 
@@ -65,6 +67,7 @@ SOURCE_FLAGS: list[Flag] = [
     (("--model",), {"metavar": "SRC", "help": "model directory or owner/name[@revision] on the Hugging Face Hub "
                                               "(default: $CAPTIONER_MODEL, else the bundled model)"}),
     (("--backend",), {"choices": BACKENDS, "help": BACKEND_HELP}),
+    (("--precision",), {"choices": PRECISIONS, "help": PRECISION_HELP}),
 ]
 DEVICE_FLAGS: list[Flag] = [
     (("--device",), {"help": "cpu, cuda, cuda:N or mps (default: $CAPTIONER_DEVICE, else the first of cuda, mps "
@@ -101,12 +104,16 @@ DECODING = parent(DECODING_FLAGS)
 CANDIDATES = parent(CANDIDATE_FLAGS)
 
 
+RESERVED = ("command_run", "command_check", "command_parser", "decoding")  # set on every command's arguments
+
+
 def command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], *,
             check: Callable[[argparse.Namespace], None] | None = None, **options: Any) -> argparse.ArgumentParser:
     """Declare command ``name``: ``func(args)`` runs it and returns the exit status; ``check(args)`` runs
-    before it and refuses bad arguments (``ValueError``) with the command's usage, before any work."""
+    before it and refuses bad arguments (``ValueError``) with the command's usage, before any work.
+    ``args.decoding`` is the command's ``decode_options``. No flag may use a name in ``RESERVED``."""
     parser = sub.add_parser(name, **options)
-    parser.set_defaults(func=func, check=check, command_parser=parser)
+    parser.set_defaults(command_run=func, command_check=check, command_parser=parser)
     return parser
 
 

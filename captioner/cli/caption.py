@@ -54,7 +54,7 @@ def run_caption(args: argparse.Namespace) -> int:
     captioner = load_captioner(args.model, **load_settings(args))
     with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
               disable=len(args.images) <= args.batch_size) as bar:
-        results = captioner(args.images, args.options, errors="return", batch_size=args.batch_size,
+        results = captioner(args.images, args.decoding, errors="return", batch_size=args.batch_size,
                             progress=lambda done, total: bar.update(done - bar.n))
     show_names = len(args.images) > 1
     overlays = _explain_results(captioner, results, args) if args.explain else {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from captioner.cli.arguments import DEVICE, command
 from captioner.core.errors import CaptionerError
@@ -49,8 +50,24 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     require_extra("onnx", "onnx", purpose="export-onnx")
     from captioner.core.backends.onnx_export import export_to_repo
 
-    for path in export_to_repo(args.model_dir):
+    if not args.int8:
+        if args.calibration or args.check:
+            raise CaptionerError("--calibration and --check choose the photos of the int8 encoder: add --int8")
+        paths = export_to_repo(args.model_dir)
+    else:
+        from captioner.core.backends.calibration import photo_sets
+        from captioner.core.backends.int8 import export_int8_to_repo
+
+        photos = photo_sets(args.calibration, args.check)  # a bad folder stops here, before any export work
+        if photos is None:
+            raise CaptionerError("--int8 needs photos: --calibration DIR (a folder of 100 or more photos like "
+                                 "those the model will caption), or set CAPTIONER_CALIBRATION")
+        paths, agreement = export_int8_to_repo(args.model_dir, photos,
+                                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+    for path in paths:
         print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB)")
+    if args.int8:
+        print(agreement.line())
     return 0
 
 
@@ -61,8 +78,17 @@ def add_export_onnx(sub) -> None:
                             "and MODEL_DIR/onnx/decoder_step.onnx (each written whole or not at all), "
                             "recording the weights' SHA-256. The onnx backend then uses them instead of "
                             "exporting, with onnxruntime alone; `push` publishes them with the model. "
-                            "Needs: pip install \"captioner[onnx]\".")
+                            "--int8 adds MODEL_DIR/onnx/encoder_model_int8.onnx, calibrated on half of the "
+                            "--calibration photos and checked on the other half: `--precision auto` uses it "
+                            "only when at least 98% of their captions match the fp32 encoder's; the check "
+                            "goes into the model card. Needs: pip install \"captioner[onnx]\".")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local model folder")
+    p.add_argument("--int8", action="store_true", help="also write the int8 encoder, checked against fp32")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="with --int8: a folder of photos like those the model will caption (default: "
+                        "$CAPTIONER_CALIBRATION); half calibrate, half check, split by content")
+    p.add_argument("--check", metavar="DIR", default=None,
+                   help="with --int8: photos for the check instead (then all --calibration photos calibrate)")
 
 
 def run_push(args: argparse.Namespace) -> int:

@@ -16,9 +16,9 @@ def run_caption_dataset(args: argparse.Namespace) -> int:
 
     run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                          batch_size=args.batch_size, model=args.model, options=args.options, resume=args.resume,
+                          batch_size=args.batch_size, model=args.model, options=args.decoding, resume=args.resume,
                           path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part,
-                          backend=args.backend)
+                          backend=args.backend, precision=args.precision)
     print(run.summary())
     return 0
 
@@ -66,7 +66,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         settings = {name: getattr(args, name) for name in (
             "model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
-            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend") if getattr(args, name) is not None}
+            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend", "precision")
+            if getattr(args, name) is not None}
         application = build_app(settings, ui=not args.no_ui)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(application, name="captioner", route_prefix="/")

@@ -191,7 +191,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     beams = [args.beam_size] + ([1] if args.compare_greedy and args.beam_size != 1 else [])
     captioner = load_captioner(args.model, **load_settings(args))
     result = evaluate_captioner(captioner, items, beam_sizes=beams, batch_size=args.batch_size,
-                                max_length=args.max_length, use_java=not args.no_java, options=args.options)
+                                max_length=args.max_length, use_java=not args.no_java, options=args.decoding)
     for beam in beams:
         if len(beams) > 1:
             print(f"# {decoding_name(beam)} ({len(result.references)} images)")
