@@ -1,7 +1,7 @@
 """The Hugging Face Hub side of model repositories: Hub ids, downloads into its cache, and its errors in words.
 
 Everything goes through huggingface_hub's own primitives (``snapshot_download``, ``hf_hub_download``,
-``get_paths_info``), so its cache, offline mode (``HF_HUB_OFFLINE``) and endpoint
+``try_to_load_from_cache``), so its cache, offline mode (``HF_HUB_OFFLINE``) and endpoint
 (``HF_ENDPOINT``) work as they do everywhere else.
 """
 
@@ -46,20 +46,25 @@ def download_snapshot(repo_id: str, revision: str | None, source: str, files: Se
 def fetch_optional(repo_id: str, snapshot: Path, names: Sequence[str]) -> None:
     """Fetch those of ``names`` that the repository has at the commit of ``snapshot`` (the cached
     snapshot the model files came from) into that snapshot. Optional files (the ONNX export, which
-    the onnx backend can make itself): a commit's files never change, so ones already cached are not
-    asked for again; offline, the cache is all there is; a repository without them is no fault;
-    another failure (the Hub unreachable, an HTTP error) leaves them out with a warning."""
-    from huggingface_hub import constants, get_paths_info, hf_hub_download
+    the onnx backend can make itself): a commit's files never change, so a file already cached, or one
+    the Hub said the commit lacks (huggingface_hub's cache records that), is not asked for again;
+    offline, the cache is all there is; a repository without them is no fault; another failure (the
+    Hub unreachable, an HTTP error) leaves the rest out with a warning."""
+    from huggingface_hub import _CACHED_NO_EXIST, constants, errors, hf_hub_download, try_to_load_from_cache
 
-    missing = [name for name in names if not (snapshot / name).is_file()]
-    if not missing or constants.HF_HUB_OFFLINE:
+    wanted = [name for name in names if not (snapshot / name).is_file()
+              and try_to_load_from_cache(repo_id, name, revision=snapshot.name) is not _CACHED_NO_EXIST]
+    if not wanted or constants.HF_HUB_OFFLINE:
         return
-    try:
-        for entry in get_paths_info(repo_id, missing, revision=snapshot.name):
-            hf_hub_download(repo_id, entry.path, revision=snapshot.name)
-    except Exception as error:  # noqa: BLE001 - huggingface_hub and its HTTP client raise many types
-        warnings.warn(f"could not fetch {', '.join(missing)} of {repo_id!r} ({hub_reason(error)}); "
-                      "going on without them", stacklevel=2)
+    for index, name in enumerate(wanted):
+        try:
+            hf_hub_download(repo_id, name, revision=snapshot.name)
+        except errors.RemoteEntryNotFoundError:
+            continue  # the commit lacks it (and the cache now says so)
+        except Exception as error:  # noqa: BLE001 - huggingface_hub and its HTTP client raise many types
+            warnings.warn(f"could not fetch {', '.join(wanted[index:])} of {repo_id!r} ({hub_reason(error)}); "
+                          "going on without them", stacklevel=2)
+            return
 
 
 def hub_reason(error: Exception) -> str:
@@ -72,6 +77,8 @@ def hub_reason(error: Exception) -> str:
             isinstance(error, errors.LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
         return ("offline mode is on (HF_HUB_OFFLINE) and the files are not in the local Hub cache: download them "
                 "once with the Hub reachable and HF_HUB_OFFLINE unset, or use a local model folder")
+    if isinstance(error, errors.LocalEntryNotFoundError) and isinstance(error.__cause__, errors.HfHubHTTPError):
+        return f"{hub_reason(error.__cause__)}, and the files are not in the local Hub cache"  # reached, but it failed
     if isinstance(error, errors.LocalEntryNotFoundError):  # before EntryNotFoundError, its parent
         return (f"the files are not in the local Hub cache and the Hub at {constants.ENDPOINT} could not be reached: "
                 "run this once with the Hub reachable to download them (they are kept for offline use), "
