@@ -1,9 +1,8 @@
-"""The package as users get it: a wheel that carries the bundled model, Python 3.10 compatibility,
-one-line messages for missing extras, and imports that go one way only."""
+"""The package as users get it: a wheel that carries the bundled model, Python 3.10 compatibility and
+one-line messages for missing extras (how its parts import each other: ``test_architecture.py``)."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -63,7 +62,7 @@ def _pip_has_python_option() -> bool:
 def test_a_wheel_installed_elsewhere_captions_offline_with_the_bundled_model(installed_wheel, tmp_path):
     from captioner.core.inference import load_captioner
 
-    want = load_captioner(None, "cpu").caption(COFFEE).caption
+    want = load_captioner(None, "cpu")(COFFEE).caption
     photo = shutil.copy(COFFEE, tmp_path / "photo.jpg")
     python = str(installed_wheel / "bin" / "python")
     env = _clean_env()
@@ -78,7 +77,7 @@ def test_a_wheel_installed_elsewhere_captions_offline_with_the_bundled_model(ins
     script = ("from captioner import load_captioner\n"
               "c = load_captioner()\n"
               "print(c.loaded.path)\n"
-              f"print(c.caption({str(photo)!r}).caption)\n")
+              f"print(c({str(photo)!r}).caption)\n")
     api = subprocess.run([python, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert api.returncode == 0, api.stderr
     model_path, caption = api.stdout.strip().splitlines()[-2:]
@@ -119,70 +118,3 @@ def test_a_missing_extra_is_named_in_one_line_before_any_work(tmp_path, command,
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"'{extra}' extra" in lines[0] and f"captioner[{extra}]" in lines[0], run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "OUT").exists()
-
-
-# ----------------------------------------------------------------------------- layout
-
-PARTS = {"core": {"core"}, "serving": {"core", "serving"}, "training": {"core", "training"},
-         "build": {"core", "training", "build"}}
-
-
-def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(captioner module imported, whether at module level) for each import in ``path``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    top_level = set(map(id, tree.body))
-    found = []
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        found += [(name, id(node) in top_level) for name in names if name.split(".")[0] == "captioner"]
-    return found
-
-
-def test_parts_import_one_way_only():
-    for part, allowed in PARTS.items():
-        for path in sorted((PACKAGE / part).glob("*.py")):
-            for module in (name for name, _ in _imports(path)):
-                target = module.split(".")[1] if module.count(".") else None
-                assert target in allowed, f"{path.relative_to(ROOT)} imports {module}"
-
-
-def test_no_import_cycles_at_module_level():
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        graph[name] = {m for m, top in _imports(path) if top}
-    seen: dict[str, int] = {}
-
-    def visit(node: str, stack: list[str]) -> None:
-        seen[node] = 1
-        for nxt in graph.get(node, ()):
-            assert seen.get(nxt) != 1, f"import cycle: {' -> '.join([*stack, node, nxt])}"
-            if nxt in graph and nxt not in seen:
-                visit(nxt, [*stack, node])
-        seen[node] = 2
-
-    for node in graph:
-        if node not in seen:
-            visit(node, [])
-
-
-def test_the_runtime_does_not_import_training_or_build_code():
-    script = ("import sys\nfrom captioner.core.inference import load_captioner\nimport captioner.cli\n"
-              "import captioner.serving.batcher, captioner.serving.batch\n"
-              "print(sorted(m for m in sys.modules if m.startswith(('captioner.training', 'captioner.build', "
-              "'timm', 'skimage', 'pycocoevalcap'))))\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_the_readme_describes_the_parts_and_their_imports():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Architecture"):]
-    section = section[:section.find("\n## ", 4)]
-    for part in ("captioner/core", "captioner/serving", "captioner/training", "captioner/build"):
-        assert part in section
-    assert "one way" in section

@@ -1,4 +1,5 @@
-"""Writing files whole or not at all: under a temporary name beside the target, then renamed into place."""
+"""Files: writing them whole or not at all (under a temporary name beside the target, then renamed into
+place), their digests, and which files of a folder are images."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+# What counts as an image file when a folder is captioned, by suffix (compared in lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".avif")
 
 
 def write_atomic(path: Path, data: bytes, *, prefix: str | None = None) -> None:
@@ -64,3 +68,16 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def image_files(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``) in ``folder``, and with ``recursive`` in its subfolders, in
+    sorted order of their paths; hidden files and folders (a leading ``.``) are left out, and links to
+    folders are not followed."""
+    root = Path(folder)
+    found = []
+    for top, folders, names in os.walk(root):
+        folders[:] = [name for name in folders if not name.startswith(".")] if recursive else []
+        found += [Path(top) / name for name in names
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found, key=lambda path: path.relative_to(root).as_posix())

@@ -12,6 +12,7 @@ Nothing here is part of the stable API.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable, Sequence
@@ -115,7 +116,8 @@ class Pipeline:
         if len(names) != len(entries):
             raise ValueError(f"{len(names)} names for {len(entries)} images")
         results: list[CaptionResult | None] = [None] * len(entries)
-        with ThreadPoolExecutor(2) as pool:  # decoding releases the GIL: two images at once
+        # Decoding releases the GIL: two images at once (one image is decoded on this thread).
+        with ThreadPoolExecutor(2) if len(entries) > 1 else contextlib.nullcontext() as pool:
             for start in range(0, len(entries), batch_size):
                 chunk = list(entries[start:start + batch_size])
                 readable = [i for i, entry in enumerate(chunk) if not isinstance(entry, Exception)]

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from captioner.core.errors import CaptionerError
+from captioner.core.files import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".avif")
 TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet",
                   ".pq": "parquet"}
 

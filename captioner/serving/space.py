@@ -22,8 +22,9 @@ from pathlib import Path
 
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.errors import CaptionerError
+from captioner.core.files import IMAGE_SUFFIXES
+from captioner.core.repository.hub import REPO_ID, parse_hub_id
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
-from captioner.web.gallery import IMAGE_SUFFIXES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: app.py, examples/, requirements.txt
 PYTHON_VERSION = "3.10"  # the Hub's default, stated explicitly; the code runs on 3.10+
@@ -33,8 +34,6 @@ ZEROGPU_PINS = {"torch": "torch==2.11.0", "torchvision": "torchvision==0.26.0", 
 HARDWARE_ALIASES = {"cpu": "cpu-basic", "zerogpu": "zero-a10g", "zero-gpu": "zero-a10g", "zero": "zero-a10g"}
 REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "vocab.json")
 MAX_PLAIN_FILE = 10 * 1024 * 1024  # the Hub refuses larger files unless stored with LFS/Xet
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_HUB_MODEL = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -78,7 +77,7 @@ class StagedSpace:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not _REPO_ID.match(repo_id or ""):
+    if not REPO_ID.match(repo_id or ""):
         raise SpaceError(f"{repo_id!r} is not a Space id: give OWNER/NAME (letters, digits, '-', '_', '.')")
     return repo_id
 
@@ -110,11 +109,11 @@ def parse_model(model: str | os.PathLike | None) -> HubModel | Path | None:
     local = Path(model).expanduser()
     if local.is_dir():
         return local
-    match = _HUB_MODEL.match(str(model))
-    if match is None or local.exists():
+    hub_id = parse_hub_id(str(model))
+    if hub_id is None or local.exists():
         raise SpaceError(f"--model {str(model)!r} is neither a model folder nor a Hub model id "
                          "(owner/name or owner/name@revision)")
-    return HubModel(match["repo"], match["revision"])
+    return HubModel(*hub_id)
 
 
 def gradio_version() -> str:
@@ -248,8 +247,13 @@ def _copy_model(source: Path, target: Path, with_export: bool) -> list[str]:
     """Copy a model folder's files after checking that it loads (nothing broken is published), and
     with ``with_export`` its ONNX export when that belongs to these weights. Returns notes on an
     export left out."""
-    from captioner.core.backends.onnx_export import (SHIPPED_EXPORT, SHIPPED_STEP, BackendUnavailable,
-                                                     ShippedExportError, verify_shipped)
+    from captioner.core.backends.onnx_export import (
+        SHIPPED_EXPORT,
+        SHIPPED_STEP,
+        BackendUnavailable,
+        ShippedExportError,
+        verify_shipped,
+    )
     from captioner.core.repository.storage import load_model
 
     missing = [name for name in REQUIRED_MODEL_FILES if not (source / name).is_file()]

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from captioner.core.backends.onnx_export import SHIPPED_FILES
+from captioner.core.repository.hub import hub_reason, hub_unreachable
 from captioner.core.repository.storage import MODEL_FILES
 from captioner.serving.space import (
     CPU_HARDWARE,
@@ -56,7 +57,7 @@ def check_hub_model(model: HubModel, token: str | None = None, *, with_export: b
     try:
         info = HfApi().model_info(model.repo, revision=model.revision, token=token)
     except Exception as error:  # huggingface_hub and its HTTP client raise many types
-        kind = HubUnreachable if _unreachable(error) else SpaceError
+        kind = HubUnreachable if hub_unreachable(error) else SpaceError
         raise kind(f"could not check the model {model.source!r} on the Hub: {hub_reason(error)}") from None
     names = {sibling.rfilename for sibling in info.siblings or []}
     missing = [name for name in REQUIRED_MODEL_FILES if name not in names]
@@ -131,40 +132,3 @@ def deploy_space(staged: StagedSpace, *, private: bool = False, commit_message: 
     except Exception as error:  # huggingface_hub and its HTTP client raise many types
         raise SpaceError(f"could not {step} for {staged.repo_id!r}: {hub_reason(error)}") from None
     return str(url)
-
-
-def hub_reason(error: Exception) -> str:
-    """One line saying why a Hub call failed, with what to do about it where that is clear."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    response = getattr(error, "response", None) if isinstance(error, HfHubHTTPError) else None
-    status = getattr(response, "status_code", None)
-    if status == 401 and not isinstance(error, RepositoryNotFoundError):
-        return ("the Hub refused the token (invalid or expired): log in again with `hf auth login` "
-                "or set HF_TOKEN to a token with write access")
-    if isinstance(error, RevisionNotFoundError):
-        return "that revision does not exist"
-    if isinstance(error, RepositoryNotFoundError):
-        return "no such repository, or the token may not see it"
-    if status == 403:
-        return "the token may not do this (a read-only token, or a namespace it cannot write to)"
-    if status == 402:
-        return "the Hub asks for payment: this hardware needs billing set up for the account"
-    if status is not None:
-        return f"the Hub answered HTTP {status}: {_first_line(error)}"
-    if _unreachable(error):
-        return f"could not reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {_first_line(error)})"
-    return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _unreachable(error: Exception) -> bool:
-    """Whether ``error`` says the Hub could not be asked at all (no network, offline mode)."""
-    names = {kind.__name__ for kind in type(error).__mro__}
-    return bool(names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
-                         "ConnectionError", "OfflineModeIsEnabled"})
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__

@@ -6,6 +6,7 @@ scored with ``evaluation.score_captions`` (BLEU, METEOR with Java, ROUGE-L, CIDE
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,11 +42,11 @@ def decoding_name(beam_size: int) -> str:
 
 def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequence[int] = (3,),
                        batch_size: int = 16, max_length: int | None = None, use_java: bool = True,
-                       progress: bool = True) -> EvaluationResult:
+                       progress: bool = True, options: DecodeOptions | None = None) -> EvaluationResult:
     """Caption every item with each beam size (1 = greedy) and score each decoding.
 
     ``captioner`` is an ``inference.Captioner``; each batch of images is encoded once and decoded
-    with every beam size. Unusable images are skipped and listed.
+    with every beam size (the other decoding settings: ``options``). Unusable images are skipped and listed.
     """
     from tqdm import tqdm
 
@@ -67,8 +68,9 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
                 continue
             features = captioner.pipeline.features(pixels)  # encoded once, decoded with every beam size
             for name, beam in zip(names, beam_sizes):
-                options = DecodeOptions(beam_size=beam, num_candidates=1, max_length=max_length, top_classes=0)
-                for index, result in zip(kept, caption_features(model, captioner.vocab, features, options)):
+                decoding = dataclasses.replace(options or DecodeOptions(), beam_size=beam, num_candidates=1,
+                                               max_length=max_length, top_classes=0)
+                for index, result in zip(kept, caption_features(model, captioner.vocab, features, decoding)):
                     captions[name][batch[index].image_id] = result.caption
             for index in kept:
                 item = batch[index]

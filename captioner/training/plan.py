@@ -8,7 +8,6 @@ training captions, and ``TrainingPlan.report`` says what was chosen and why.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 from collections import Counter
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
+from captioner.core.extras import MissingExtraError, install_hint, installed
 from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary, tokenize
 from captioner.training.config import FINE_TUNING, FROM_SCRATCH, Regularisation
 from captioner.training.schedule import PLATEAU_EPOCHS
@@ -179,17 +179,9 @@ def describe(regularisation: Regularisation) -> str:
 def check_dependencies(metric: str | None) -> None:
     """A one-line error naming the ``train`` extra when what training needs is not installed."""
     wanted = {name: use for name, use in TRAIN_EXTRA.items() if metric is not None or name != "pycocoevalcap"}
-    missing = [name for name in wanted if not _installed(name)]
+    missing = [f"{name} for {use}" for name, use in wanted.items() if not installed(name)]
     if missing:
-        raise CaptionerError(f"training needs the 'train' extra: pip install 'captioner[train]' "
-                             f"(missing: {', '.join(f'{name} for {wanted[name]}' for name in missing)})")
-
-
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules
-        return False
+        raise MissingExtraError(install_hint("train", "training", missing))
 
 
 def check_output_folder(out_dir: str | os.PathLike, resume: bool) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+from captioner.core.files import IMAGE_SUFFIXES
+
 MAX_EXAMPLES = 100
 
 

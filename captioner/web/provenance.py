@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from captioner.core.repository.hub import parse_hub_id
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.zerogpu import is_zero_gpu, space_id
-
-_REVISION = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+?@(?P<revision>[\w./-]+)$")
 
 
 def hub_snapshot(path: str | os.PathLike) -> tuple[str, str] | None:
@@ -34,8 +32,8 @@ def weights_origin(source: str | os.PathLike | None, path: str | os.PathLike,
     snapshot = hub_snapshot(path)
     if snapshot is not None:
         repo, commit = snapshot
-        match = _REVISION.match(str(source or ""))
-        revision = match["revision"] if match else "main"
+        hub_id = parse_hub_id(str(source or ""))
+        revision = hub_id[1] if hub_id and hub_id[1] else "main"
         return f"Hugging Face Hub model `{repo}`, revision `{revision}` (commit `{commit[:12]}`)"
     return f"local folder `{path}`"
 

@@ -359,7 +359,7 @@ def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_di
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        "error: the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"]
+        "error: the onnx backend needs the 'onnx' extra (onnxruntime is not installed): pip install 'captioner[onnx]'"]
 
 
 def test_without_onnxruntime_the_app_refuses_the_onnx_backend_at_start(tmp_path):
@@ -369,7 +369,7 @@ def test_without_onnxruntime_the_app_refuses_the_onnx_backend_at_start(tmp_path)
     """, tmp_path)
     assert done.returncode == 2  # argparse's usage error, before any model is loaded or server started
     assert done.stderr.splitlines()[-1].endswith(
-        "error: the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')")
+        "error: the onnx backend needs the 'onnx' extra (onnxruntime is not installed): pip install 'captioner[onnx]'")
 
 
 @needs_onnxruntime

@@ -15,17 +15,24 @@ import torch
 
 from captioner.core.inference import Captioner, load_captioner
 from captioner.core.backends.choice import onnxruntime_available
-from captioner.core.backends.onnx_export import SHIPPED_FILES, ShippedExportError, export_to_repo
+from captioner.core.backends.onnx_export import (
+    SHIPPED_EXPORT,
+    SHIPPED_FILES,
+    SHIPPED_STEP,
+    ShippedExportError,
+    export_to_repo,
+)
 from captioner.core.repository.storage import MODEL_FILES, load_model, save_model
 from captioner.core.repository.publish import push_model
 from tests.helpers.models import make_tiny_model
 from tests.helpers.paths import ROOT
-from tests.helpers.hub import hub, hub_env  # noqa: F401
+from tests.helpers.hub import hub, hub_env, no_retry_wait  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not onnxruntime_available() or importlib.util.find_spec("onnx") is None,
                                 reason="needs onnxruntime and onnx")
 CPU = torch.device("cpu")
 PHOTO = ROOT / "examples" / "coffee.jpg"
+FP32_EXPORT = (SHIPPED_EXPORT.as_posix(), SHIPPED_STEP.as_posix())  # what export_to_repo writes (no int8 encoder)
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +58,8 @@ def origins(captioner: Captioner) -> tuple[str, str]:
 
 def test_push_publishes_the_export_and_only_the_onnx_backend_fetches_it(hub, exported, one_thread):  # noqa: F811
     push_model(exported, "me/exported")
-    assert set(hub.files("me/exported")) == {*MODEL_FILES, *SHIPPED_FILES}
-    for name in SHIPPED_FILES:
+    assert set(hub.files("me/exported")) == {*MODEL_FILES, *FP32_EXPORT}
+    for name in FP32_EXPORT:
         assert hub.files("me/exported")[name] == (exported / name).read_bytes()
 
     torch_user = load_captioner("me/exported", "cpu", "torch")
@@ -71,7 +78,7 @@ def test_push_publishes_the_export_and_only_the_onnx_backend_fetches_it(hub, exp
 def test_offline_with_a_cache_that_lacks_the_export_the_backend_exports_it(hub, exported, monkeypatch,
                                                                           one_thread):  # noqa: F811
     hub.add_repo("team/exported", exported)
-    assert set(hub.files("team/exported")) == {*MODEL_FILES, *SHIPPED_FILES}
+    assert set(hub.files("team/exported")) == {*MODEL_FILES, *FP32_EXPORT}
     load_model("team/exported")  # a torch user's download: the model files (the listing names onnx/ too)
     hub_env(monkeypatch, hub, hub.cache_dir, offline=True)
     before = len(hub.requests)
@@ -134,17 +141,19 @@ def test_push_refuses_an_export_of_other_weights_and_removes_one_the_folder_no_l
     assert hub.files("me/model")["model.safetensors"] == (exported / "model.safetensors").read_bytes()
 
 
-def test_an_export_that_cannot_be_fetched_is_left_out_with_a_warning(hub, exported, monkeypatch,
+def test_an_export_that_cannot_be_fetched_is_left_out_with_a_warning(hub, exported, monkeypatch, no_retry_wait,
                                                                      one_thread):  # noqa: F811
     from tests.helpers.hub_server import free_port_url
 
     hub.add_repo("team/flaky", exported)
-    hub.fail_next("paths-info", "500", method="POST")
-    with pytest.warns(UserWarning, match=r"could not fetch onnx/encoder_model\.onnx, onnx/decoder_step\.onnx of "
-                                         r"'team/flaky' \(.*500.*\); going on without them"):
+    hub.fail_next("/onnx/", "500", method="HEAD", times=50)  # on every try: the export is out of reach
+    with pytest.warns(UserWarning, match=r"could not fetch onnx/encoder_model\.onnx, onnx/decoder_step\.onnx, "
+                                         r"onnx/encoder_model_int8\.onnx of 'team/flaky' \(.*500.*\); "
+                                         r"going on without them"):
         captioner = Captioner(load_model("team/flaky", optional_files=SHIPPED_FILES), CPU, "onnx")
     assert origins(captioner) == ("exported", "exported")
 
+    hub.clear_faults()
     assert origins(Captioner(load_model("team/flaky", optional_files=SHIPPED_FILES), CPU, "onnx")) == (
         "shipped", "shipped")  # the next load fetches them
     hub_env(monkeypatch, free_port_url(), hub.cache_dir)  # the Hub unreachable: a cached export needs no request

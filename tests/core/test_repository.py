@@ -13,7 +13,7 @@ import torch
 
 from captioner.core.model import search
 from captioner.core.errors import ModelFormatError, ModelSourceError
-from captioner.core.repository.storage import MODEL_FILES, load_model, resolve_source, save_model
+from captioner.core.repository.storage import MODEL_FILES, load_model, locate, save_model
 from captioner.core.inference import Captioner
 from tests.helpers.models import make_tiny_model
 from tests.helpers.paths import ROOT
@@ -60,9 +60,9 @@ def test_save_replaces_a_model_in_place_and_keeps_other_files(tmp_path):
 
 def test_missing_local_dir_and_bad_ids(tmp_path):
     with pytest.raises(ModelSourceError, match="not a directory and not a Hub id"):
-        resolve_source(str(tmp_path / "no" / "such" / "dir"))
+        locate(str(tmp_path / "no" / "such" / "dir"))
     with pytest.raises(ModelSourceError, match="not a directory"):
-        resolve_source("just-a-name")
+        locate("just-a-name")
 
 
 def test_unreachable_hub_names_source_and_what_was_tried(tmp_path):

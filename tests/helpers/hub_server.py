@@ -191,6 +191,11 @@ class HubServer:
         with self._lock:
             self._faults += [(method, path_part, mode)] * times
 
+    def clear_faults(self) -> None:
+        """Answer every request normally again."""
+        with self._lock:
+            self._faults.clear()
+
     def _take_fault(self, method: str, path: str) -> str | None:
         with self._lock:
             for i, (m, part, mode) in enumerate(self._faults):

@@ -238,7 +238,7 @@ def data_args(tmp_path, fmt, annotations, **extra):
 
 
 def test_validation_images_come_from_the_data_split_or_a_hold_out(tmp_path):
-    from captioner.cli import _training_data
+    from captioner.cli.training import _training_data
 
     names = [f"{i}.jpg" for i in range(8)]
     for name in names:

@@ -5,12 +5,11 @@ into ONNX graphs (``torch.onnx.export``, opset 17, dynamic batch), recording in 
 SHA-256 of the weights they came from. ``export_to_repo`` writes both into a model repository's
 ``onnx/`` folder (the layout Hugging Face Optimum uses: ``onnx/encoder_model.onnx``, and
 ``onnx/decoder_step.onnx``), and ``verify_shipped`` / ``mismatch`` check that a shipped graph belongs
-to a model's weights and fits its inputs. ``onnx_backend`` runs the graphs.
+to a model's weights and fits its inputs. ``onnx_runtime`` runs the graphs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import warnings
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from captioner.core.errors import CaptionerError, ModelSourceError
+from captioner.core.extras import install_hint, installed
 from captioner.core.files import write_all_atomic
 from captioner.core.model.config import ModelConfig
 
@@ -32,7 +32,7 @@ SHIPPED_INT8 = Path("onnx") / "encoder_model_int8.onnx"  # the backbone in int8 
 SHIPPED_GRAPHS = (SHIPPED_EXPORT, SHIPPED_STEP, SHIPPED_INT8)
 SHIPPED_FILES = tuple(graph.as_posix() for graph in SHIPPED_GRAPHS)  # a repository's export, as repo paths
 INPUT_NAME, OUTPUT_NAME = "pixels", "features"
-EXPORTER_HINT = "exporting to ONNX needs the onnx package: pip install onnx (or pip install 'captioner[onnx]')"
+EXPORTER_HINT = install_hint("onnx", "exporting to ONNX", ["onnx"])
 
 
 class BackendUnavailable(CaptionerError):
@@ -48,11 +48,8 @@ class ShippedExportError(CaptionerError):
 
 
 def exporter_available() -> bool:
-    """Whether the onnx package (what ``export`` needs) can be found."""
-    try:
-        return importlib.util.find_spec("onnx") is not None
-    except (ImportError, ValueError):
-        return False
+    """Whether the onnx package (what ``export`` needs) is installed."""
+    return installed("onnx")
 
 
 def weights_digest(model_dir: Path, config: ModelConfig) -> str:
@@ -71,7 +68,7 @@ def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[lis
     """The ONNX graph of an eval-mode ``module`` (opset 17; ``batch_axes`` name each input's and output's
     batch dimension, which stays dynamic) as bytes; ``metadata`` goes into its metadata properties."""
     try:
-        import onnx
+        import onnx  # noqa: F401 - only whether it is installed
     except ImportError:
         raise ExporterMissing(EXPORTER_HINT) from None
     buffer = io.BytesIO()
@@ -86,7 +83,7 @@ def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[lis
 def with_metadata(graph: bytes, metadata: dict[str, str]) -> bytes:
     """The graph ``graph`` (bytes) with ``metadata`` as its metadata properties, replacing any it had."""
     try:
-        import onnx
+        import onnx  # noqa: F401 - only whether it is installed
     except ImportError:
         raise ExporterMissing(EXPORTER_HINT) from None
     model = onnx.load_model_from_string(graph)
@@ -174,7 +171,7 @@ def session_info(session: Any) -> GraphInfo:
 def _file_info(path: Path) -> GraphInfo:
     """A graph file's metadata and interface, read with onnx when installed, else with onnxruntime."""
     if exporter_available():
-        import onnx
+        import onnx  # noqa: F401 - only whether it is installed
 
         model = onnx.load(str(path), load_external_data=False)
 

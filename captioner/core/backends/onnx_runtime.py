@@ -64,12 +64,13 @@ from captioner.core.backends.onnx_export import (
 )
 from captioner.core.backends.sessions import STEP_THREADS, open_session
 from captioner.core.errors import CaptionerError
+from captioner.core.extras import install_hint
 from captioner.core.files import write_atomic
 from captioner.core.model.config import ModelConfig
 from captioner.core.model.search import DecoderSteps
 from captioner.core.paths import cache_dir
 
-INSTALL_HINT = "the onnx backend needs onnxruntime: pip install onnxruntime onnx (or pip install 'captioner[onnx]')"
+INSTALL_HINT = install_hint("onnx", "the onnx backend", ["onnxruntime"])
 
 
 def export_cache_dir() -> Path:

@@ -10,8 +10,8 @@ import torch
 # takes the cores from the torch and Python work between runs (the decoding loop, the next image).
 SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
 # The decoder step runs on the calling thread alone: its operators are too small to share, and waking a
-# pool for each of a caption's steps cost more than the step (a whole greedy caption of the bundled model
-# took 1.5x as long with 2 threads; benchmarks/onnx_threads.py).
+# pool for each of a caption's steps costs more than the step (with 2 threads a whole greedy caption of the
+# bundled model takes 1.5x as long: benchmarks/onnx_threads.py).
 STEP_THREADS = 1
 
 

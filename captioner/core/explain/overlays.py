@@ -1,4 +1,4 @@
-"""Drawing a word's heatmap over its photo, as an image or PNG bytes, and naming the files."""
+"""Drawing a word's heatmap over its photo, and writing the overlays as named PNG files."""
 
 from __future__ import annotations
 

@@ -89,15 +89,6 @@ def locate(source: str | os.PathLike | None = None) -> Source:
     return Source(str(source), repo=hub_id[0], revision=hub_id[1])
 
 
-def resolve_source(source: str | os.PathLike | None = None) -> Path:
-    """The local directory holding the model: ``source``, else ``$CAPTIONER_MODEL``, else the bundled model.
-
-    ``owner/name`` or ``owner/name@revision`` that is not an existing directory is fetched
-    from the Hugging Face Hub (or found in its cache, e.g. with ``HF_HUB_OFFLINE=1``).
-    """
-    return _resolve(locate(source))
-
-
 def _resolve(where: Source, force_download: bool = False, optional_files: Sequence[str] = ()) -> Path:
     """The local directory of a located source, downloaded from the Hub when it is a Hub repository."""
     if where.repo is None:
