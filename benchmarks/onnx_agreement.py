@@ -79,14 +79,14 @@ def compare(source: str | None, photos: list[tuple[str, Image.Image]], beams: tu
             batch_size: int = 8) -> tuple[list[list], float, int]:
     """(rows for each differing caption, the largest score difference, captions compared)."""
     torch_captioner = Captioner(load_model(source, "cpu"), torch.device("cpu"), "torch")
-    onnx_captioner = Captioner(load_model(source, "cpu"), torch.device("cpu"), "onnx")
+    onnx_captioner = Captioner(load_model(source, "cpu"), torch.device("cpu"), "onnx", "fp32")
     differences, largest, compared = [], 0.0, 0
     for beam in beams:
         for start in range(0, len(photos), batch_size):
             chunk = photos[start:start + batch_size]
             images = [image for _, image in chunk]
-            mine = torch_captioner.caption(images, beam_size=beam)
-            theirs = onnx_captioner.caption(images, beam_size=beam)
+            mine = torch_captioner(images, beam_size=beam)
+            theirs = onnx_captioner(images, beam_size=beam)
             for (name, _), a, b in zip(chunk, mine, theirs):
                 compared += 1
                 score_a, score_b = a.candidates[0].score, b.candidates[0].score
