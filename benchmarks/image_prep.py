@@ -1,6 +1,6 @@
-"""Image preparation (a JPEG's bytes to the model's input tensor) on real photos: Pillow's path as
-the library took it before, the library's path now, and decodes at smaller sizes that were
-candidates, with the captions each one leads to. Prints Markdown tables of one run's measurements.
+"""Image preparation (a JPEG's bytes to the model's input tensor) on real photos: the same steps
+through Pillow alone, the library's path, and decodes at smaller sizes (candidates), with the
+captions each one leads to. Prints a Markdown table of one run's measurements.
 
     python benchmarks/image_prep.py [--photos DIR] [--rounds 5] [--json results.json]
 
@@ -9,14 +9,14 @@ temporary folder when not given). Each photo is prepared from the JPEG a camera 
 (quality 92; the set's JPEGs as they are), in memory, on one thread. Times are medians over
 ``--rounds`` interleaved rounds (each round prepares every photo by every path), so that a busy
 machine slows every row alike; compare the ratios. Agreement: the bundled model's captions
-(beam 3) of each path's tensors against those of the path before; "bit-identical" compares the
+(beam 3) of each path's tensors against those of the Pillow path; "bit-identical" compares the
 tensors themselves.
 
 Paths (the bundled model resizes the shorter side to 256 and crops 224):
-- before: Pillow decodes (``draft`` to 1/2, 1/4 or 1/8 when the shorter side stays at least 512),
-  turns by EXIF, converts; the elongated middle is cropped out, resized and normalised through
-  ``astype`` and a stack, as the library did before simplejpeg.
-- library: ``prepare_pixels`` now: simplejpeg (the same libjpeg-turbo, the same scales), the resize
+- Pillow path: Pillow decodes (``draft`` to 1/2, 1/4 or 1/8 when the shorter side stays at least
+  512), turns by EXIF, converts; the kept region is copied out, resized and normalised through
+  ``astype`` and a stack.
+- library path: ``prepare_pixels``: simplejpeg (the same libjpeg-turbo, the same scales), the resize
   reads the kept region in place, normalised straight into the batch row.
 - the candidates: DCT scaling in eighths (libjpeg-turbo's 1/8 to 7/8) to a shorter side of at least
   twice the resize (512) or twice the crop (448), and halves to 448.
@@ -67,8 +67,9 @@ def jpeg_photos(folder: Path) -> list[tuple[str, bytes]]:
     return found
 
 
-def before(mean: np.ndarray, std: np.ndarray) -> Callable[[bytes], torch.Tensor]:
-    """The Pillow path as the library took it before (``load_image`` and ``build_preprocessor``)."""
+def pillow_path(mean: np.ndarray, std: np.ndarray) -> Callable[[bytes], torch.Tensor]:
+    """The same steps through Pillow alone: decode (``draft``), turn, convert, copy the kept region out,
+    resize, normalise through ``astype`` and a stack."""
     min_side = 2 * RESIZE
 
     def prepare(data: bytes) -> torch.Tensor:
@@ -132,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     preprocess = build_preprocessor(RESIZE, CROP, config.mean, config.std)
     mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in (config.mean, config.std))
     paths = {
-        "before: Pillow, draft in halves to >= 512, crop copied, astype + stack": before(mean, std),
-        "library: simplejpeg, the same scales, resize in place, into the batch row":
+        "Pillow path: Pillow decodes (draft in halves to >= 512), kept region copied, astype + stack":
+            pillow_path(mean, std),
+        "library path: simplejpeg at the same scales, resize in place, into the batch row":
             lambda data: prepare_pixels(data, preprocess),
         "candidate: simplejpeg in eighths to >= 512 (2 x resize)": eighths(preprocess, 2 * RESIZE),
         "candidate: simplejpeg in eighths to >= 448 (2 x crop)": eighths(preprocess, 2 * CROP),
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     sides = [min(Image.open(io.BytesIO(data)).size) for _, data in photos]
     table = Table(f"Image preparation per photo, {len(photos)} real photos as JPEG (process CPU time, median of "
                   f"{args.rounds} interleaved rounds, one thread)",
-                  ["path", "ms per photo", "x before", "tensors bit-identical to before", "captions identical to before"])
+                  ["path", "ms per photo", "x Pillow path", "tensors bit-identical to the Pillow path",
+                   "captions identical to the Pillow path"])
     for name in paths:
         median = statistics.median(times[name])
         same = sum(torch.equal(a, b) for a, b in zip(tensors[name], tensors[reference]))
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"{same} / {len(photos)}", f"{agree} / {len(photos)}"])
     table.notes.append(f"shorter sides: {sum(s < 448 for s in sides)} photos under 448 px, "
                        f"{sum(448 <= s < 1024 for s in sides)} from 448 to 1023, {sum(s >= 1024 for s in sides)} "
-                       f"of 1024 or more (decoded at 1/2 or less on both the before and the library path)")
+                       f"of 1024 or more (decoded at 1/2 or less on both the Pillow and the library path)")
     table.notes.append(f"machine: {cpu_name()}; bundled model, torch backend for the captions")
     print(table.markdown())
     if args.json:

@@ -99,7 +99,8 @@ REFUSED = {  # name: (bytes, message)
     "photo.qoi": (lambda: encode(photo(), "QOI"), "unsupported image format: QOI"),
     "layers.psd": (lambda: b"8BPS\x00\x01" + bytes(40), "unsupported image format: Photoshop document"),
     "photo.heic": (lambda: struct.pack(">I", 24) + b"ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
-                   "unsupported image format: HEIC (accepted: JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF); convert it to JPEG"),
+                   "unsupported image format: HEIC (accepted: JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF); "
+                   "convert it to JPEG"),
     "photo.tga": (lambda: encode(photo(), "TGA"), "not an image (unrecognised or unsupported file format)"),
     "photo.pcx": (lambda: encode(photo(), "PCX"), "not an image (unrecognised or unsupported file format)"),
     "lossless.jpg": (lambda: b"\xff\xd8\xff\xc3\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00" + bytes(32),

@@ -293,7 +293,8 @@ def _bmp(data: bytes) -> Header:
 
 # ---- TIFF -------------------------------------------------------------------------------------
 
-_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                    16: 8, 17: 8, 18: 8}
 _TIFF_BYTES = (1, 2, 6, 7)  # byte, ASCII, signed byte, undefined: kept as bytes, not unpacked
 _TIFF_FORMATS = {1: "", 2: "signed ", 3: "float "}
 
