@@ -151,14 +151,14 @@ def _decode_jpeg(data: bytes, header: Header, scale: int) -> Image.Image:
     colours = {1: "GRAY", 3: "RGB", 4: "CMYK"}[header.bands]
     size = {"min_height": -(-header.size[1] // scale), "min_width": -(-header.size[0] // scale), "min_factor": scale}
     try:
-        try:
-            pixels = simplejpeg.decode_jpeg(data, colours, strict=True, **size)
-        except ValueError as exc:
-            if _DAMAGED_JPEG.search(str(exc)):
-                raise ImageError("truncated or corrupt image") from exc
-            pixels = simplejpeg.decode_jpeg(data, colours, strict=False, **size)  # a warning that loses nothing
+        pixels = simplejpeg.decode_jpeg(data, colours, strict=True, **size)
     except (ValueError, RuntimeError) as exc:
-        raise ImageError("truncated or corrupt image") from exc
+        if _DAMAGED_JPEG.search(str(exc)):
+            raise ImageError("truncated or corrupt image") from exc
+        try:  # a warning that loses nothing (a few stray bytes before a marker), or a broken file
+            pixels = simplejpeg.decode_jpeg(data, colours, strict=False, **size)
+        except (ValueError, RuntimeError) as again:
+            raise ImageError("truncated or corrupt image") from again
     if colours == "CMYK":  # stored inverted, as Adobe writes them (and Pillow reads them)
         return Image.frombuffer("CMYK", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "CMYK;I", 0, 1)
     return Image.fromarray(pixels[:, :, 0] if colours == "GRAY" else pixels)

@@ -16,6 +16,7 @@ at; a compressed TIFF strip is inflated whole at its stored bit depth before it 
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -164,9 +165,10 @@ def _jpeg(data: bytes) -> Header:
         raise ImageError("unsupported JPEG variant: height given after the scan")
     factors = [(segment[7 + 3 * i] >> 4, segment[7 + 3 * i] & 15) for i in range(count)]
     h_max, v_max = max(h for h, _ in factors), max(v for _, v in factors)
-    # Every scan after the first (progressive files, sequential ones split into scans) makes
-    # libjpeg keep all coefficients: per component, its blocks (rounded to whole MCUs) x 64 x 2 bytes.
-    multi_scan = _SOF[marker] == "progressive" or data.find(b"\xff\xda", pos + 2) >= 0
+    # A progressive file, or a sequential one in several scans, makes libjpeg keep every coefficient:
+    # per component, its blocks (rounded to whole MCUs) x 64 x 2 bytes.
+    progressive = _SOF[marker] == "progressive"
+    multi_scan = progressive or _more_scans(data, pos)
     coefficients = sum(_round_up(math.ceil(math.ceil(width * h / h_max) / 8), h)
                        * _round_up(math.ceil(math.ceil(height * v / v_max) / 8), v) * 128 for h, v in factors)
     rows = width * 8 * v_max * count * 2  # a row of MCUs, sampled and upsampled
@@ -174,9 +176,32 @@ def _jpeg(data: bytes) -> Header:
     if channels is None:
         raise ImageError(f"unsupported JPEG variant: {count} colour components")
     sampling = "" if count != 3 else " 4:4:4" if factors[0] == factors[1] else ""
-    kind = ("progressive " if multi_scan else "") + "JPEG" + (sampling if multi_scan else "")
+    kind = ("progressive JPEG" if progressive else "multi-scan JPEG" if multi_scan else "JPEG") + \
+        (sampling if multi_scan else "")
     return Header("JPEG", (width, height), kind, image_bpp=1 if channels == 1 else 4, scratch_bpp=channels,
                   scratch=(coefficients if multi_scan else 0) + rows, scalable=True, bands=count, exif=exif, xmp=xmp)
+
+
+_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # stuffed bytes and restarts are not markers
+
+
+def _more_scans(data: bytes, scan: int) -> bool:
+    """Whether another scan follows the one at ``scan`` before the image ends. Entropy-coded data never
+    holds a marker's bytes, so a quick search settles it unless an end marker comes first: the end of
+    this image (with another appended, as in MPO files) or those bytes inside a segment between scans."""
+    start = scan + 2 + struct.unpack_from(">H", data, scan + 2)[0]
+    later = data.find(b"\xff\xda", start)
+    if later < 0:
+        return False
+    if data.find(b"\xff\xd9", start, later) < 0:
+        return True
+    pos = start
+    while (found := _MARKER_IN_SCAN.search(data, pos)) is not None:  # walk the markers, skipping segments
+        marker = data[found.start() + 1]
+        if marker in (0xDA, 0xD9):
+            return marker == 0xDA
+        pos = found.start() + 2 + struct.unpack_from(">H", data, found.start() + 2)[0]
+    return False
 
 
 def _round_up(value: int, multiple: int) -> int:
