@@ -363,3 +363,17 @@ def test_jpegs_decode_to_the_pixels_pillow_makes_at_every_scale():
             if min_side and min(want.size) >= 2 * min_side:
                 continue  # reduced further after decoding: test_images covers the reduction
             assert got.size == want.size and got.tobytes() == want.tobytes(), (name, min_side)
+
+
+def test_coefficient_buffers_are_counted_for_progressive_jpegs_only():
+    """A progressive JPEG keeps 2 bytes per coefficient of its full size (6 bytes a pixel at 4:4:4)
+    whatever scale it is decoded at; a sequential one with another picture appended (as MPO files
+    and phones' gain maps are) keeps none."""
+    picture = hostile_images._picture(1600, 1200)
+    sequential = encode(picture, "JPEG")
+    progressive = formats.inspect(encode(picture, "JPEG", progressive=True, subsampling=0))
+    assert progressive.kind == "progressive JPEG 4:4:4" and progressive.scratch >= 1600 * 1200 * 6
+    for data in (sequential, sequential + sequential):
+        header = formats.inspect(data)
+        assert header.kind == "JPEG" and header.scratch < 1600 * 1200
+    assert decode.decode_need(progressive, *decode.plan(progressive, 256)) > 1600 * 1200 * 6
