@@ -377,3 +377,9 @@ def test_coefficient_buffers_are_counted_for_progressive_jpegs_only():
         header = formats.inspect(data)
         assert header.kind == "JPEG" and header.scratch < 1600 * 1200
     assert decode.decode_need(progressive, *decode.plan(progressive, 256)) > 1600 * 1200 * 6
+
+
+def test_the_file_suffixes_are_those_of_the_accepted_formats():
+    registered = Image.registered_extensions()
+    assert {registered[suffix] for suffix in formats.SUFFIXES} == set(formats.ACCEPTED)
+    assert {suffix for suffix, format_ in registered.items() if format_ in formats.ACCEPTED} == set(formats.SUFFIXES)

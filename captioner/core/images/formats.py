@@ -24,6 +24,8 @@ from captioner.core.errors import ImageError
 
 ACCEPTED = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's names
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF"
+SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif",
+            ".avifs")  # the names their files have
 MAX_TIFF_VALUES = 65536  # values in one TIFF field (strip and tile offsets included)
 MAX_TIFF_FIELDS = 1024  # fields in a TIFF directory (real files have a few dozen)
 MAX_PNG_CHUNKS = 131072
