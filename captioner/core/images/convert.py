@@ -77,6 +77,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB" and not image.has_transparency_data:
         return image
     scale = _wide_scale(image) if wide else None
+    if image.width * image.height <= TILE_PIXELS:  # one tile: no copy to cut it out
+        return _piece_to_rgb(image if scale is None else Image.fromarray(scale(np.asarray(image))), mode)
     out = Image.new("RGB", image.size)
     for box in tiles(image.size):
         piece = image.crop(box)
