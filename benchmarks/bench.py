@@ -59,6 +59,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 from captioner.core.model.config import ModelConfig  # noqa: E402
 from captioner.core.model.encoders import load_pretrained_weights  # noqa: E402
 from captioner.core.images.decode import load_image  # noqa: E402
+from captioner.core.images.preprocess import prepare_pixels  # noqa: E402
 from captioner.core.repository.legacy import import_legacy  # noqa: E402
 from captioner.core.model.network import ShowAndTell  # noqa: E402
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model, save_model  # noqa: E402
@@ -303,7 +304,7 @@ def warm_latency(name: str, workers: dict[str, BackendProcess], preprocess: Call
             return seconds
         return run
 
-    functions: dict = {("", "preprocess"): warm(lambda r: preprocess(load_image(images[r % len(images)])))}
+    functions: dict = {("", "preprocess"): warm(lambda r: prepare_pixels(images[r % len(images)], preprocess))}
     for backend, worker in workers.items():
         functions.update({(backend, "floor"): lambda r, worker=worker: worker.timed("floor", r)[0],
                           (backend, "greedy"): caption(worker, 1), (backend, "beam3"): caption(worker, 3),
@@ -526,6 +527,26 @@ def dataset_speed(model: Path, images: list[Path], env: dict[str, str], count: i
 # ---------------------------------------------------------------- report
 
 
+def image_preparation(images: list[Path], preprocess: Callable, rounds: int) -> Table:
+    """Preparation of each example photo (its file to the model's tensor) through Pillow alone against the
+    library's path (``benchmarks/image_prep.py`` measures the same on the real-photo set, with the captions)."""
+    import numpy as np
+    from image_prep import pillow_path
+
+    files = [path.read_bytes() for path in images]
+    pillow = pillow_path(*(np.full((3, 1, 1), 0.5, np.float32),) * 2)  # the values do not change the time
+    functions = {"pillow": warm(lambda r: pillow(files[r % len(files)])),
+                 "library": warm(lambda r: prepare_pixels(files[r % len(files)], preprocess))}
+    times = {k: statistics.median(v) for k, v in interleaved(functions, rounds).items()}
+    table = Table(f"Image preparation, example photos as JPEG bytes (median of {rounds} rounds, paths alternating)",
+                  ["path", "median ms", "x Pillow path"])
+    table.rows.append(["Pillow path: Pillow decodes (draft in halves), kept region copied, astype + stack",
+                       _ms(times["pillow"]), 1.0])
+    table.rows.append(["library path: simplejpeg (same scales, same pixels), resize in place, into the batch row",
+                       _ms(times["library"]), round(times["library"] / times["pillow"], 2)])
+    return table
+
+
 def machine() -> str:
     return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {platform.system()}")
@@ -592,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         backbone = lite_workers["torch"].backbone
         latency = warm_latency(f"{backbone}, {description}", lite_workers, preprocess, images, 7 if quick else 15)
         report(latency)
+        report(image_preparation(images, preprocess, 15 if quick else 41))
         times = latency.times
         for backend in ("torch",):  # the library's own targets, set before the ONNX backend existed
             floor = times[backend, "floor"]

@@ -8,8 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-# What counts as an image file when a folder is captioned, by suffix (compared in lower case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".avif")
+from captioner.core.images.formats import SUFFIXES as IMAGE_SUFFIXES  # the accepted formats' file names
 
 
 def write_atomic(path: Path, data: bytes, *, prefix: str | None = None) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from captioner.core.errors import ImageError
 from captioner.core.images.decode import load_image
 from captioner.core.inference import load_captioner
+from tests.helpers import hostile_images
 from tests.helpers.paths import ROOT
 
 
@@ -72,6 +73,9 @@ GOOD = {
     "animated.webp": lambda: _animated("WEBP"),
     "exif-rotated.jpg": _exif_rotated,
     "grey.jpg": lambda: _encode(_photo().convert("L"), "JPEG"),
+    "progressive.jpg": lambda: _encode(_photo(), "JPEG", progressive=True, subsampling=0),
+    "photo.avif": lambda: _encode(_photo(), "AVIF"),
+    "float.tif": lambda: _encode(Image.fromarray(np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)), "TIFF"),
 }
 BAD = {
     "empty.jpg": (lambda: b"", "empty file"),
@@ -83,6 +87,10 @@ BAD = {
     "drawing.jpg": (lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>', "not an image"),
     "document.jpg": (lambda: b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "not an image"),
     "bomb.png": (lambda: _bomb_png(), "too large"),
+    "truncated-ended.jpg": (lambda: _encode(_photo((640, 480)), "JPEG")[:2000] + b"\xff\xd9", "truncated or corrupt"),
+    "icon.ico": (lambda: _encode(_photo(), "ICO"), "unsupported image format: ICO icon"),
+    "photo.ppm": (lambda: _encode(_photo(), "PPM"), "unsupported image format: Netpbm"),
+    "huge.webp": (lambda: hostile_images.lossless_webp(), "image too large to decode"),
 }
 
 
@@ -120,7 +128,8 @@ def test_cli_reports_each_hostile_file_and_goes_on(tiny_model_dir, hostile_dir):
         assert any(name in line and message in line for line in proc.stderr.splitlines()), name
 
 
-SEEDS = {fmt: _encode(_photo((24, 16)), fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")}
+SEEDS = {fmt: _encode(_photo((24, 16)), fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")}
+SEEDS["progressive JPEG"] = _encode(_photo((24, 16)), "JPEG", progressive=True)
 
 
 def _load_or_refuse(data: bytes) -> None:

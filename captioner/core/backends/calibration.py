@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from captioner.core.errors import CaptionerError
+from captioner.core.files import IMAGE_SUFFIXES
 from captioner.core.images.preprocess import Preprocessor, load_pixels
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 ENVIRONMENT = "CAPTIONER_CALIBRATION"
 MIN_CALIBRATION = 20  # fewer photos cover too few activations to set the int8 ranges
 
@@ -45,7 +45,7 @@ def photos_in(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise CalibrationError(f"no photo folder {str(folder)!r}")
-    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in PHOTO_SUFFIXES
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
 
 

@@ -1,13 +1,16 @@
 """Loading untrusted images safely: a path, bytes, a PIL image or a numpy array in, a fresh RGB image out.
 
-``load_image`` raises ``ImageError`` with a message fit to show a user. It checks the declared size
-before decoding (decompression bombs), forces a full decode (truncated files fail here, not later in
-the model) and flattens transparency onto white.
+``load_image`` raises ``ImageError`` with a message fit to show a user. A file is read from its
+header first (``formats.inspect``): only the formats a photo comes in are opened, the frame that
+will be decoded is checked against the pixel cap, and what decoding it allocates (Pillow's image
+at its mode's depth, the decoder's own buffers, the conversions to RGB) is held from
+``memory.DECODE_MEMORY`` for the whole decode; a decode that could never fit that budget is
+refused before anything is allocated. Truncated files are refused, not padded with grey.
 
-Memory is bounded by design. With ``min_side`` a large image is decoded at reduced size where the
-format allows (JPEG's DCT scaling through ``Image.draft``) and otherwise reduced right after
-decoding, in small bands, before 16-bit scaling, transparency or EXIF rotation make full-size
-copies. Every decode holds its pixel memory from ``memory.DECODE_MEMORY`` while it runs.
+JPEGs are decoded by simplejpeg (libjpeg-turbo, the library under Pillow's JPEG decoder too: the
+pixels are the same), which reports data that ends early even when an end marker was added. With
+``min_side`` a large JPEG is decoded at reduced size (DCT scaling) and any other large image is
+reduced right after decoding, before transparency, 16-bit scaling or orientation make copies.
 """
 
 from __future__ import annotations
@@ -17,18 +20,21 @@ import os
 import re
 
 import numpy as np
-from PIL import Image, ImageOps
+import simplejpeg
+from PIL import Image
 
 from captioner.core.errors import ImageError
+from captioner.core.images import convert, formats
+from captioner.core.images.formats import Header
 from captioner.core.images.memory import DECODE_MEMORY, TRIM_AFTER_BYTES, release_free_memory, use_large_pixel_blocks
 
 MAX_IMAGE_PIXELS = 50_000_000  # about 8000 x 6000; far above any camera photo
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
-# Formats people upload as photos ("JPEG" also opens multi-picture MPO files). Others
-# (EPS runs Ghostscript, TGA has no magic number) are refused rather than guessed.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "PPM", "AVIF")
-# Leading bytes of the accepted formats, to tell a broken image from a non-image.
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+ACCEPTED_FORMATS = formats.ACCEPTED
+# libjpeg-turbo warnings that mean pixel data is missing or damaged (others, such as a few stray
+# bytes before a marker, lose nothing and are decoded leniently).
+_DAMAGED_JPEG = re.compile(r"premature end|bad huffman|bad arithmetic|instead of rst", re.IGNORECASE)
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -43,15 +49,18 @@ def load_image(
     reduced by a whole factor to a shorter side of no less than ``min_side`` (a model that resizes
     to ``r`` loses nothing visible with ``min_side=2 * r``). None keeps the full size.
 
-    Raises ``ImageError`` for missing, empty, oversized, non-image, truncated or corrupt input.
+    Raises ``ImageError`` for missing, empty, oversized, non-image, unsupported, truncated or
+    corrupt input, and for an image that needs more memory to decode than the decode budget.
     """
     if min_side is not None and (isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1):
         raise ValueError(f"min_side must be a whole number of at least 1, got {min_side!r}")
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels)
-        return _bounded_decode(source, min_side, owned=False)
+        return _convert_given(source, min_side)
     if isinstance(source, np.ndarray):
-        return _from_array(source, max_pixels)
+        if source.ndim >= 2:
+            _check_size((source.shape[1], source.shape[0]), max_pixels)
+        return convert.from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -62,113 +71,135 @@ def load_image(
         raise ImageError("empty file")
     if len(data) > max_bytes:
         raise ImageError(f"file too large: {_mb(len(data))} (limit {_mb(max_bytes)})")
-    try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    # PIL only warns between its own MAX_IMAGE_PIXELS (89M) and twice that; with the default
-    # max_pixels those images are refused by _check_size below. Above twice, PIL refuses:
-    except Image.DecompressionBombError as exc:
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{found.group(1)} pixels" if found else "too many pixels"
-        raise ImageError(f"image is too large: {size} (limit {max_pixels})") from exc
-    except Image.UnidentifiedImageError as exc:
-        if data.startswith(_SIGNATURES) or data[8:12] == b"WEBP":
-            raise ImageError("truncated or corrupt image") from exc
-        raise ImageError(f"not an image ({_describe(data)})") from exc
-    except Exception as exc:  # a recognised header that its plugin cannot parse
-        raise ImageError("truncated or corrupt image") from exc
-    _check_size(image.size, max_pixels)
-    return _bounded_decode(image, min_side, owned=True)
+    header = formats.inspect(data)
+    _check_size(header.size, max_pixels)
+    return _decode(data, header, min_side)
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from an image's header (nothing is decoded), or None when the header
-    is not one of an accepted format."""
+    """Width and height of the frame an image file's header declares (nothing is decoded), or
+    None when it is not an accepted format or its header is broken."""
     try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - load_image says what is wrong with it
+        return formats.inspect(data).size
+    except ImageError:
         return None
 
 
-def decoded_bytes(size: tuple[int, int], mode: str, *, reduced: bool = False) -> int:
-    """Pixel memory that decoding an image of this size and mode holds at its peak, about.
+def decode_need(header: Header, scale: int = 1, factor: int = 1) -> int:
+    """Bytes that decoding ``header``'s frame holds at its peak: Pillow's image beside the decoder's
+    buffers, then beside what reduction (by ``factor``, after JPEG DCT scaling by ``scale``) and
+    conversion to RGB make, in tiles of ``convert.TILE_PIXELS``; with the metadata read on opening."""
+    width, height = -(-header.size[0] // scale), -(-header.size[1] // scale)
+    pixels = width * height
+    out = -(-width // factor) * -(-height // factor) * 4  # the RGB image (or the reduced one)
+    decoding = pixels * header.scratch_bpp + header.scratch
+    converting = out + convert.tile_bytes(pixels)
+    # After a reduction the full-size image is gone: the small one is turned and converted alone.
+    after = 3 * out + convert.tile_bytes(out // 4) if factor > 1 else 0
+    return header.metadata + max(pixels * header.image_bpp + max(decoding, converting), after)
 
-    Pillow keeps one byte per pixel for 1-bit, greyscale and palette images, two for 16-bit
-    greyscale and four for everything else (RGB included). Reduction works band by band, so it
-    adds little; without it the conversions to RGB make full-size copies (counted as two more
-    4-byte images).
-    """
-    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
-    return size[0] * size[1] * (per_pixel + (0 if reduced else 8))
+
+def plan(header: Header, min_side: int | None) -> tuple[int, int]:
+    """(JPEG DCT scale, reduction factor after decoding) that bring the shorter side down to no
+    less than ``min_side``: scales of 2, 4 or 8 as Pillow's ``draft`` picks them, then a whole factor."""
+    if min_side is None or min(header.size) < 2 * min_side:
+        return 1, 1
+    scale = 1
+    if header.scalable:
+        most = min(header.size) // min_side
+        scale = next(s for s in (8, 4, 2, 1) if most >= s)
+    side = -(-min(header.size) // scale)
+    return scale, side // min_side if side >= 2 * min_side else 1
 
 
-def _bounded_decode(image: Image.Image, min_side: int | None, owned: bool) -> Image.Image:
-    """Decode under ``DECODE_MEMORY``: reduced early when ``min_side`` allows, then RGB.
-    ``owned``: the image was opened here, so its full-size pixels are freed as soon as possible."""
-    reduces = min_side is not None and min(image.size) >= 2 * min_side
-    if reduces and owned and image.format in ("JPEG", "MPO") and getattr(image, "tile", None):
-        try:
-            image.draft(image.mode, (min_side, min_side))  # DCT scaling, never below min_side
-        except (OSError, ValueError):
-            pass
-        reduces = min(image.size) >= 2 * min_side
-    need = decoded_bytes(image.size, image.mode, reduced=reduces)
+def _decode(data: bytes, header: Header, min_side: int | None) -> Image.Image:
+    scale, factor = plan(header, min_side)
+    need = decode_need(header, scale, factor)
+    if need > DECODE_MEMORY.capacity:
+        width, height = header.size
+        raise ImageError(f"image too large to decode: a {width} x {height} {header.kind} needs {_mb(need)} of "
+                         f"memory (limit {_mb(DECODE_MEMORY.capacity)})")
     if need >= TRIM_AFTER_BYTES:
         use_large_pixel_blocks()
     try:
         with DECODE_MEMORY.hold(need):
-            _load(image)
-            small = _reduce(image, min_side) if reduces else image
-            if owned and small is not image:
+            if header.format == "JPEG":
+                image = _decode_jpeg(data, header, scale)
+                turn = convert.orientation(exif=header.exif, xmp=header.xmp)
+            else:
+                image = _open(data, header)
+                _load(image)
+                turn = convert.orientation(image)  # after loading: a PNG may keep its EXIF after the pixels
+            if factor > 1:
+                small = convert.reduce(image, factor)
                 image.close()  # frees the full-size pixels now, not when the caller's frame ends
-            # An image opened here is turned and converted in place of copies; the caller's is copied.
-            result = _to_rgb(_transpose(small, in_place=owned), copy=False)
-            if owned and result is not small:
-                small.close()
+                image = small
+            turned = convert.transposed(image, turn)
+            if turned is not image:
+                image.close()
+            result = convert.to_rgb(turned)
+            if result is not turned:
+                turned.close()
             return result
     finally:
         if need >= TRIM_AFTER_BYTES:
             release_free_memory()
 
 
-_REDUCE_BAND_BYTES = 2 * 1024 * 1024  # pixels converted at once while reducing (small: see the module notes)
+def _decode_jpeg(data: bytes, header: Header, scale: int) -> Image.Image:
+    """The JPEG at 1/``scale`` of its size, refused when its data ends early or is damaged."""
+    colours = {1: "GRAY", 3: "RGB", 4: "CMYK"}[header.bands]
+    size = {"min_height": -(-header.size[1] // scale), "min_width": -(-header.size[0] // scale), "min_factor": scale}
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colours, strict=True, **size)
+    except (ValueError, RuntimeError) as exc:
+        if _DAMAGED_JPEG.search(str(exc)):
+            raise ImageError("truncated or corrupt image") from exc
+        try:  # a warning that loses nothing (a few stray bytes before a marker), or a broken file
+            pixels = simplejpeg.decode_jpeg(data, colours, strict=False, **size)
+        except (ValueError, RuntimeError) as again:
+            raise ImageError("truncated or corrupt image") from again
+    if colours == "CMYK":  # stored inverted, as Adobe writes them (and Pillow reads them)
+        return Image.frombuffer("CMYK", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "CMYK;I", 0, 1)
+    return Image.fromarray(pixels[:, :, 0] if colours == "GRAY" else pixels)
 
 
-def _reduce(image: Image.Image, min_side: int) -> Image.Image:
-    """Shrink by the largest whole factor that keeps the shorter side at least ``min_side``.
-
-    Works in horizontal bands: Pillow's reduce (and any mode conversion it needs, such as
-    premultiplying alpha) would otherwise copy the whole full-size image first.
-    """
-    factor = min(image.size) // min_side
-    if factor < 2:
-        return image
-    width, height = image.size
-    rows = max(1, _REDUCE_BAND_BYTES // (width * 4 * factor)) * factor
-    out: Image.Image | None = None
-    for top in range(0, height, rows):
-        band = _reducible(image.crop((0, top, width, min(height, top + rows))))
-        try:
-            small = band.reduce(factor)
-        except ValueError:  # a mode Pillow cannot reduce: a box-filtered resize does the same job
-            small = band.resize((-(-band.width // factor), -(-band.height // factor)), Image.Resampling.BOX)
-        if out is None:
-            out = Image.new(small.mode, (small.width, -(-height // factor)))
-        out.paste(small, (0, top // factor))
-    assert out is not None  # noqa: S101 - height >= 2 * min_side > 0
-    out.info = dict(image.info)  # EXIF orientation and transparency travel with the pixels
-    return out
-
-
-def _reducible(image: Image.Image) -> Image.Image:
-    """``image`` in a mode that Pillow can average (1-bit, palette and 16-bit modes cannot be)."""
-    if image.mode == "1":
-        return image.convert("L")
-    if image.mode == "P":
-        return image.convert("RGBA" if image.has_transparency_data else "RGB")
-    if image.mode.startswith("I;16"):
-        return image.convert("I")
+def _open(data: bytes, header: Header) -> Image.Image:
+    """Pillow's image of ``data`` (not yet decoded), checked to be no larger than ``header`` said."""
+    Image.init()
+    if header.format not in Image.OPEN:  # AVIF needs Pillow 11.2 or later
+        raise ImageError(f"unsupported image format: {header.kind} (this installation of Pillow cannot decode it)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[header.format])
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageError(f"image is too large: {found.group(1) if found else 'too many'} pixels") from exc
+    except Exception as exc:  # a header that the plugin cannot parse
+        raise ImageError("truncated or corrupt image") from exc
+    pixels = image.size[0] * image.size[1]
+    if pixels > header.size[0] * header.size[1] or _BYTES_PER_PIXEL.get(image.mode, 4) > header.image_bpp:
+        image.close()
+        raise ImageError("truncated or corrupt image (its frame does not match its header)")
     return image
+
+
+def _convert_given(image: Image.Image, min_side: int | None) -> Image.Image:
+    """A caller's image (decoded or not) as a new RGB image, under the budget; the caller's is not changed."""
+    header = Header("given", image.size, f"{image.mode} image", image_bpp=_BYTES_PER_PIXEL.get(image.mode, 4))
+    _, factor = plan(header, min_side)
+    need = decode_need(header, 1, factor) + image.size[0] * image.size[1] * 4  # a copy of the caller's image
+    if need >= TRIM_AFTER_BYTES:
+        use_large_pixel_blocks()
+    try:
+        with DECODE_MEMORY.hold(need):
+            _load(image)
+            small = convert.reduce(image, factor) if factor > 1 else image
+            turned = convert.transposed(small, convert.orientation(image))
+            result = convert.to_rgb(turned)
+            return result.copy() if result is image else result
+    finally:
+        if need >= TRIM_AFTER_BYTES:
+            release_free_memory()
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:
@@ -190,23 +221,6 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 100 * 1024 else f"{n} bytes"
 
 
-def _describe(data: bytes) -> str:
-    """Say what a file that is not an image seems to be."""
-    head = data[:1024].lstrip().lower()
-    if head.startswith(b"%pdf"):
-        return "it is a PDF document"
-    if b"<svg" in head:
-        return "it is an SVG drawing; only raster images are supported"
-    if head.startswith(b"<!doctype html") or b"<html" in head:
-        return "it is an HTML page"
-    try:
-        head.decode("utf-8")
-        is_text = b"\x00" not in head
-    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end still counts
-        is_text = exc.start >= len(head) - 3 and b"\x00" not in head
-    return "it is a text file" if is_text else "unrecognised or unsupported file format"
-
-
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width <= 0 or height <= 0:
@@ -223,77 +237,3 @@ def _load(image: Image.Image) -> None:
         raise ImageError(f"image is too large ({exc})") from exc
     except Exception as exc:  # decoders raise OSError, SyntaxError, EOFError, ValueError...
         raise ImageError("truncated or corrupt image") from exc
-
-
-def _transpose(image: Image.Image, in_place: bool = False) -> Image.Image:
-    """Apply EXIF orientation: to ``image`` itself when ``in_place``, else to a new copy."""
-    try:
-        if in_place:
-            ImageOps.exif_transpose(image, in_place=True)
-            return image
-        return ImageOps.exif_transpose(image)  # a transposed copy, or a plain copy
-    except Exception:  # unreadable EXIF data: keep the pixels as stored
-        return image if in_place else image.copy()
-
-
-def _to_rgb(image: Image.Image, copy: bool) -> Image.Image:
-    """``image`` as RGB: converted, or itself when it is RGB already (a copy with ``copy``)."""
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float: scale, don't clip
-        image = Image.fromarray(_scale_wide(np.asarray(image)))
-    if image.has_transparency_data:
-        try:
-            rgba = image.convert("RGBA")
-        except ValueError as exc:
-            raise ImageError(f"unsupported image mode {mode}") from exc
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == "RGB":
-        return image.copy() if copy else image
-    try:
-        return image.convert("RGB")
-    except ValueError as exc:
-        raise ImageError(f"unsupported image mode {mode}") from exc
-
-
-def _scale_wide(values: np.ndarray) -> np.ndarray:
-    """Integers in 0..65535 (16-bit data) and floats in [0, 1] map onto 0..255; other ranges
-    are stretched from their minimum to their maximum."""
-    is_float = np.issubdtype(values.dtype, np.floating)
-    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(values.min()), float(values.max())
-    if is_float and 0 <= low and high <= 1:
-        scaled = values * 255.0
-    elif not is_float and 0 <= low and high <= 65535:
-        scaled = values / 257.0
-    else:
-        scaled = (values - low) * (255.0 / (high - low) if high > low else 0.0)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
-    """HxW, HxWx1, HxWx3 or HxWx4 arrays of uint8, uint16, bool or floats in [0, 1]."""
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ImageError(
-            f"unsupported array shape {array.shape}: expected H x W, H x W x 1, 3 or 4"
-        )
-    _check_size((array.shape[1], array.shape[0]), max_pixels)
-    if array.dtype == np.uint8:
-        pixels = array.copy()
-    elif array.dtype == np.bool_:
-        pixels = array.astype(np.uint8) * 255
-    elif array.dtype == np.uint16:
-        pixels = np.rint(array / 257.0).astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ImageError("float image arrays must hold finite values in [0, 1]")
-        pixels = np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
-    else:
-        raise ImageError(
-            f"unsupported array dtype {array.dtype}: expected uint8, uint16, bool or float"
-        )
-    return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), copy=True)  # fromarray may share the array
-
-

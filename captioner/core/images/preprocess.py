@@ -19,7 +19,7 @@ from captioner.core.errors import ImageError
 from captioner.core.images.decode import ImageSource, load_image
 
 MAX_ASPECT = 4.0  # see crop_geometry
-Preprocessor = Callable[[Image.Image], torch.Tensor]
+Preprocessor = Callable[..., torch.Tensor]  # (image, out=None): see build_preprocessor
 
 
 @dataclass(frozen=True)
@@ -105,23 +105,23 @@ def build_preprocessor(
     mean_np = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     std_np = np.asarray(std, np.float32).reshape(-1, 1, 1)
 
-    def preprocess(image: Image.Image) -> torch.Tensor:
+    def preprocess(image: Image.Image, out: np.ndarray | None = None) -> torch.Tensor:
+        """``out``: a float32 array of shape (3, crop, crop) to normalise into (a row of a batch)."""
         image = image if image.mode == "RGB" else image.convert("RGB")
         if resize_mode == "squash":
             if image.size != (crop, crop):
                 image = image.resize((crop, crop), method)
         else:
-            geometry = crop_geometry(image.size, resize, crop)
-            if geometry.box != (0, 0, *image.size):
-                image = image.crop(geometry.box)
-            image = _resized_centre_crop(image, geometry.resized, crop, method)
-        pixels = np.asarray(image, np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")
+            image = _resized_centre_crop(image, crop_geometry(image.size, resize, crop), method)
+        pixels = np.empty((3, crop, crop), np.float32) if out is None else out
+        np.copyto(pixels, np.asarray(image, np.uint8).transpose(2, 0, 1))
         pixels /= 255
         pixels -= mean_np
         pixels /= std_np
         return torch.from_numpy(pixels)
 
     preprocess.min_side = SQUASH_MIN_SIDE if resize_mode == "squash" else 2 * resize  # type: ignore[attr-defined]
+    preprocess.input_size = crop  # type: ignore[attr-defined]
     return preprocess
 
 
@@ -131,16 +131,21 @@ def preprocessor_for(config) -> Preprocessor:
                               resize_mode=config.resize_mode, resample=config.resample)
 
 
-def _resized_centre_crop(image: Image.Image, size: tuple[int, int], crop: int, method: int) -> Image.Image:
-    """The centre ``crop`` x ``crop`` of ``image`` resized to ``size``, resampling only the source region
-    that the crop keeps (Pillow's ``box``): half the work of resizing the whole image for a 3:2 photo,
+def _resized_centre_crop(image: Image.Image, geometry: CropGeometry, method: int) -> Image.Image:
+    """The model's input square of ``image`` as ``geometry`` places it, resampling only the source
+    region that the crop keeps (Pillow's ``box``, inside the whole image: an elongated photo's kept
+    middle is never copied out first): half the work of resizing the whole image for a 3:2 photo,
     and the same pixels give or take one level in about one value in 10,000 (where the filter's
     coordinates round differently)."""
-    if size == image.size or crop > min(size):
-        return _centre_crop(image if size == image.size else image.resize(size, method), crop)
-    left, top = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
-    scale_x, scale_y = image.width / size[0], image.height / size[1]
-    box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
+    left, top, right, bottom = geometry.box
+    size, crop = geometry.resized, geometry.crop
+    if size == (right - left, bottom - top) or crop > min(size):
+        kept = image if geometry.box == (0, 0, *image.size) else image.crop(geometry.box)
+        return _centre_crop(kept if size == kept.size else kept.resize(size, method), crop)
+    scale_x, scale_y = (right - left) / size[0], (bottom - top) / size[1]
+    start_x, start_y = geometry.start
+    box = (left + start_x * scale_x, top + start_y * scale_y,
+           left + (start_x + crop) * scale_x, top + (start_y + crop) * scale_y)
     return image.resize((crop, crop), method, box=box)
 
 
@@ -169,11 +174,24 @@ def prepare_pixels(source: ImageSource, preprocess: Preprocessor) -> torch.Tenso
 
 def load_pixels(sources: Sequence[ImageSource], preprocess: Preprocessor, pool: Executor | None = None
                 ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
-    """Load and preprocess every source once (``pool`` decodes in parallel):
-    ``(batch of the usable ones, their indices, (index, why) for the others)``."""
-    results = list(pool.map(lambda source: prepare_pixels(source, preprocess), sources) if pool else
-                   (prepare_pixels(source, preprocess) for source in sources))
+    """Load and preprocess every source once (``pool`` decodes in parallel), each normalised
+    straight into its row of one batch: ``(batch of the usable ones, their indices, (index, why)
+    for the others)``."""
+    side = getattr(preprocess, "input_size", None)
+    batch = np.empty((len(sources), 3, side, side), np.float32) if side else None
+
+    def prepare(index: int) -> torch.Tensor | str:
+        try:
+            image = load_for(sources[index], preprocess)
+            return preprocess(image, batch[index]) if batch is not None else preprocess(image)  # type: ignore[call-arg]
+        except ImageError as error:
+            return str(error)
+
+    results = list(pool.map(prepare, range(len(sources))) if pool else map(prepare, range(len(sources))))
     kept = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     failures = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
-    batch = torch.from_numpy(np.stack([results[i].numpy() for i in kept])) if kept else None  # numpy: see build_preprocessor
-    return batch, kept, failures
+    if not kept:
+        return None, kept, failures
+    if batch is None:  # a preprocessor of another making: stacked (numpy: see build_preprocessor)
+        return torch.from_numpy(np.stack([results[i].numpy() for i in kept])), kept, failures
+    return torch.from_numpy(batch if len(kept) == len(sources) else batch[kept]), kept, failures
