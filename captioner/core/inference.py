@@ -24,6 +24,7 @@ import torch
 from captioner.core.backends.choice import requested_backend, resolve_backend, start
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.captions import caption_features
+from captioner.core.confidence import rule_for
 from captioner.core.devices import select_device
 from captioner.core.errors import ImageError
 from captioner.core.explain import gradcam, scoring
@@ -54,6 +55,7 @@ class Captioner:
         if device.type == "cpu" and self._onnx is None:
             self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
         self.preprocess = preprocessor_for(self.config)
+        self.confidence = rule_for(self.config.extra, loaded.path, self.config.emits_classes)
         self._class_names: list[str] | None = None
 
     @property
@@ -93,7 +95,8 @@ class Captioner:
         options = (options or DecodeOptions()).resolved(self.config.max_length)  # refuse bad settings before work
         return caption_features(self.model, self.vocab, self.backbone_features(pixels), options,
                                 steps=self._onnx.steps if self._onnx is not None else None,
-                                class_names=self.class_names, model_name=self.loaded.source)
+                                class_names=self.class_names, model_name=self.loaded.source,
+                                confidence=self.confidence)
 
     # --- what callers use -------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ LENGTH_PENALTY_RANGE = (0.0, 5.0)
 # What runs the model (``onnx_backend.requested_backend`` checks the choice); here, not in onnx_backend,
 # so that the command line's parsers name them without importing torch.
 BACKENDS = ("auto", "torch", "onnx")
+# Saying less when unsure (``confidence.rules``); here so that parsers name them without importing torch.
+WHEN_UNSURE = ("generalise", "keep")
+WHEN_UNSURE_HELP = ("generalise (default): a general word when unsure of the specific one, and 'nothing the model "
+                    "recognises' when nothing is recognised; keep: the decoder's caption as it is")
 BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
 
 
@@ -34,6 +38,9 @@ class DecodeOptions:
     ``no_repeat_ngram``: forbid any n-gram of this many words from appearing twice in a caption (0: off).
     The default, 2, was measured on the bundled model (``benchmarks/no_repeat_ngram.py``): it removed
     every repeated bigram from its beam candidates and changed none of its scores.
+    ``when_unsure``: ``generalise`` says less when the calibrated confidence is low (a general word
+    for an unsure specific one, "nothing the model recognises" when nothing is recognised);
+    ``keep`` gives the decoder's captions as they are (``captioner.core.confidence``).
     """
 
     beam_size: int = 3
@@ -42,6 +49,7 @@ class DecodeOptions:
     length_penalty: float = 1.0
     top_classes: int = 5
     no_repeat_ngram: int = 2
+    when_unsure: str = "generalise"
 
     def resolved(self, default_max_length: int) -> DecodeOptions:
         """These options checked and with every default filled in, so equal requests compare equal.
@@ -60,7 +68,8 @@ class DecodeOptions:
         return replace(self, beam_size=beam, num_candidates=candidates, max_length=length,
                        length_penalty=real_number("length_penalty", self.length_penalty, *LENGTH_PENALTY_RANGE),
                        top_classes=whole_number("top_classes", self.top_classes, 0, MAX_TOP_CLASSES),
-                       no_repeat_ngram=whole_number("no_repeat_ngram", self.no_repeat_ngram, 0, MAX_NO_REPEAT_NGRAM))
+                       no_repeat_ngram=whole_number("no_repeat_ngram", self.no_repeat_ngram, 0, MAX_NO_REPEAT_NGRAM),
+                       when_unsure=choice("when_unsure", self.when_unsure, WHEN_UNSURE))
 
 
 def whole_number(name: str, value: Any, low: int, high: int, note: str = "") -> int:
@@ -77,6 +86,13 @@ def whole_number(name: str, value: Any, low: int, high: int, note: str = "") -> 
     if not low <= number <= high:
         raise ValueError(f"{allowed}, got {number}")
     return number
+
+
+def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``allowed`` (exactly, as a string)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def real_number(name: str, value: Any, low: float, high: float) -> float:

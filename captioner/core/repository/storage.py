@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from captioner.core.confidence.phrases import FILE_NAME as PHRASES_FILE
 from captioner.core.errors import ModelFormatError, ModelSourceError
 from captioner.core.files import file_sha256
 from captioner.core.model.config import ModelConfig
@@ -37,7 +38,8 @@ def _bundled_model_dir() -> Path:
 
 
 BUNDLED_MODEL_DIR = _bundled_model_dir()
-MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md")
+# caption_phrases.json: what a classifier model's caption phrases name, for its confidence (optional).
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md", PHRASES_FILE)
 CARD_FILES = ("training.png",)  # pictures a model card may show, published with the model when present
 
 
