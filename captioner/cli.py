@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
-from captioner.core.options import BACKEND_HELP, BACKENDS, DecodeOptions
+from captioner.core.options import BACKEND_HELP, BACKENDS, WHEN_UNSURE, WHEN_UNSURE_HELP, DecodeOptions
 
 
 def _positive(text: str) -> int:
@@ -30,7 +30,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from captioner.core.inference import load_captioner
 
     options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length,
-                            no_repeat_ngram=args.no_repeat_ngram)
+                            no_repeat_ngram=args.no_repeat_ngram, when_unsure=args.when_unsure)
     captioner = load_captioner(args.model, args.device, args.backend)
     options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
     with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
@@ -87,6 +87,7 @@ def _add_caption(sub) -> None:
     p.add_argument("--no-repeat-ngram", type=int, default=DecodeOptions.no_repeat_ngram, metavar="N",
                    help=f"no n-gram of N words twice in a caption; 0 turns it off (default {DecodeOptions.no_repeat_ngram})")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
+    _add_when_unsure(p)
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
@@ -94,6 +95,10 @@ def _add_caption(sub) -> None:
     p.add_argument("--explain", metavar="DIR", default=None,
                    help="write each word's heatmap over the photo to DIR/NAME.NN-WORD.png (listed in --json)")
     p.set_defaults(func=cmd_caption)
+
+
+def _add_when_unsure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--when-unsure", choices=WHEN_UNSURE, default=DecodeOptions.when_unsure, help=WHEN_UNSURE_HELP)
 
 
 def _add_import_legacy(sub) -> None:
@@ -501,7 +506,8 @@ def cmd_caption_dataset(args: argparse.Namespace) -> int:
     require_extra("ray", "ray.data", "pyarrow", purpose="caption-dataset (Ray Data)")
     from captioner.serving.ray_data import caption_dataset
 
-    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length)
+    options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length,
+                            when_unsure=args.when_unsure)
     run = caption_dataset(args.source, args.out, address=args.address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                           batch_size=args.batch_size, model=args.model, options=options, resume=args.resume,
@@ -515,7 +521,7 @@ def _add_caption_dataset(sub) -> None:
     p = sub.add_parser("caption-dataset", help="caption a whole collection on a Ray cluster (Ray Data)",
                        description="Caption every image of a folder (recursive), a glob pattern or a CSV / JSON "
                                    "Lines / Parquet table of paths, on a Ray cluster, into Parquet or JSON Lines "
-                                   "parts in OUT: one row per input (path, caption, score, confidence, candidates, "
+                                   "parts in OUT: one row per input (path, caption, confidence, calibrated, score, candidates, "
                                    "words, top_classes, model, error). Paths may be on any filesystem pyarrow "
                                    "knows (s3://, gs://, abfs://, hdfs://). Needs: pip install \"captioner[ray]\".")
     p.add_argument("source", metavar="SOURCE", help="folder, glob pattern, or table (.csv, .jsonl, .parquet)")
@@ -538,6 +544,7 @@ def _add_caption_dataset(sub) -> None:
     p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
     p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
+    _add_when_unsure(p)
     p.add_argument("--resume", action="store_true", help="skip the inputs already in OUT (after a stopped job)")
     p.set_defaults(func=cmd_caption_dataset)
 

@@ -10,8 +10,9 @@ writes the results in parts of ``rows_per_part`` rows. A part is written under a
 then renamed, so a job that is killed leaves only complete parts; ``resume=True`` skips the inputs
 already in them, so a killed job resumed ends with every input exactly once.
 
-Rows (Parquet or JSON Lines): ``path``, ``caption``, ``score``, ``confidence``, ``candidates``,
-``words``, ``top_classes``, ``model``, ``error``: the library's result schema with the input's path.
+Rows (Parquet or JSON Lines): ``path``, ``caption``, ``confidence``, ``calibrated``, ``score``,
+``candidates``, ``words``, ``top_classes``, ``model``, ``error``: the library's result schema with the
+input's path (and the best candidate's ``score``).
 A file that is not a usable image gets a row with ``error`` set; the job goes on.
 """
 
@@ -48,12 +49,15 @@ ROWS_PER_PART = 1000
 MAX_BLOCKS = 100_000  # input blocks; a block is a whole number of batches
 
 _WORD = pa.struct([("word", pa.string()), ("probability", pa.float64())])
-_CANDIDATE = pa.struct([("caption", pa.string()), ("score", pa.float64()), ("confidence", pa.float64()),
-                        ("words", pa.list_(_WORD))])
+_MENTION = pa.struct([("phrase", pa.string()), ("probability", pa.float64())])
+_CANDIDATE = pa.struct([("caption", pa.string()), ("confidence", pa.float64()), ("calibrated", pa.bool_()),
+                        ("score", pa.float64()), ("decoded", pa.string()), ("words", pa.list_(_WORD)),
+                        ("mentions", pa.list_(_MENTION))])
 _CLASS = pa.struct([("label", pa.string()), ("probability", pa.float64())])
-SCHEMA = pa.schema([("path", pa.string()), ("caption", pa.string()), ("score", pa.float64()),
-                    ("confidence", pa.float64()), ("candidates", pa.list_(_CANDIDATE)), ("words", pa.list_(_WORD)),
-                    ("top_classes", pa.list_(_CLASS)), ("model", pa.string()), ("error", pa.string())])
+SCHEMA = pa.schema([("path", pa.string()), ("caption", pa.string()), ("confidence", pa.float64()),
+                    ("calibrated", pa.bool_()), ("score", pa.float64()), ("candidates", pa.list_(_CANDIDATE)),
+                    ("words", pa.list_(_WORD)), ("top_classes", pa.list_(_CLASS)), ("model", pa.string()),
+                    ("error", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -259,8 +263,8 @@ def to_row(path: str, result: dict[str, Any]) -> dict[str, Any]:
     """One output row: the input's path and the library's result fields."""
     candidates = result.get("candidates") or []
     best = candidates[0] if candidates else {}
-    return {"path": path, "caption": result.get("caption"), "score": best.get("score"),
-            "confidence": best.get("confidence"), "candidates": result.get("candidates"),
+    return {"path": path, "caption": result.get("caption"), "confidence": result.get("confidence"),
+            "calibrated": result.get("calibrated"), "score": best.get("score"), "candidates": result.get("candidates"),
             "words": result.get("words"), "top_classes": result.get("top_classes"),
             "model": result.get("model"), "error": result.get("error")}
 

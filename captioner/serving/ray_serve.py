@@ -7,7 +7,7 @@
 Each replica loads the model once. ``POST /v1/caption`` takes one image (the raw request body, or a
 multipart field named ``image`` or ``file``) with decoding settings as query parameters
 (``beam_size``, ``num_candidates``, ``max_length``, ``length_penalty``, ``top_classes``,
-``no_repeat_ngram``) and answers with the library's result schema as JSON. Each request decodes and
+``no_repeat_ngram``, ``when_unsure``) and answers with the library's result schema as JSON. Each request decodes and
 checks its own image (a bad one gets HTTP 400 with the loader's message and costs no one else
 anything); ``@serve.batch`` then gathers the prepared images of concurrent requests and runs them as
 one forward pass (``Captioner.caption_pixels``). ``GET /healthz`` reports the model and how many
@@ -37,7 +37,8 @@ from captioner.core.options import DecodeOptions  # noqa: E402
 MAX_BATCH_SIZE = 8  # prepared images per forward pass
 BATCH_WAIT_S = 0.01  # how long the first request of a batch waits for company
 MULTIPART_SLACK = 64 * 1024  # room for multipart headers and boundaries around one image
-OPTION_NAMES = ("beam_size", "num_candidates", "max_length", "length_penalty", "top_classes", "no_repeat_ngram")
+OPTION_NAMES = ("beam_size", "num_candidates", "max_length", "length_penalty", "top_classes", "no_repeat_ngram",
+                "when_unsure")
 
 
 class RequestError(CaptionerError):
