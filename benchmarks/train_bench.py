@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from captioner.core.model.encoders import load_pretrained_weights  # noqa: E402
 from captioner.training.features import extract_features  # noqa: E402
 from captioner.core.model.network import ShowAndTell  # noqa: E402
-from captioner.training.loop import build_config, fit_decoder  # noqa: E402
+from captioner.training.config import TrainConfig  # noqa: E402
+from captioner.training.fit import fit_decoder  # noqa: E402
+from captioner.training.job import build_config  # noqa: E402
 from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 
 COCO_CAPTIONS, COCO_IMAGES = 414_113, 123_287
@@ -82,8 +84,9 @@ def training_rate(feature_size: int, vocab_size: int, pairs: int, device: torch.
     torch.manual_seed(0)
     model = ShowAndTell(config)
     with tempfile.TemporaryDirectory() as out:
-        result = fit_decoder(model, vocab, features, captions, features[:256], captions[:256], Path(out) / "m",
-                             epochs=1, batch_size=batch_size, device=device, metric=None, progress=False)
+        config = TrainConfig(epochs=1, batch_size=batch_size, lr_schedule="constant", device=str(device), metric=None,
+                             progress=False)
+        result = fit_decoder(model, vocab, features, captions, features[:256], captions[:256], Path(out) / "m", config)
     return result.history[0].captions_per_s
 
 
