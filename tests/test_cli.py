@@ -65,7 +65,7 @@ def test_json_confidence_is_the_librarys_and_when_unsure_is_an_option(example_ph
         proc = run("caption", *photos, "--json", "--backend", "torch", *flags)
         assert proc.returncode == 0, proc.stderr
         for line, photo in zip(map(json.loads, proc.stdout.splitlines()), photos):
-            expected = library.caption(photo, when_unsure=mode).to_dict()
+            expected = library(photo, when_unsure=mode).to_dict()
             assert line["caption"] == expected["caption"] and line["calibrated"] is True
             assert line["confidence"] == pytest.approx(expected["confidence"], abs=1e-6)
             assert 0 <= line["confidence"] <= 1

@@ -33,7 +33,6 @@ from captioner.core.confidence.measure import (
     reliability,
 )
 from captioner.core.confidence.phrases import PhraseTable
-from captioner.core.images.preprocess import load_pixels
 from captioner.core.inference import Captioner
 from captioner.core.options import DecodeOptions
 from captioner.core.results import Candidate
@@ -85,10 +84,10 @@ def observe(captioner: Captioner, photoset: Path, options: DecodeOptions | None 
     observed: list[Observation] = []
     for start in range(0, len(entries), batch_size):
         chunk = entries[start : start + batch_size]
-        pixels, kept, failures = load_pixels([photoset / e["file"] for e in chunk], captioner.preprocess)
+        pixels, kept, failures = captioner.pipeline.load([photoset / e["file"] for e in chunk])
         if failures:
             raise ValueError(f"photos of the set could not be read: {failures}")
-        features = captioner.backbone_features(pixels)
+        features = captioner.pipeline.features(pixels)
         results = caption_features(captioner.model, captioner.vocab, features, options, confidence=UNCALIBRATED)
         probabilities = class_probabilities(features, captioner.config.encoder_output)
         for row, (entry, result) in enumerate(zip(chunk, results)):

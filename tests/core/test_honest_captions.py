@@ -22,7 +22,7 @@ def bundled():
 
 def test_every_caption_and_candidate_has_a_calibrated_confidence(bundled, example_photos, one_thread):
     assert isinstance(bundled.confidence, ClassMassRule)
-    for result in bundled.caption_many(list(example_photos.values())):
+    for result in bundled(list(example_photos.values()), errors="return"):
         data = result.to_dict()
         assert set(data) == RESULT_KEYS
         assert data["calibrated"] is True and 0 <= data["confidence"] <= 1
@@ -35,12 +35,12 @@ def test_every_caption_and_candidate_has_a_calibrated_confidence(bundled, exampl
 
 
 def test_a_clear_photo_is_likely_and_what_the_classifier_does_not_know_is_not(bundled, example_photos, one_thread):
-    cat = bundled.caption(example_photos["chelsea-the-cat"])
+    cat = bundled(example_photos["chelsea-the-cat"])
     assert cat.caption == "a cat" and cat.confidence > 0.7
     for name, image in odd_images().items():
-        result = bundled.caption(image)
+        result = bundled(image)
         assert result.caption == NOTHING_RECOGNISED or result.confidence < 0.3, name
-        kept = bundled.caption(image, when_unsure="keep")
+        kept = bundled(image, when_unsure="keep")
         assert kept.caption != NOTHING_RECOGNISED and kept.confidence < 0.3, name
         assert kept.confidence == pytest.approx(result.confidence)  # the same claim, said or declined
 
@@ -48,8 +48,8 @@ def test_a_clear_photo_is_likely_and_what_the_classifier_does_not_know_is_not(bu
 def test_keep_gives_the_decoders_caption_and_generalise_may_say_less(bundled, example_photos, one_thread):
     said_less = 0
     for path in example_photos.values():
-        kept = bundled.caption(path, when_unsure="keep")
-        said = bundled.caption(path)
+        kept = bundled(path, when_unsure="keep")
+        said = bundled(path)
         assert all(c.decoded is None for c in kept.candidates)
         assert said.candidates[0].score == kept.candidates[0].score  # the decoder's number is unchanged
         if said.caption != kept.caption:
@@ -62,12 +62,12 @@ def test_a_model_without_its_phrase_file_falls_back_and_says_it_is_not_calibrate
     copy = tmp_path / "model"
     shutil.copytree(BUNDLED_MODEL_DIR, copy)
     (copy / FILE_NAME).unlink()
-    result = load_captioner(copy, "cpu", "torch").caption(example_photos["chelsea-the-cat"])
+    result = load_captioner(copy, "cpu", "torch")(example_photos["chelsea-the-cat"])
     assert result.confidence is None and result.calibrated is False
     assert result.to_dict()["confidence"] is None and result.to_dict()["candidates"][0]["calibrated"] is False
 
 
 def test_a_model_with_no_fit_is_not_calibrated(tiny_model_dir, example_photos, one_thread):
-    result = load_captioner(tiny_model_dir, "cpu").caption(example_photos["coffee"])
+    result = load_captioner(tiny_model_dir, "cpu")(example_photos["coffee"])
     assert result.confidence is None and not result.calibrated
     assert all(c["confidence"] is None and c["mentions"] == [] for c in result.to_dict()["candidates"])

@@ -100,12 +100,12 @@ def hostile_dir(tmp_path_factory):
 def test_library_captions_odd_images_and_refuses_hostile_ones(tiny_model_dir, hostile_dir):
     captioner = load_captioner(tiny_model_dir, "cpu")
     for name in GOOD:
-        result = captioner.caption(hostile_dir / name)
+        result = captioner(hostile_dir / name)
         assert result.candidates, name
     for name, (_, message) in BAD.items():
         with pytest.raises(ImageError, match=message):
-            captioner.caption(hostile_dir / name)
-    assert captioner.caption(hostile_dir / "1x1.png").candidates  # still serving
+            captioner(hostile_dir / name)
+    assert captioner(hostile_dir / "1x1.png").candidates  # still serving
 
 
 @pytest.mark.timeout(300)
@@ -131,13 +131,13 @@ def _load_or_refuse(data: bytes) -> None:
     assert image.mode == "RGB" and image.width > 0 and image.height > 0
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096))
 def test_fuzz_random_bytes(data):
     _load_or_refuse(data)
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(SEEDS)), st.data())
 def test_fuzz_mutated_real_images(fmt, data):
     """Flip, overwrite or cut bytes of real encoded images: the cases real decoders stumble on."""
