@@ -25,7 +25,7 @@ from pathlib import Path
 
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.errors import CaptionerError
-from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES, OPTIONAL_MODEL_FILES
 from captioner.web.gallery import IMAGE_SUFFIXES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: app.py, examples/, requirements.txt
@@ -253,7 +253,7 @@ def _copy_model(source: Path, target: Path) -> None:
         raise SpaceError(f"{source} is not a model folder (missing {', '.join(missing)})")
     load_model(source)
     target.mkdir(parents=True)
-    for name in MODEL_FILES:
+    for name in MODEL_FILES + OPTIONAL_MODEL_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
 
@@ -300,7 +300,7 @@ def check_hub_model(model: HubModel, token: str | None = None, *, with_export: b
     if missing:
         raise SpaceError(f"the Hub repo {model.source!r} is not a captioner model (missing {', '.join(missing)}); "
                          "publish one with `python -m captioner push DIR OWNER/NAME`")
-    wanted = MODEL_FILES + (SHIPPED_FILES if with_export else ())
+    wanted = MODEL_FILES + OPTIONAL_MODEL_FILES + (SHIPPED_FILES if with_export else ())
     return HubModel(model.repo, model.revision, info.sha, tuple(n for n in wanted if n in names))
 
 
