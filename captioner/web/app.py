@@ -37,6 +37,7 @@ from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
 from captioner.web.batcher import SharedCaptioner, choose_model
 from captioner.web.gallery import list_examples
+from captioner.web.honesty import CONFIDENCE_NOTE, caption_details, confidence_text
 from captioner.web.guards import InFlight, InputRefused, QueueShares, RequestSizeLimit, prune_folder, upload_source
 from captioner.web.provenance import hardware_summary, weights_origin
 from captioner.web.zerogpu import gpu_wrapper, is_zero_gpu, wrap_captioner
@@ -105,22 +106,34 @@ def batch_sources(payload: Any) -> list[str]:
     return paths
 
 
-def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
+SAY_LESS, KEEP_WORDS = "Say less (a general word)", "Keep the model's caption"
+WHEN_UNSURE_CHOICES = {SAY_LESS: "generalise", KEEP_WORDS: "keep"}
+
+
+def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, default_length: int,
+               when_unsure: Any = SAY_LESS) -> DecodeOptions:
     """The Caption and Batch tabs' settings, checked (``ValueError`` names the setting). The
     candidates slider may exceed the beam size: the beam size wins, as the slider says."""
     if search not in (BEAM, GREEDY):
         raise ValueError(f"search must be {BEAM!r} or {GREEDY!r}, got {search!r}")
+    if when_unsure not in WHEN_UNSURE_CHOICES:
+        raise ValueError(f"when unsure must be {SAY_LESS!r} or {KEEP_WORDS!r}, got {when_unsure!r}")
+    unsure = WHEN_UNSURE_CHOICES[when_unsure]
     if search == GREEDY:
-        return DecodeOptions(beam_size=1, max_length=max_length).resolved(default_length)
+        return DecodeOptions(beam_size=1, max_length=max_length, when_unsure=unsure).resolved(default_length)
     beam = whole_number("beam_size", beam_size, 2, MAX_BEAM_SIZE, "beam search")
     shown = whole_number("num_candidates", candidates, 1, MAX_BEAM_SIZE)
-    return DecodeOptions(beam_size=beam, num_candidates=min(shown, beam), max_length=max_length).resolved(default_length)
+    return DecodeOptions(beam_size=beam, num_candidates=min(shown, beam), max_length=max_length,
+                         when_unsure=unsure).resolved(default_length)
 
 
-def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
+def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int,
+                when_unsure: Any = None) -> DecodeOptions:
     """The ``caption`` endpoint's settings, checked as sent (``ValueError`` names the setting)."""
     return DecodeOptions(beam_size=DEFAULT_BEAM if beam_size is None else beam_size, num_candidates=num_candidates,
-                         max_length=max_length).resolved(default_length)
+                         max_length=max_length,
+                         when_unsure=DecodeOptions.when_unsure if when_unsure in (None, "") else when_unsure
+                         ).resolved(default_length)
 
 
 def _user_error(error: Exception, title: str) -> gr.Error:
@@ -195,13 +208,13 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                            print_exception=False)
         return shared
 
-    def caption_photo(upload, search, beam_size, candidates, max_length, request: gr.Request):
+    def caption_photo(upload, search, beam_size, candidates, max_length, when_unsure, request: gr.Request):
         shares.started(request)
         if not upload:
             return _placeholder("Drop a photo here, paste one, or pick an example below."), [], [], None, ""
         model = require_model()
         try:
-            options = ui_options(search, beam_size, candidates, max_length, default_length)
+            options = ui_options(search, beam_size, candidates, max_length, default_length, when_unsure)
         except ValueError as error:
             raise _user_error(error, "Bad decoding settings") from None
         source = image_source(upload)
@@ -220,10 +233,11 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             colours[label] = "#16a34a" if probability >= 0.5 else "#f59e0b" if probability >= 0.2 else "#ef4444"
             words += [(" ", None)] if index else []
             words.append((word, label))
-        table = [[rank, _title_case(c.caption), f"{c.confidence:.1%}", round(c.score, 4)]
+        table = [[rank, _title_case(c.caption), confidence_text(c.confidence), round(c.score, 4)]
                  for rank, c in enumerate(result.candidates, 1)]
         classes = {label: p for label, p in result.top_classes} if result.top_classes else None
-        return (f'<h2 class="caption">{html.escape(caption)}</h2>',
+        details = caption_details(result, model.captioner.config.emits_classes)
+        return (f'<h2 class="caption">{html.escape(caption)}</h2>\n{details}',
                 gr.HighlightedText(value=words, color_map=colours), table, classes, result.caption)
 
     def word_choices(caption: str):
@@ -282,16 +296,20 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         data = {**explanation.to_dict(), "model": model.captioner.loaded.source}
         return data, [(str(path), word.word) for path, word in zip(paths, explanation.words)]
 
-    def caption_api(image, beam_size=None, num_candidates=None, max_length=None, request: gr.Request = None) -> dict:
-        """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
-        words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
+    def caption_api(image, beam_size=None, num_candidates=None, max_length=None, when_unsure=None,
+                    request: gr.Request = None) -> dict:
+        """Caption one image. Returns {caption, confidence, calibrated, candidates: [{caption,
+        confidence, calibrated, score, decoded, words, mentions}], words: [{word, probability}],
+        top_classes: [{label, probability}] | null, model}. confidence is a calibrated probability
+        that the caption is right (null, with calibrated false, for a model without a fit).
         beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
-        beam_size (default: beam_size); score is the mean log-probability per word. Bad settings are
+        beam_size (default: beam_size); score is the decoder's mean log-probability per word;
+        when_unsure is generalise (default: a general word when unsure) or keep. Bad settings are
         refused with a message naming them."""
         shares.started(request)
         model = require_model()
         try:
-            options = api_options(beam_size, num_candidates, max_length, default_length)
+            options = api_options(beam_size, num_candidates, max_length, default_length, when_unsure)
         except ValueError as error:
             raise _user_error(error, "Bad request") from None
         source = image_source(image)
@@ -302,11 +320,12 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             raise _user_error(error, "Bad request") from None
         return result.to_dict()
 
-    def caption_batch(files, search, beam_size, max_length, request: gr.Request, progress=gr.Progress()):
+    def caption_batch(files, search, beam_size, max_length, when_unsure, request: gr.Request,
+                      progress=gr.Progress()):
         shares.started(request)
         model = wrap_captioner(require_model().captioner, on_gpu)
         try:
-            options = ui_options(search, beam_size, 1, max_length, default_length)
+            options = ui_options(search, beam_size, 1, max_length, default_length, when_unsure)
         except ValueError as error:
             raise _user_error(error, "Bad decoding settings") from None
         paths = batch_sources(files)
@@ -332,7 +351,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
         csv_path, json_path = folder / "alt-text.csv", folder / "alt-text.json"
         csv_path.write_text(rows_to_csv(rows), encoding="utf-8")
         json_path.write_text(rows_to_json(rows), encoding="utf-8")
-        table = [[row.image, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error or ""]
+        table = [[row.image, row.caption, "" if row.error else confidence_text(row.confidence), row.error or ""]
                  for row in rows]
         failed = sum(1 for row in rows if row.error)
         summary = f"Captioned {len(rows) - failed} of {len(rows)} files" + (
@@ -341,11 +360,11 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                 gr.DownloadButton(value=str(json_path), visible=True))
 
     # Validators run when a request joins the queue: they refuse it before it takes a place there.
-    def guard_photo(upload, search, beam_size, candidates, max_length, request: gr.Request):
-        return validation(5, shares.admit("caption", request, CAPTIONS_PER_CLIENT))
+    def guard_photo(upload, search, beam_size, candidates, max_length, when_unsure, request: gr.Request):
+        return validation(6, shares.admit("caption", request, CAPTIONS_PER_CLIENT))
 
-    def guard_api(image, beam_size, num_candidates, max_length, request: gr.Request):
-        return validation(4, shares.admit("caption", request, CAPTIONS_PER_CLIENT))
+    def guard_api(image, beam_size, num_candidates, max_length, when_unsure, request: gr.Request):
+        return validation(5, shares.admit("caption", request, CAPTIONS_PER_CLIENT))
 
     def guard_explain_word(upload, index, caption, explained, request: gr.Request):
         return validation(4, shares.admit("explain", request, EXPLAINS_PER_CLIENT))
@@ -353,8 +372,8 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
     def guard_explain_api(image, caption, beam_size, max_length, request: gr.Request):
         return validation(4, shares.admit("explain", request, EXPLAINS_PER_CLIENT))
 
-    def guard_batch(files, search, beam_size, max_length, request: gr.Request):
-        return validation(4, shares.admit("batch", request, BATCHES_PER_CLIENT, BATCHES_QUEUED))
+    def guard_batch(files, search, beam_size, max_length, when_unsure, request: gr.Request):
+        return validation(5, shares.admit("batch", request, BATCHES_PER_CLIENT, BATCHES_QUEUED))
 
     with gr.Blocks(title="Show and Tell: image captioner", analytics_enabled=False,
                    delete_cache=(900, 3600)) as demo:  # uploads live an hour
@@ -381,6 +400,11 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                                                    info="At most the beam size.")
                             max_length = gr.Slider(2, max(50, default_length), value=default_length, step=1,
                                                    label="Maximum length (words)")
+                            when_unsure = gr.Radio([SAY_LESS, KEEP_WORDS], value=SAY_LESS, label="When unsure",
+                                                   elem_id="when-unsure",
+                                                   info="Say less: a general word (\"a bird\") when the model is "
+                                                        "unsure of the specific one, and \"nothing the model "
+                                                        "recognises\" when it recognises nothing.")
                     with gr.Column(scale=6):
                         caption_view = gr.Markdown(_placeholder("Drop a photo here, paste one, or pick an example "
                                                                 "below."), elem_id="caption-text")
@@ -402,9 +426,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                     gr.Examples([[str(path)] for path in examples], inputs=[photo], examples_per_page=24,
                                 cache_examples=False,  # remembered by SharedCaptioner instead (see warm above)
                                 label="Examples: click one to caption it", elem_id="examples")
-                gr.Markdown("Confidence is the geometric mean of the words' probabilities (exp of the "
-                            "score, the mean log-probability per word). Add your own photos to "
-                            "`examples/` to see them here.")
+                gr.Markdown(CONFIDENCE_NOTE, elem_id="confidence-note")
             with gr.Tab("Batch", id="batch"):
                 gr.Markdown("Caption many photos at once, for alt text: upload images or `.zip` archives. "
                             "The decoding settings of the Caption tab apply.")
@@ -428,6 +450,7 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             api_beam = gr.Number(DEFAULT_BEAM, precision=0, label="beam_size")
             api_candidates = gr.Number(None, precision=0, label="num_candidates")  # None: as many as beam_size
             api_length = gr.Number(default_length, precision=0, label="max_length")
+            api_unsure = gr.Textbox(DecodeOptions.when_unsure, label="when_unsure")
             api_result = gr.JSON(label="result")
             api_trigger = gr.Button()
             api_caption = gr.Textbox("", label="caption")
@@ -435,8 +458,9 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
             api_overlays = gr.Gallery(label="overlays", type="filepath")
             api_explain = gr.Button()
 
-        controls = [search, beam_size, candidates, max_length]
-        gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
+        controls = [search, beam_size, candidates, max_length, when_unsure]
+        gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release,
+               when_unsure.change],
               caption_photo, [photo, *controls],
               [caption_view, words_view, candidates_view, classes_view, shown_caption],
               preprocess=False, api_visibility="private", concurrency_limit=CAPTION_CONCURRENCY,
@@ -451,10 +475,10 @@ def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.Pat
                           concurrency_limit=2, concurrency_id="explain", validator=guard_explain_api)
         # Not batch=True: Gradio fails a whole batch when one request fails. Each call decodes its
         # own image (so a bad one fails alone) and SharedCaptioner merges the model work instead.
-        api_trigger.click(caption_api, [api_image, api_beam, api_candidates, api_length], api_result,
+        api_trigger.click(caption_api, [api_image, api_beam, api_candidates, api_length, api_unsure], api_result,
                           api_name="caption", preprocess=False, concurrency_limit=CAPTION_CONCURRENCY,
                           concurrency_id="caption", validator=guard_api)
-        run_batch.click(caption_batch, [files, search, beam_size, max_length],
+        run_batch.click(caption_batch, [files, search, beam_size, max_length, when_unsure],
                         [batch_table, batch_summary, csv_button, json_button], api_visibility="private",
                         preprocess=False, concurrency_limit=1, concurrency_id="batch", validator=guard_batch)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
