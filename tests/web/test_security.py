@@ -581,7 +581,7 @@ def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server,
     headers = {"X-Forwarded-For": "10.6.0.1"}
     image = server.upload(huge_png, "huge.png", headers)
     # slow images (seconds each): none is done before all 20 have been let in or refused
-    answers = _submit_at_once(server, [[image, 1, 1, 30 + i] for i in range(20)], headers, "caption")
+    answers = _submit_at_once(server, [[image, 1, 1, 30 + i, UNSURE] for i in range(20)], headers, "caption")
     refused = [message for status, message in answers if status == "error"]
     assert len(refused) == 4 and all("Too many requests" in message and "limit 16" in message for message in refused)
     assert sum(status == "ok" for status, _ in answers) == 16
