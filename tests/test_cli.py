@@ -215,3 +215,25 @@ def test_decoding_flags_reach_the_options_of_every_command_that_decodes(tmp_path
         options = decode_options(parser.parse_args([*argv, "--no-repeat-ngram", "3", "--beam-size", "4"]))
         assert (options.no_repeat_ngram, options.beam_size) == (3, 4), argv
     assert decode_options(parser.parse_args(["score", "x.jpg", "a cat"])) is None
+
+
+def test_json_confidence_is_the_librarys_and_when_unsure_is_an_option(example_photos, tmp_path):
+    from captioner.core.inference import load_captioner
+    from tests.helpers.odd_images import odd_images
+
+    blank = tmp_path / "blank.png"
+    odd_images()["blank"].save(blank)
+    photos = [str(example_photos["chelsea-the-cat"]), str(example_photos["rocket"]), str(blank)]
+    library = load_captioner(None, "cpu", "torch")
+    for flags, mode in (((), "generalise"), (("--when-unsure", "keep"), "keep")):
+        proc = run("caption", *photos, "--json", "--backend", "torch", *flags)
+        assert proc.returncode == 0, proc.stderr
+        for line, photo in zip(map(json.loads, proc.stdout.splitlines()), photos):
+            expected = library(photo, when_unsure=mode).to_dict()
+            assert line["caption"] == expected["caption"] and line["calibrated"] is True
+            assert line["confidence"] == pytest.approx(expected["confidence"], abs=1e-6)
+            assert 0 <= line["confidence"] <= 1
+            assert [c["confidence"] for c in line["candidates"]] == pytest.approx(
+                [c["confidence"] for c in expected["candidates"]], abs=1e-6)
+    proc = run("caption", photos[0], "--when-unsure", "maybe")
+    assert proc.returncode == 2 and "invalid choice: 'maybe'" in proc.stderr

@@ -74,6 +74,7 @@ def test_a_wheel_installed_elsewhere_captions_offline_with_the_bundled_model(ins
     assert cli.returncode == 0, cli.stderr
     result = json.loads(cli.stdout)
     assert result["caption"] == want and result["image"] == str(photo)
+    assert result["calibrated"] is True and 0 <= result["confidence"] <= 1  # the model's phrase file is in the wheel
     script = ("from captioner import load_captioner\n"
               "c = load_captioner()\n"
               "print(c.loaded.path)\n"

@@ -224,6 +224,9 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
              "device": str(device), "history": state["history"],
              "initial_val_loss": state["initial_val_loss"], "best_epoch": state["best_epoch"]}
     (out_dir / "README.md").write_text(model_card(settings, report, facts, len(vocab)), encoding="utf-8")
+    from captioner.build.phrases import write_phrase_file
+
+    write_phrase_file(out_dir)  # what the captions' phrases name; the confidence map is fitted on photos apart
     return report
 
 

@@ -21,6 +21,8 @@ from captioner.core.options import (
     MAX_NO_REPEAT_NGRAM,
     PRECISION_HELP,
     PRECISIONS,
+    WHEN_UNSURE,
+    WHEN_UNSURE_HELP,
     DecodeOptions,
 )
 
@@ -81,6 +83,7 @@ DECODING_FLAGS: list[Flag] = [
     (("--no-repeat-ngram",), {"type": whole_number(0, MAX_NO_REPEAT_NGRAM), "default": DecodeOptions.no_repeat_ngram,
                               "metavar": "N", "help": "no n-gram of N words twice in a caption; 0 turns it off "
                                                       f"(default {DecodeOptions.no_repeat_ngram})"}),
+    (("--when-unsure",), {"choices": WHEN_UNSURE, "default": DecodeOptions.when_unsure, "help": WHEN_UNSURE_HELP}),
 ]
 CANDIDATE_FLAGS: list[Flag] = [
     (("--num-candidates",), {"type": whole_number(1, MAX_BEAM_SIZE), "metavar": "N",

@@ -121,6 +121,16 @@ def run_build_default(args: argparse.Namespace) -> int:
                                 if name in BuildSettings.__dataclass_fields__ and value is not None})
     report = build_default(out, settings, default_photos())
     print(summary(report))
+    if args.photos:
+        from pathlib import Path
+
+        from captioner.build.confidence import calibrate
+
+        calibrate(Path(out), Path(args.photos), progress=lambda text: print(text, file=sys.stderr))
+        print(f"confidence calibrated on the real-photo set {args.photos} (the model card's Confidence section)")
+    else:
+        print("confidence not calibrated (calibrated: false) until: python -m captioner.build.confidence PHOTOS "
+              "--model OUT, with a real-photo set from python -m captioner.build.photos")
     print(f"wrote {out}")
     return 0
 
@@ -136,3 +146,5 @@ def add_build_default(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the training run of an interrupted build")
     p.add_argument("--full-precision", dest="half_precision", action="store_false", default=None,
                    help="store float32 weights (default: float16 when captions stay identical)")
+    p.add_argument("--photos", default=None, metavar="DIR",
+                   help="a real-photo set (python -m captioner.build.photos DIR) to calibrate the confidence on")

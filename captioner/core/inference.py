@@ -73,6 +73,11 @@ class Captioner:
                 "device": str(self.device), "backend": self.backend, "precision": self.precision}
 
     @property
+    def confidence(self):
+        """The model's confidence rule (``core.confidence``): how ``confidence`` is found, and saying less."""
+        return self._pipeline.confidence
+
+    @property
     def class_names(self) -> list[str] | None:
         """ImageNet class names, for models whose encoder emits class probabilities."""
         return self._pipeline.class_names

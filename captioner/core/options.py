@@ -21,6 +21,10 @@ LENGTH_PENALTY_RANGE = (0.0, 5.0)
 # What runs the model (``backends.choice`` checks the choice); here, so that the command line's parsers
 # name them without importing torch.
 BACKENDS = ("auto", "torch", "onnx")
+# Saying less when unsure (``confidence.rules``); here so that parsers name them without importing torch.
+WHEN_UNSURE = ("generalise", "keep")
+WHEN_UNSURE_HELP = ("generalise (default): a general word when unsure of the specific one, and 'nothing the model "
+                    "recognises' when nothing is recognised; keep: the decoder's caption as it is")
 BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
 # The encoder's arithmetic on the onnx backend (``backends.choice`` checks the choice).
 PRECISIONS = ("auto", "fp32", "int8")
@@ -40,6 +44,9 @@ class DecodeOptions:
     ``no_repeat_ngram``: forbid any n-gram of this many words from appearing twice in a caption (0: off).
     The default, 2: on the bundled model it removes every repeated bigram from the beam candidates and
     changes none of their scores (``benchmarks/no_repeat_ngram.py``).
+    ``when_unsure``: ``generalise`` says less when the calibrated confidence is low (a general word
+    for an unsure specific one, "nothing the model recognises" when nothing is recognised);
+    ``keep`` gives the decoder's captions as they are (``captioner.core.confidence``).
     """
 
     beam_size: int = 3
@@ -48,6 +55,7 @@ class DecodeOptions:
     length_penalty: float = 1.0
     top_classes: int = 5
     no_repeat_ngram: int = 2
+    when_unsure: str = "generalise"
 
     def resolved(self, default_max_length: int) -> DecodeOptions:
         """These options checked and with every default filled in, so equal requests compare equal.
@@ -66,7 +74,8 @@ class DecodeOptions:
         return replace(self, beam_size=beam, num_candidates=candidates, max_length=length,
                        length_penalty=real_number("length_penalty", self.length_penalty, *LENGTH_PENALTY_RANGE),
                        top_classes=whole_number("top_classes", self.top_classes, 0, MAX_TOP_CLASSES),
-                       no_repeat_ngram=whole_number("no_repeat_ngram", self.no_repeat_ngram, 0, MAX_NO_REPEAT_NGRAM))
+                       no_repeat_ngram=whole_number("no_repeat_ngram", self.no_repeat_ngram, 0, MAX_NO_REPEAT_NGRAM),
+                       when_unsure=choice("when_unsure", self.when_unsure, WHEN_UNSURE))
 
 
 def decode_steps(max_words: int) -> int:
@@ -89,6 +98,13 @@ def whole_number(name: str, value: Any, low: int, high: int, note: str = "") -> 
     if not low <= number <= high:
         raise ValueError(f"{allowed}, got {number}")
     return number
+
+
+def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``allowed`` (exactly, as a string)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def real_number(name: str, value: Any, low: float, high: float) -> float:

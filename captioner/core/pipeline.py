@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from captioner.core.captions import caption_features
+from captioner.core.confidence import rule_for
 from captioner.core.errors import ImageError
 from captioner.core.images.decode import ImageSource
 from captioner.core.images.preprocess import load_pixels, prepare_pixels, preprocessor_for
@@ -38,6 +39,7 @@ class Pipeline:
     def __init__(self, loaded: LoadedModel, device: torch.device, onnx: Any = None):
         self.loaded, self.device, self.onnx = loaded, device, onnx
         self.preprocess = preprocessor_for(loaded.config)
+        self.confidence = rule_for(loaded.config.extra, loaded.path, loaded.config.emits_classes)
         self._class_names: list[str] | None = None
         self._forward: Forward = self._caption_pixels
 
@@ -95,7 +97,8 @@ class Pipeline:
         options = options.resolved(self.loaded.config.max_length)  # bad settings refused before any work
         return caption_features(self.loaded.model, self.loaded.vocab, self.features(pixels), options,
                                 steps=self.onnx.steps if self.onnx is not None else None,
-                                class_names=self.class_names, model_name=self.loaded.source)
+                                class_names=self.class_names, model_name=self.loaded.source,
+                                confidence=self.confidence)
 
     def caption_each(self, entries: Sequence[ImageSource | Exception], options: DecodeOptions, *,
                      names: Sequence[str | None] | None = None, batch_size: int = 8,

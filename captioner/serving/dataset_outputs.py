@@ -37,20 +37,23 @@ PART_FORMATS = ("parquet", "jsonl")
 NESTED = ("candidates", "words", "top_classes")
 
 _WORD = pa.struct([("word", pa.string()), ("probability", pa.float64())])
-_CANDIDATE = pa.struct([("caption", pa.string()), ("score", pa.float64()), ("confidence", pa.float64()),
-                        ("words", pa.list_(_WORD))])
+_MENTION = pa.struct([("phrase", pa.string()), ("probability", pa.float64())])
+_CANDIDATE = pa.struct([("caption", pa.string()), ("confidence", pa.float64()), ("calibrated", pa.bool_()),
+                        ("score", pa.float64()), ("decoded", pa.string()), ("words", pa.list_(_WORD)),
+                        ("mentions", pa.list_(_MENTION)), ("cut", pa.bool_())])
 _CLASS = pa.struct([("label", pa.string()), ("probability", pa.float64())])
-SCHEMA = pa.schema([("path", pa.string()), ("caption", pa.string()), ("score", pa.float64()),
-                    ("confidence", pa.float64()), ("candidates", pa.list_(_CANDIDATE)), ("words", pa.list_(_WORD)),
-                    ("top_classes", pa.list_(_CLASS)), ("model", pa.string()), ("error", pa.string())])
+SCHEMA = pa.schema([("path", pa.string()), ("caption", pa.string()), ("confidence", pa.float64()),
+                    ("calibrated", pa.bool_()), ("score", pa.float64()), ("candidates", pa.list_(_CANDIDATE)),
+                    ("words", pa.list_(_WORD)), ("top_classes", pa.list_(_CLASS)), ("model", pa.string()),
+                    ("error", pa.string())])
 
 
 def to_row(path: str, result: dict[str, Any]) -> dict[str, Any]:
     """One output row: the input's path and the library's result fields."""
     candidates = result.get("candidates") or []
     best = candidates[0] if candidates else {}
-    return {"path": path, "caption": result.get("caption"), "score": best.get("score"),
-            "confidence": best.get("confidence"), "candidates": result.get("candidates"),
+    return {"path": path, "caption": result.get("caption"), "confidence": result.get("confidence"),
+            "calibrated": result.get("calibrated"), "score": best.get("score"), "candidates": result.get("candidates"),
             "words": result.get("words"), "top_classes": result.get("top_classes"),
             "model": result.get("model"), "error": result.get("error")}
 

@@ -11,6 +11,9 @@ stopped leaves only complete parts, and ``resume=True`` skips the inputs already
 stopped job resumed ends with every input exactly once. A file target (``.jsonl``, ``.csv``,
 ``.parquet``) is written once all parts are in.
 
+Rows (Parquet or JSON Lines): ``path``, ``caption``, ``confidence``, ``calibrated``, ``score``,
+``candidates``, ``words``, ``top_classes``, ``model``, ``error``: the library's result schema with the
+input's path (and the best candidate's ``score``).
 A file that is not a usable image gets a row with ``error`` set; the job goes on.
 """
 

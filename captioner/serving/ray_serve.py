@@ -7,7 +7,7 @@
 Each replica loads the model once. ``POST /v1/caption`` takes one image (the raw request body, or a
 multipart field named ``image`` or ``file``) with decoding settings as query parameters
 (``beam_size``, ``num_candidates``, ``max_length``, ``length_penalty``, ``top_classes``,
-``no_repeat_ngram``) and answers with the library's result schema as JSON. Each request decodes and
+``no_repeat_ngram``, ``when_unsure``) and answers with the library's result schema as JSON. Each request decodes and
 checks its own image (a bad one gets HTTP 400 with the loader's message and costs no one else
 anything); ``@serve.batch`` then gathers the prepared images of concurrent requests and
 ``core.batching`` runs them as one forward pass per group of equal settings
@@ -55,7 +55,8 @@ from captioner.serving.serve_limits import (  # noqa: E402
 
 MAX_BATCH_SIZE = 8  # prepared images per forward pass
 BATCH_WAIT_S = 0.01  # how long the first request of a batch waits for company
-OPTION_NAMES = ("beam_size", "num_candidates", "max_length", "length_penalty", "top_classes", "no_repeat_ngram")
+OPTION_NAMES = ("beam_size", "num_candidates", "max_length", "length_penalty", "top_classes", "no_repeat_ngram",
+                "when_unsure")
 MAX_ONGOING_REQUESTS = 64  # per replica, the mounted page's requests included
 MAX_QUEUED_REQUESTS = 256  # waiting for a replica, beyond which Serve answers 503 at once
 PROXY_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this

@@ -24,7 +24,7 @@ from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.errors import CaptionerError
 from captioner.core.files import IMAGE_SUFFIXES
 from captioner.core.repository.hub import REPO_ID, parse_hub_id
-from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES, OPTIONAL_MODEL_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: app.py, examples/, requirements.txt
 PYTHON_VERSION = "3.10"  # the Hub's default, stated explicitly; the code runs on 3.10+
@@ -261,7 +261,7 @@ def _copy_model(source: Path, target: Path, with_export: bool) -> list[str]:
         raise SpaceError(f"{source} is not a model folder (missing {', '.join(missing)})")
     loaded = load_model(source)
     target.mkdir(parents=True)
-    for name in MODEL_FILES:
+    for name in MODEL_FILES + OPTIONAL_MODEL_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
     if not any((source / name).is_file() for name in SHIPPED_FILES):

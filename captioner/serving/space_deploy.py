@@ -11,7 +11,7 @@ from pathlib import Path
 
 from captioner.core.backends.onnx_export import SHIPPED_FILES
 from captioner.core.repository.hub import hub_reason, hub_unreachable
-from captioner.core.repository.storage import MODEL_FILES
+from captioner.core.repository.storage import MODEL_FILES, OPTIONAL_MODEL_FILES
 from captioner.serving.space import (
     CPU_HARDWARE,
     REQUIRED_MODEL_FILES,
@@ -64,7 +64,7 @@ def check_hub_model(model: HubModel, token: str | None = None, *, with_export: b
     if missing:
         raise SpaceError(f"the Hub repo {model.source!r} is not a captioner model (missing {', '.join(missing)}); "
                          "publish one with `python -m captioner push DIR OWNER/NAME`")
-    wanted = MODEL_FILES + (SHIPPED_FILES if with_export else ())
+    wanted = MODEL_FILES + OPTIONAL_MODEL_FILES + (SHIPPED_FILES if with_export else ())
     return HubModel(model.repo, model.revision, info.sha, tuple(n for n in wanted if n in names))
 
 

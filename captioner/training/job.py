@@ -22,6 +22,7 @@ from captioner.core.model.config import ModelConfig
 from captioner.core.model.network import ShowAndTell
 from captioner.core.model.vocabulary import Vocabulary
 from captioner.core.repository.storage import LoadedModel, load_model
+from captioner.training import calibrate
 from captioner.training import plan as planning
 from captioner.training.checkpoint import read_checkpoint
 from captioner.training.config import FINE_TUNING, FROM_SCRATCH, TrainConfig
@@ -48,8 +49,16 @@ class Finished:
 
 
 FinishingStep = Callable[[Finished], None]
+
+
+def calibrate_confidence(finished: Finished) -> None:
+    """The temperature of the kept model's confidence, fitted on the validation split (``calibrate``)."""
+    calibrate.calibrate_confidence(finished.model, finished.val_items, finished.val_features,
+                                   finished.result.out_dir, finished.say)
+
+
 # Run in order after training on the kept model; a step may add files to ``result.out_dir``.
-FINISHING_STEPS: list[FinishingStep] = []
+FINISHING_STEPS: list[FinishingStep] = [calibrate_confidence]
 
 
 def build_config(vocab_size: int, backbone: str = "efficientnet-lite0", encoder_output: str = "features", *,

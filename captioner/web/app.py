@@ -20,6 +20,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
+from captioner.core.options import DecodeOptions
 from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.file_guard import FileInputGuard
@@ -28,8 +29,10 @@ from captioner.web.handlers import (
     BEAM,
     DEFAULT_BEAM,
     GREEDY,
+    KEEP_WORDS,
     MAX_PAGE_BEAM,
     OVERLAY_SIDE,
+    SAY_LESS,
     admission,
     beam_controls,
     bind,
@@ -44,6 +47,7 @@ from captioner.web.handlers import (
     ui_options,
     word_choices,
 )
+from captioner.web.honesty import CONFIDENCE_NOTE
 from captioner.web.state import EXAMPLES_DIR, AppState, load_state
 from captioner.web.views import ASK_FOR_A_PHOTO, model_panel, placeholder
 
@@ -132,6 +136,11 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
                                                    elem_id="candidates-shown")
                             max_length = gr.Slider(2, page_max_length(length), value=length, step=1,
                                                    label="Maximum length (words)", elem_id="max-length")
+                            when_unsure = gr.Radio([SAY_LESS, KEEP_WORDS], value=SAY_LESS, label="When unsure",
+                                                   elem_id="when-unsure",
+                                                   info="Say less: a general word (\"a bird\") when the model is "
+                                                        "unsure of the specific one, and \"nothing the model "
+                                                        "recognises\" when it recognises nothing.")
                     with gr.Column(scale=6):
                         caption_view = gr.Markdown(placeholder(ASK_FOR_A_PHOTO), elem_id="caption-text")
                         copy = gr.Button("Copy caption", size="sm", variant="secondary", visible=False,
@@ -156,9 +165,7 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
                     gallery = gr.Dataset(components=[photo], samples=[[str(path)] for path in app.examples],
                                          type="index", samples_per_page=24, label="Examples: click one to caption it",
                                          elem_id="examples")
-                gr.Markdown("Confidence is the geometric mean of the words' probabilities (exp of the "
-                            "score, the mean log-probability per word). Add your own photos to "
-                            "`examples/` to see them here.")
+                gr.Markdown(CONFIDENCE_NOTE, elem_id="confidence-note")
             with gr.Tab("Batch", id="batch"):
                 gr.Markdown("Caption many photos at once, for alt text: upload images or `.zip` archives. "
                             "The decoding settings of the Caption tab apply.")
@@ -182,6 +189,7 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
             api_beam = gr.Number(DEFAULT_BEAM, precision=0, label="beam_size")
             api_candidates = gr.Number(None, precision=0, label="num_candidates")  # None: as many as beam_size
             api_length = gr.Number(length, precision=0, label="max_length")
+            api_unsure = gr.Textbox(DecodeOptions.when_unsure, label="when_unsure")
             api_result = gr.JSON(label="result")
             api_caption_button = gr.Button()
             api_caption = gr.Textbox("", label="caption")
@@ -192,9 +200,10 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
         # What each event runs. Caption, explain and batch events read their files themselves
         # (preprocess=False, see handlers) and are refused before they join the queue when their
         # client has its share waiting or running (the validator).
-        controls = [search, beam_size, candidates, max_length]
+        controls = [search, beam_size, candidates, max_length, when_unsure]
         panels = [caption_view, words_view, candidates_view, classes_view, shown_caption, copy]
-        gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release],
+        gr.on([photo.change, run.click, search.change, beam_size.release, candidates.release, max_length.release,
+               when_unsure.change],
               inputs=[photo, *controls], outputs=[*panels, photo, beam_size, candidates, max_length],
               preprocess=False, api_visibility="private",
               **queued(caption_photo, app, "caption"),
@@ -213,12 +222,12 @@ def build_app(source: str | os.PathLike | None = None, *, bundled: str | os.Path
                           api_visibility="private")
         # Not batch=True: Gradio fails a whole batch when one request fails. Each call decodes its
         # own image (so a bad one fails alone) and SharedCaptioner merges the model work instead.
-        api_caption_button.click(inputs=[api_image, api_beam, api_candidates, api_length], outputs=api_result,
+        api_caption_button.click(inputs=[api_image, api_beam, api_candidates, api_length, api_unsure], outputs=api_result,
                                  api_name="caption", preprocess=False, **queued(caption_api, app, "caption"))
         api_explain_button.click(inputs=[api_image, api_caption, api_beam, api_length],
                                  outputs=[api_explanation, api_overlays], api_name="explain", preprocess=False,
                                  **queued(explain_api, app, "explain"))
-        run_batch.click(inputs=[files, search, beam_size, max_length],
+        run_batch.click(inputs=[files, search, beam_size, max_length, when_unsure],
                         outputs=[batch_table, batch_summary, csv_button, json_button], api_visibility="private",
                         preprocess=False, **queued(caption_batch, app, "batch"))
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)

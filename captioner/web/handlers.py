@@ -32,6 +32,7 @@ from captioner.core.options import MAX_BEAM_SIZE, DecodeOptions, whole_number
 from captioner.web.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
 from captioner.web.batcher import SharedCaptioner
 from captioner.web.guards import InputRefused, upload_source
+from captioner.web.honesty import caption_details, confidence_text
 from captioner.web.outputs import OutputsFull
 from captioner.web.state import AppState
 from captioner.web.views import (
@@ -46,6 +47,8 @@ from captioner.web.views import (
 )
 
 BEAM, GREEDY = "Beam search", "Greedy"
+SAY_LESS, KEEP_WORDS = "Say less (a general word)", "Keep the model's caption"
+WHEN_UNSURE_CHOICES = {SAY_LESS: "generalise", KEEP_WORDS: "keep"}
 DEFAULT_BEAM = 3
 MAX_PAGE_BEAM = 10  # the page's beam size and candidates sliders go up to this (the API to MAX_BEAM_SIZE)
 # Longest side of the word heatmaps the app computes and of the overlays it returns: the maps are made
@@ -157,16 +160,21 @@ def require_model(app: AppState) -> SharedCaptioner:
     return app.shared
 
 
-def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
+def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, default_length: int,
+               when_unsure: Any = SAY_LESS) -> DecodeOptions:
     """The Caption and Batch tabs' settings, checked (``ValueError`` names the setting). The
     candidates slider may exceed the beam size: the beam size wins, as the slider says."""
     if search not in (BEAM, GREEDY):
         raise ValueError(f"search must be {BEAM!r} or {GREEDY!r}, got {search!r}")
+    if when_unsure not in WHEN_UNSURE_CHOICES:
+        raise ValueError(f"when unsure must be {SAY_LESS!r} or {KEEP_WORDS!r}, got {when_unsure!r}")
+    unsure = WHEN_UNSURE_CHOICES[when_unsure]
     if search == GREEDY:
-        return DecodeOptions(beam_size=1, max_length=max_length).resolved(default_length)
+        return DecodeOptions(beam_size=1, max_length=max_length, when_unsure=unsure).resolved(default_length)
     beam = whole_number("beam_size", beam_size, 2, MAX_BEAM_SIZE, "beam search")
     shown = whole_number("num_candidates", candidates, 1, MAX_BEAM_SIZE)
-    return DecodeOptions(beam_size=beam, num_candidates=min(shown, beam), max_length=max_length).resolved(default_length)
+    return DecodeOptions(beam_size=beam, num_candidates=min(shown, beam), max_length=max_length,
+                         when_unsure=unsure).resolved(default_length)
 
 
 def page_max_length(default_length: int) -> int:
@@ -186,10 +194,13 @@ def on_slider(name: str, value: Any, low: int, high: int) -> int:
         raise
 
 
-def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
+def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int,
+                when_unsure: Any = None) -> DecodeOptions:
     """The ``caption`` endpoint's settings, checked as sent (``ValueError`` names the setting)."""
     return DecodeOptions(beam_size=DEFAULT_BEAM if beam_size is None else beam_size, num_candidates=num_candidates,
-                         max_length=max_length).resolved(default_length)
+                         max_length=max_length,
+                         when_unsure=DecodeOptions.when_unsure if when_unsure in (None, "") else when_unsure
+                         ).resolved(default_length)
 
 
 def explainable(caption: Any, options: DecodeOptions) -> str | None:
@@ -211,7 +222,7 @@ def explainable(caption: Any, options: DecodeOptions) -> str | None:
 # ---- the Caption tab ------------------------------------------------------------------------------
 
 def caption_photo(app: AppState, upload: Any, search: Any, beam_size: Any, candidates: Any, max_length: Any,
-                  request: gr.Request) -> tuple:
+                  when_unsure: Any, request: gr.Request) -> tuple:
     """The caption, its words, the candidates and the encoder's classes for the photo in the box, and the
     sliders' settings as used: a number typed into a slider's box beyond its ends is moved to the end,
     and the box shows what was used.
@@ -226,7 +237,7 @@ def caption_photo(app: AppState, upload: Any, search: Any, beam_size: Any, candi
     if not upload:
         return (gr.skip(),) * 7 + sliders
     model = require_model(app)
-    options = ui_options(search, *settings, app.default_length)
+    options = ui_options(search, *settings, app.default_length, when_unsure)
     source = image_source(upload)
     try:
         result = model.caption(source, options)
@@ -234,7 +245,8 @@ def caption_photo(app: AppState, upload: Any, search: Any, beam_size: Any, candi
         cleared = problem(f"This file cannot be captioned: {error}."), [], [], None, "", gr.Button(visible=False)
         return (*cleared, None, *sliders)
     words, colours = word_colours(result)
-    return (caption_heading(result), gr.HighlightedText(value=words, color_map=colours), candidate_rows(result),
+    details = caption_details(result, model.captioner.config.emits_classes)
+    return (f"{caption_heading(result)}\n{details}", gr.HighlightedText(value=words, color_map=colours), candidate_rows(result),
             top_classes(result), result.caption, gr.Button(visible=bool(result.caption)), gr.skip(), *sliders)
 
 
@@ -288,14 +300,17 @@ def show_example(app: AppState, index: Any) -> str:
 # ---- the API ----------------------------------------------------------------------------------------
 
 def caption_api(app: AppState, image: Any, beam_size: Any = None, num_candidates: Any = None, max_length: Any = None,
-                request: gr.Request = None) -> dict:
-    """Caption one image. Returns {caption, candidates: [{caption, score, confidence, words}],
-    words: [{word, probability}], top_classes: [{label, probability}] | null, model}.
+                when_unsure: Any = None, request: gr.Request = None) -> dict:
+    """Caption one image. Returns {caption, confidence, calibrated, candidates: [{caption,
+    confidence, calibrated, score, decoded, words, mentions, cut}], words: [{word, probability}],
+    top_classes: [{label, probability}] | null, model}. confidence is a calibrated probability
+    that the caption is right (null, with calibrated false, for a model without a fit).
     beam_size 1 is greedy decoding; num_candidates is how many captions to return, at most
-    beam_size (default: beam_size); score is the mean log-probability per word. Bad settings are
+    beam_size (default: beam_size); score is the decoder's mean log-probability per word;
+    when_unsure is generalise (default: a general word when unsure) or keep. Bad settings are
     refused with a message naming them."""
     model = require_model(app)
-    options = api_options(beam_size, num_candidates, max_length, app.default_length)
+    options = api_options(beam_size, num_candidates, max_length, app.default_length, when_unsure)
     return model.caption(image_source(image), options).to_dict()
 
 
@@ -332,12 +347,12 @@ def batch_sources(payload: Any) -> list[str]:
     return paths
 
 
-def caption_batch(app: AppState, files: Any, search: Any, beam_size: Any, max_length: Any, request: gr.Request,
-                  progress: gr.Progress = gr.Progress()) -> tuple:
+def caption_batch(app: AppState, files: Any, search: Any, beam_size: Any, max_length: Any, when_unsure: Any,
+                  request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
     """A table of captions for every image uploaded (zip archives give their members), and the
     same as CSV and JSON downloads."""
     model = require_model(app)
-    options = ui_options(search, beam_size, 1, max_length, app.default_length)
+    options = ui_options(search, beam_size, 1, max_length, app.default_length, when_unsure)
     paths = batch_sources(files)
     if not paths:
         raise gr.Error("Add some images or a .zip archive first.", title="Nothing to caption", print_exception=False)
@@ -354,7 +369,7 @@ def caption_batch(app: AppState, files: Any, search: Any, beam_size: Any, max_le
     folder = app.outputs.new_request()
     csv_path = app.outputs.write(folder, "alt-text.csv", rows_to_csv(rows).encode("utf-8"))
     json_path = app.outputs.write(folder, "alt-text.json", rows_to_json(rows).encode("utf-8"))
-    table = [[row.image, row.caption, "" if row.confidence is None else f"{row.confidence:.1%}", row.error or ""]
+    table = [[row.image, row.caption, "" if row.error else confidence_text(row.confidence), row.error or ""]
              for row in rows]
     failed = sum(1 for row in rows if row.error)
     summary = f"Captioned {len(rows) - failed} of {len(rows)} files" + (

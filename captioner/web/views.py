@@ -8,6 +8,7 @@ import html
 from captioner.core.inference import Captioner
 from captioner.core.repository.modelcard import summarize_card
 from captioner.core.results import CaptionResult
+from captioner.web.honesty import confidence_text
 from captioner.web.provenance import hardware_summary, weights_origin
 
 ASK_FOR_A_PHOTO = "Drop a photo here, paste one, or pick an example below."
@@ -53,7 +54,7 @@ def word_colours(result: CaptionResult) -> tuple[list[tuple[str, str | None]], d
 
 
 def candidate_rows(result: CaptionResult) -> list[list]:
-    return [[rank, shown_caption(c.caption, c.cut), f"{c.confidence:.1%}", round(c.score, 2)]
+    return [[rank, shown_caption(c.caption, c.cut), confidence_text(c.confidence), round(c.score, 2)]
             for rank, c in enumerate(result.candidates, 1)]
 
 

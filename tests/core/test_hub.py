@@ -122,3 +122,23 @@ def test_push_from_the_cli(hub, tiny_model_dir):
                           env=hub.environ(hub.cache_dir), capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert set(hub.files("me/cli-model")) == set(MODEL_FILES)
+
+
+def test_a_hub_model_brings_its_caption_phrases_and_push_publishes_them(hub, tmp_path, example_photos):
+    import shutil
+
+    from captioner.core.confidence import ClassMassRule
+    from captioner.core.confidence.phrases import FILE_NAME
+    from captioner.core.inference import Captioner
+    from captioner.core.repository.storage import BUNDLED_MODEL_DIR
+
+    if not (BUNDLED_MODEL_DIR / FILE_NAME).is_file():
+        pytest.skip("no bundled model")
+    folder = shutil.copytree(BUNDLED_MODEL_DIR, tmp_path / "bundled")
+    push_model(folder, "me/calibrated")
+    assert set(hub.files("me/calibrated")) == {*MODEL_FILES, FILE_NAME}
+    loaded = load_model("me/calibrated")
+    assert (loaded.path / FILE_NAME).read_bytes() == (BUNDLED_MODEL_DIR / FILE_NAME).read_bytes()
+    captioner = Captioner(loaded, torch.device("cpu"))
+    assert isinstance(captioner.confidence, ClassMassRule)
+    assert captioner(example_photos["chelsea-the-cat"]).calibrated

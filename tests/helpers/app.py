@@ -13,10 +13,14 @@ from captioner.web.server import Server
 from tests.helpers.models import make_tiny_model
 
 
+APP_MODEL_TEMPERATURE = 0.5
+
+
 def make_app_model(directory: Path) -> Path:
     """A tiny random decoder on real EfficientNet-Lite0 ImageNet weights whose encoder emits class
     log-probabilities: captions differ between photos, the top-classes panel shows real classes, and
-    ``<end>`` is made unlikely so captions are never empty. Reused when ``directory`` already holds it."""
+    ``<end>`` is made unlikely so captions are never empty; its confidence has a temperature, as
+    ``train`` writes one. Reused when ``directory`` already holds it."""
     from captioner.core.model.encoders import load_pretrained_weights
     from captioner.core.repository.storage import save_model
 
@@ -24,6 +28,7 @@ def make_app_model(directory: Path) -> Path:
         return directory
     model, vocab = make_tiny_model(encoder_output="class_log_probs", end_bias=-1.0)
     load_pretrained_weights(model.encoder.backbone, "efficientnet-lite0")
+    model.config.extra["confidence"] = {"rule": "temperature", "temperature": APP_MODEL_TEMPERATURE}  # as train fits
     return save_model(model, vocab, directory)
 
 

@@ -123,7 +123,11 @@ def test_caption_dataset_matches_the_cli_and_resume_does_no_model_work(cluster, 
         assert row["error"] is None
         assert row["caption"] == expected["caption"], path
         assert [c["caption"] for c in row["candidates"]] == [c["caption"] for c in expected["candidates"]]
-        assert row["confidence"] == pytest.approx(expected["candidates"][0]["confidence"], rel=1e-4)
+        assert row["confidence"] == pytest.approx(expected["confidence"], rel=1e-4) and 0 <= row["confidence"] <= 1
+        assert row["calibrated"] is expected["calibrated"] is True  # the bundled model's fitted confidence
+        mentions, wanted = row["candidates"][0]["mentions"], expected["candidates"][0]["mentions"]
+        assert [m["phrase"] for m in mentions] == [m["phrase"] for m in wanted]
+        assert [m["probability"] for m in mentions] == pytest.approx([m["probability"] for m in wanted], rel=1e-4)
         assert row["model"] == expected["model"]
     assert len({by_path[str(path)]["caption"] for path in good}) > 5  # the photos get different captions
     assert {by_path[str(path)]["error"] for path in broken} == {

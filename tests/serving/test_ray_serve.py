@@ -71,7 +71,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_captions(ser
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, range(16)))
     assert [answer.get("caption") for answer in answers] == expected
-    assert set(answers[0]) == {"caption", "candidates", "words", "top_classes", "model"}
+    assert set(answers[0]) == {"caption", "confidence", "calibrated", "candidates", "words", "top_classes", "model"}
     health = httpx.get(f"{service}/healthz", timeout=60).json()
     assert health["status"] == "ok" and health["requests"] >= 16 and health["backend"] == "torch"
     assert health["largest_batch"] > 1  # at least one forward pass served several requests
@@ -102,6 +102,10 @@ def test_bad_requests_get_the_librarys_message_and_the_next_one_succeeds(service
     answer = httpx.post(f"{service}/v1/caption?beam_size=1&max_length=5", content=good, timeout=60)
     assert answer.status_code == 200
     assert len(answer.json()["candidates"]) == 1 and len(answer.json()["words"]) <= 5
+    answer = httpx.post(f"{service}/v1/caption?when_unsure=maybe", content=good, timeout=60)
+    assert answer.status_code == 422 and "when_unsure must be one of generalise, keep" in answer.json()["error"]
+    answer = httpx.post(f"{service}/v1/caption?when_unsure=keep", content=good, timeout=60)
+    assert answer.status_code == 200 and all(c["decoded"] == c["caption"] for c in answer.json()["candidates"])
     for answer in (httpx.post(f"{service}/v1/caption", content=b"", timeout=60),
                    httpx.post(f"{service}/v1/caption?max_length=x", content=good, timeout=60)):
         assert str(tmp_path.anchor) + "tmp" not in answer.text and "/work" not in answer.text  # no server paths

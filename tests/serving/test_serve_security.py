@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from captioner.web.guards import REFUSED_PATH
+from captioner.web.handlers import SAY_LESS
 from tests.helpers.gradio_http import FILE_META, GradioHTTP
 from tests.helpers.paths import EXAMPLES
 
@@ -64,10 +65,10 @@ def _forms(path: str) -> dict[str, object]:
 
 
 def _events(page: GradioHTTP, payload: object) -> dict[str, tuple[str, object]]:
-    return {"caption": page.call([payload, 3, 3, 20]),
+    return {"caption": page.call([payload, 3, 3, 20, "generalise"]),
             "explain": page.call([payload, "", 3, 20], api="explain"),
-            "page caption": page.join("caption_photo", [payload, "Beam search", 3, 3, 20]),
-            "batch": page.join("caption_batch", [[payload], "Beam search", 3, 20])}
+            "page caption": page.join("caption_photo", [payload, "Beam search", 3, 3, 20, SAY_LESS]),
+            "batch": page.join("caption_batch", [[payload], "Beam search", 3, 20, SAY_LESS])}
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX pipes")
@@ -83,7 +84,7 @@ def test_the_mounted_page_reads_no_server_file_on_any_event(page, planted, uploa
     messages = {str(message) for _, message in answers.values()}
     assert messages == {REFUSED_PATH}, messages  # one message: nothing about the path, no server folder
     assert _listing(upload_dir) == before  # nothing was copied into the upload folder
-    status, outputs = page.call([page.upload(COFFEE.read_bytes(), "coffee.jpg"), 3, 3, 20])
+    status, outputs = page.call([page.upload(COFFEE.read_bytes(), "coffee.jpg"), 3, 3, 20, "generalise"])
     assert status == "ok" and outputs[0]["caption"], outputs
 
 

@@ -202,6 +202,13 @@ def test_command_line_train_resume_and_evaluate(shapes, data, cache_dir, tmp_pat
     assert "Training on 192 images; validating on 48 (the data's own validation split)" in train.stdout
     assert "best epoch 1 of 1" in train.stdout and f"wrote {out}" in train.stdout
     assert sorted(cache_dir.rglob("*.safetensors")) == shards  # every image came from the cache
+    # The end of train calibrates the confidence on the validation split, or says why it could not.
+    fitted = json.loads((out / "config.json").read_text())["extra"].get("confidence")
+    if fitted is None:
+        assert "confidence: not calibrated (all 48 validation captions were" in train.stdout
+    else:
+        assert fitted["rule"] == "temperature" and 0 < fitted["temperature"] < 1000
+        assert f"confidence: temperature {fitted['temperature']:.3f} fitted on 48 validation images" in train.stdout
 
     resumed = run_cli("train", *common, "--epochs", 2, "--resume")
     assert resumed.returncode == 0, resumed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.helpers.app import app, free_port, serve
+from tests.helpers.app import APP_MODEL_TEMPERATURE, app, free_port, serve
 from tests.helpers.paths import ROOT
 from captioner.core.inference import load_captioner
 
@@ -43,9 +44,11 @@ def test_caption_endpoint_returns_the_structured_result(running_app, app_model):
     assert result["caption"] and result["caption"] == want.caption
     assert [c["caption"] for c in result["candidates"]] == [c.caption for c in want.candidates]
     assert len(result["candidates"]) == 3
-    for candidate in result["candidates"]:
-        assert 0 < candidate["confidence"] <= 1
-        assert candidate["confidence"] == pytest.approx(2.718281828 ** candidate["score"])
+    assert result["calibrated"] is True and result["confidence"] == result["candidates"][0]["confidence"]
+    for candidate, wanted in zip(result["candidates"], want.candidates):
+        assert 0 <= candidate["confidence"] <= 1 and candidate["calibrated"] is True
+        assert candidate["confidence"] == pytest.approx(wanted.confidence)  # the library's, as the CLI's
+        assert candidate["confidence"] == pytest.approx(min(1, math.exp(candidate["score"] / APP_MODEL_TEMPERATURE)))
     assert [w["word"] for w in result["words"]] == result["caption"].split()
     assert result["top_classes"][0]["label"] in ("espresso", "cup")
     assert result["model"] == str(app_model)
@@ -57,6 +60,16 @@ def test_decoding_options_reach_the_model(running_app, app_model):
     want = expected(app_model, EXAMPLE, beam_size=1, num_candidates=1, max_length=5)
     assert greedy["caption"] == want.caption and len(greedy["caption"].split()) <= 5
     assert len(greedy["candidates"]) == 1
+
+
+def test_when_unsure_reaches_the_model_and_a_bad_value_is_refused(running_app, app_model):
+    _, client = running_app
+    kept = client.predict(handle_file(EXAMPLE), when_unsure="keep", api_name="/caption")
+    want = expected(app_model, EXAMPLE, when_unsure="keep").to_dict()
+    want.pop("image")
+    assert _rounded(kept) == _rounded(want)
+    with pytest.raises(AppError, match="when_unsure must be one of generalise, keep"):
+        client.predict(handle_file(EXAMPLE), when_unsure="maybe", api_name="/caption")
 
 
 def test_cli_json_web_api_and_batch_json_give_the_same_result(running_app, app_model, tmp_path):
@@ -78,8 +91,8 @@ def test_cli_json_web_api_and_batch_json_give_the_same_result(running_app, app_m
     assert from_cli["image"] == str(photo) and from_batch["image"] == "photo.jpg" and "image" not in from_api
     for result in (from_cli, from_api, from_batch):
         result.pop("image", None)
-    assert set(from_cli) == set(from_api) == set(from_batch) == {"caption", "candidates", "words", "top_classes",
-                                                                 "model"}
+    assert set(from_cli) == set(from_api) == set(from_batch) == {"caption", "confidence", "calibrated", "candidates",
+                                                                 "words", "top_classes", "model"}
     for other in (from_api, from_batch):
         assert json.dumps(_rounded(other), sort_keys=True) == json.dumps(_rounded(from_cli), sort_keys=True)
 
@@ -234,3 +247,18 @@ def test_gallery_lists_the_photos_in_the_examples_folder_and_leaves_out_broken_o
     demo = app.build_demo(tiny_model_dir, examples_dir=tmp_path)
     [gallery] = [block for block in demo.blocks.values() if isinstance(block, gr.Dataset)]
     assert [sample[0]["orig_name"] for sample in gallery.samples] == ["my-own-still.jpg"]
+
+
+def test_confidence_is_shown_in_words_and_numbers_that_mean_what_the_json_means(app_model, tiny_model_dir):
+    from captioner.web.honesty import caption_details, confidence_text
+
+    assert [confidence_text(p) for p in (0.72, 0.7, 0.55, 0.4, 0.18, None)] == [
+        "likely 72%", "likely 70%", "maybe 55%", "maybe 40%", "unsure 18%", "not calibrated"]
+    calibrated = load_captioner(app_model, "cpu")(EXAMPLE)
+    details = caption_details(calibrated, emits_classes=True)
+    assert f"<strong>{confidence_text(calibrated.confidence)}</strong> that this caption is right" in details
+    assert "1000 kinds of animals, objects and places" in details and "cannot describe actions, counts" in details
+    assert "import-legacy --download" in details and "python -m captioner train" in details
+    plain = load_captioner(tiny_model_dir, "cpu")(EXAMPLE)
+    details = caption_details(plain, emits_classes=False)
+    assert "not calibrated" in details and "%" not in details and "1000 kinds" not in details

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from captioner.web.guards import REFUSED_PATH, folder_bytes
-from captioner.web.handlers import MAX_EXPLAINED_WORDS
+from captioner.web.handlers import MAX_EXPLAINED_WORDS, SAY_LESS
 from captioner.web.server import HEAD_TIMEOUT_S, MAX_CONNECTIONS_PER_PEER
 from tests.helpers.app import make_app_model
 from tests.helpers.app_process import FILE_META, PeakRSS, Server, poll
@@ -29,6 +29,7 @@ from tests.helpers.huge_png import write_rgba16_png
 from tests.helpers.paths import ROOT
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
+UNSURE = "generalise"  # the caption API's when_unsure input (the page's is handlers.SAY_LESS)
 pytestmark = [pytest.mark.timeout(900), pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
@@ -58,7 +59,7 @@ def data_url(image: Image.Image) -> str:
 
 
 def still_serving(server: Server, headers: dict | None = None) -> None:
-    status, result = server.call([server.upload(EXAMPLE.read_bytes(), "coffee.jpg", headers), 3, 3, 20],
+    status, result = server.call([server.upload(EXAMPLE.read_bytes(), "coffee.jpg", headers), 3, 3, 20, UNSURE],
                                  headers=headers)
     assert status == "ok" and result["caption"], result
 
@@ -133,14 +134,15 @@ def test_the_example_gallery_answers_bad_indices_with_a_message(server):
 
 def test_every_refusal_of_every_event_has_a_message_never_null(server):
     image = server.upload(EXAMPLE.read_bytes(), "coffee.jpg")
-    cases = {"caption": [[image, 3, 3, {"x": 1}], [image, "three", 3, 20], [[1, 2], 3, 3, 20], [image, 3, 3]],
+    cases = {"caption": [[image, 3, 3, {"x": 1}, UNSURE], [image, "three", 3, 20, UNSURE], [[1, 2], 3, 3, 20, UNSURE],
+                         [image, 3, 3, 20, "maybe"], [image, 3, 3]],
              "explain": [[image, 5, 3, 20], [image, ["a", "b"], 3, 20], [None, "", 3, 20], [image, "?!", 3, 20]]}
     for api, calls in cases.items():
         for data in calls:
             status, message = server.call(data, api=api)
             assert status == "error" and isinstance(message, str) and message, (api, data, message)
-    for fn, data in {"caption_photo": [image, "Beam search", 3, 3, "x"], "caption_batch": [[image], "Greedy", 3, -1],
-                     "show_example": ["x"]}.items():
+    for fn, data in {"caption_photo": [image, "Beam search", 3, 3, "x", SAY_LESS],
+                     "caption_batch": [[image], "Greedy", 3, -1, SAY_LESS], "show_example": ["x"]}.items():
         status, message = server.join(fn, data)
         assert status == "error" and isinstance(message, str) and message, (fn, data, message)
     assert "Traceback" not in log_text(server)
@@ -153,10 +155,10 @@ def test_a_relative_path_is_refused_without_showing_the_servers_folder(server):
     folder = str(server.folder)
     for payload in ({"path": "relative.png", "meta": FILE_META}, {"path": "relative.png"},
                     {"path": "../gradio/x.png", "meta": FILE_META}, {"path": "~/x.png", "meta": FILE_META}):
-        for route, (status, message) in [("call", server.call([payload, 3, 3, 20])),
+        for route, (status, message) in [("call", server.call([payload, 3, 3, 20, UNSURE])),
                                          ("explain", server.call([payload, "", 3, 20], api="explain")),
-                                         ("page", server.join("caption_photo", [payload, "Greedy", 3, 3, 20])),
-                                         ("batch", server.join("caption_batch", [[payload], "Greedy", 3, 20]))]:
+                                         ("page", server.join("caption_photo", [payload, "Greedy", 3, 3, 20, SAY_LESS])),
+                                         ("batch", server.join("caption_batch", [[payload], "Greedy", 3, 20, SAY_LESS]))]:
             if route == "batch" and "meta" not in payload:  # Gradio's file list checks its own form first
                 assert status == "error" and "meta" in message, (payload, route, message)
             else:
@@ -234,13 +236,13 @@ def test_floods_of_all_kinds_from_one_client_leave_another_client_served_and_mem
     huge = server.upload(huge_png, "huge.png", attacker)
     album = server.upload(archive.getvalue(), "album.zip", attacker)
     # one of each first, on the huge image: what a first use leaves behind belongs to idle
-    assert server.call([huge, 1, 1, 9], headers=attacker)[0] == "ok"
+    assert server.call([huge, 1, 1, 9, UNSURE], headers=attacker)[0] == "ok"
     assert server.call([huge, None, 1, 5], headers=attacker, api="explain")[0] == "ok"
-    assert server.join("caption_batch", [[album], "Greedy", 3, 9], attacker)[0] == "ok"
+    assert server.join("caption_batch", [[album], "Greedy", 3, 9, SAY_LESS], attacker)[0] == "ok"
     victim = {"X-Forwarded-For": "10.9.0.2"}
     photo = server.upload(EXAMPLE.read_bytes(), "coffee.jpg", victim)
     started = time.monotonic()
-    assert server.call([photo, 3, 3, 12], headers=victim)[0] == "ok"  # not remembered: the model runs
+    assert server.call([photo, 3, 3, 12, UNSURE], headers=victim)[0] == "ok"  # not remembered: the model runs
     alone = time.monotonic() - started
     time.sleep(1)
     idle = server.rss()
@@ -260,14 +262,14 @@ def test_floods_of_all_kinds_from_one_client_leave_another_client_served_and_mem
             with lock:
                 pending["n"] -= 1
 
-    jobs = [("caption", [huge, 1, 1, 30 + i]) for i in range(16)] + \
+    jobs = [("caption", [huge, 1, 1, 30 + i, UNSURE]) for i in range(16)] + \
         [("explain", [huge, None, 1, 6 + i]) for i in range(4)] + \
-        [("batch", [[album], "Greedy", 3, 20 + i]) for i in range(2)]
+        [("batch", [[album], "Greedy", 3, 20 + i, SAY_LESS]) for i in range(2)]
     with PeakRSS(server.ps) as memory, ThreadPoolExecutor(len(jobs)) as pool:
         answers = pool.map(attack, jobs)
         time.sleep(3)  # the flood is queued and running
         started = time.monotonic()
-        status, result = server.call([photo, 3, 3, 11], headers=victim)
+        status, result = server.call([photo, 3, 3, 11, UNSURE], headers=victim)
         seconds, still_pending = time.monotonic() - started, pending["n"]
         answers = list(answers)
     assert status == "ok" and result["caption"]

@@ -41,7 +41,8 @@ def test_files_and_zip_members_become_one_row_each(tiny_model_dir, example_photo
     for row, photo in zip(rows[:3], ["chelsea-the-cat", "camera", "coffee"]):
         want = captioner(example_photos[photo], beam_size=2, num_candidates=1)
         assert (row.caption, row.error) == (want.caption, None)
-        assert row.score == pytest.approx(want.candidates[0].score, abs=1e-5) and 0 < row.confidence <= 1
+        assert row.score == pytest.approx(want.candidates[0].score, abs=1e-5)
+        assert row.confidence is None and not row.calibrated  # this small model has no fitted calibration
     assert "not an image" in rows[3].error and rows[3].score is None
     assert "truncated or corrupt" in rows[4].error
 
@@ -80,7 +81,8 @@ def test_members_are_read_with_a_limit_and_damaged_archives_become_rows(tmp_path
 
 
 def test_csv_and_json_exports(tmp_path):
-    rows = [CaptionResult("a cat on a table", (Candidate("a cat on a table", -0.5, (("a", 0.5),)),), image="cat.jpg"),
+    rows = [CaptionResult("a cat on a table", (Candidate("a cat on a table", -0.5, (("a", 0.5),), confidence=0.606531),),
+                          image="cat.jpg"),
             failed("=cmd|' /C calc'!A0.jpg", "not an image")]
     table = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
     assert table[0] == {"file": "cat.jpg", "caption": "a cat on a table", "confidence": "0.606531",

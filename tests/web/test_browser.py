@@ -294,3 +294,50 @@ def test_maximum_length_counts_words_and_a_cut_caption_says_so(page, app_model):
     noted = "Cut at 2 words" in page.locator("#caption-text").inner_text()
     assert noted == best.cut == shown.endswith(" …")
     assert words[-1].lower() not in ("a", "an", "the") or noted  # never ends on an article unless it says it was cut
+
+
+@pytest.fixture(scope="module")
+def bundled_url():
+    if not (BUNDLED_MODEL_DIR / "config.json").is_file():
+        pytest.skip("no bundled model")
+    with serve(app.build_demo(BUNDLED_MODEL_DIR)) as url:
+        yield url
+
+
+@pytest.fixture
+def bundled_page(browser, bundled_url, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(bundled_url)
+    page.get_by_role("tab", name="Caption").wait_for()
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
+    context.close()
+
+
+def test_the_bundled_models_tab_shows_its_cards_limits(bundled_page):
+    bundled_page.get_by_role("tab", name="Model").click()
+    panel = bundled_page.locator("#model-panel")
+    panel.get_by_text("What it can and cannot say").wait_for()
+    text = panel.inner_text()
+    assert "cannot describe actions, counts" in text
+    assert "does not describe this model's limits" not in text
+
+
+def test_a_caption_shows_its_confidence_in_words_and_what_the_model_knows(bundled_page):
+    photo = EXAMPLES / "chelsea-the-cat.jpg"
+    bundled_page.locator("#photo input[type=file]").set_input_files(photo)
+    confidence = bundled_page.locator("#caption-text .confidence")
+    confidence.wait_for()
+    expected = load_captioner(BUNDLED_MODEL_DIR, "cpu")(photo, beam_size=3, num_candidates=3)
+    from captioner.web.honesty import confidence_text
+
+    assert confidence.inner_text().startswith(confidence_text(expected.confidence))
+    assert re.fullmatch(r"(likely|maybe|unsure) \d+%", confidence_text(expected.confidence))
+    knows = bundled_page.locator("#caption-text .knows").inner_text()
+    assert "1000 kinds of animals, objects and places" in knows and "cannot describe actions, counts or colours" in knows
+    assert "import-legacy --download" in knows
+    want = confidence_text(expected.candidates[0].confidence)
+    bundled_page.wait_for_function("(want) => document.querySelector('#candidates').innerText.includes(want)", arg=want)

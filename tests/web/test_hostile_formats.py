@@ -47,7 +47,7 @@ def app(tmp_path_factory):
 
 
 def _caption_normal_photo(app: Server) -> None:
-    status, result = app.call([app.upload((EXAMPLES / "coffee.jpg").read_bytes(), "coffee.jpg"), 3, 3, 20])
+    status, result = app.call([app.upload((EXAMPLES / "coffee.jpg").read_bytes(), "coffee.jpg"), 3, 3, 20, "generalise"])
     assert status == "ok" and result["caption"], result
 
 
@@ -61,7 +61,7 @@ def test_sixteen_clients_sending_a_crafted_file_at_once(app, name, tmp_path):
 
     def attack(i: int) -> tuple[str, object]:
         headers = {"X-Forwarded-For": f"10.9.{len(name)}.{i}"}  # sixteen clients (uvicorn trusts it from 127.0.0.1)
-        return app.call([app.upload(data, f"{i}-{name}", headers), 1, 1, 20], headers=headers)
+        return app.call([app.upload(data, f"{i}-{name}", headers), 1, 1, 20, "generalise"], headers=headers)
 
     started = time.monotonic()
     with PeakRSS(app.ps) as memory, ThreadPoolExecutor(REQUESTS) as pool:

@@ -36,7 +36,7 @@ from captioner.web.guards import (
     InputRefused,
     upload_source,
 )
-from captioner.web.handlers import SHARES
+from captioner.web.handlers import SAY_LESS, SHARES
 from tests.helpers.app import make_app_model
 from tests.helpers.app_process import FILE_META, PeakRSS, Server, poll, raw_post
 from tests.helpers.app_process import detail as _detail
@@ -44,6 +44,7 @@ from tests.helpers.huge_png import write_rgba16_png
 from tests.helpers.paths import ROOT
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
+UNSURE = "generalise"  # the API's when_unsure input (the page's is handlers.SAY_LESS)
 MEMORY_BUDGET = 1024 * 1024 * 1024  # peak RSS above idle for 16 concurrent worst-case images (SECURITY.md)
 EXPLAIN_MEMORY_BUDGET = 384 * 1024 * 1024  # peak RSS above idle for the word heatmaps of one huge photo (SECURITY.md)
 pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -80,7 +81,7 @@ def huge_jpeg() -> bytes:
 
 
 def _assert_still_serving(server: Server) -> None:
-    status, result = server.call([server.upload(EXAMPLE.read_bytes(), "coffee.jpg"), 3, 3, 20])
+    status, result = server.call([server.upload(EXAMPLE.read_bytes(), "coffee.jpg"), 3, 3, 20, UNSURE])
     assert status == "ok" and result["caption"], result
 
 
@@ -111,9 +112,9 @@ def test_server_paths_are_refused_the_same_way_whether_or_not_they_exist(server,
         messages = {}
         for name, path in cases.items():
             payload = _path_forms(path)[form]
-            for route, answer in [("call", server.call([payload, 3, 3, 20])),
-                                  ("api join", server.join("caption", [payload, 3, 3, 20])),
-                                  ("page join", server.join("caption_photo", [payload, "Beam search", 3, 3, 20])),
+            for route, answer in [("call", server.call([payload, 3, 3, 20, UNSURE])),
+                                  ("api join", server.join("caption", [payload, 3, 3, 20, UNSURE])),
+                                  ("page join", server.join("caption_photo", [payload, "Beam search", 3, 3, 20, SAY_LESS])),
                                   ("explain", server.call([payload, "", 3, 20], api="explain"))]:
                 status, message = answer
                 assert status == "error", (form, name, route, message)  # no caption
@@ -122,14 +123,14 @@ def test_server_paths_are_refused_the_same_way_whether_or_not_they_exist(server,
         for route in ("call", "api join", "page join", "explain"):
             distinct = {messages[(name, route)] for name in cases}
             assert len(distinct) == 1, (form, route, distinct)  # says nothing about the path
-    status, message = server.call([{"path": str(secret)}, 3, 3, 20])
+    status, message = server.call([{"path": str(secret)}, 3, 3, 20, UNSURE])
     assert message == REFUSED_PATH
     _assert_still_serving(server)
 
 
 def test_the_batch_tab_reads_only_uploads(server):
     for payload in ({"path": "/etc/passwd"}, {"path": "/etc/passwd", "meta": FILE_META}, "/etc/passwd"):
-        status, message = server.join("caption_batch", [[payload], "Beam search", 3, 20])
+        status, message = server.join("caption_batch", [[payload], "Beam search", 3, 20, SAY_LESS])
         assert status == "error" and message, payload
         assert "root:" not in str(message)
 
@@ -144,7 +145,7 @@ def test_gradio_client_path_dicts_are_refused(server):
 
 
 def test_web_addresses_are_not_fetched(server):
-    status, message = server.call([{"path": "http://127.0.0.1:9/image.png"}, 3, 3, 20])
+    status, message = server.call([{"path": "http://127.0.0.1:9/image.png"}, 3, 3, 20, UNSURE])
     assert status == "error" and "not fetched" in message
 
 
@@ -180,12 +181,12 @@ def test_an_oversized_data_url_is_refused_before_it_is_read(server):
 def test_a_data_url_over_the_inline_cap_is_refused_on_its_encoded_length(server):
     encoded = "A" * (MAX_INLINE_IMAGE_BYTES // 3 * 4 + 4000)  # under the body cap, over the image cap
     assert len(encoded) + 200 < MAX_JSON_BODY_BYTES
-    status, message = server.call([{"url": "data:image/png;base64," + encoded}, 3, 3, 20])
+    status, message = server.call([{"url": "data:image/png;base64," + encoded}, 3, 3, 20, UNSURE])
     assert status == "error" and "too large" in message and "upload it as a file" in message
-    status, message = server.call([{"url": "data:image/png;base64,!!not base64!!"}, 3, 3, 20])
+    status, message = server.call([{"url": "data:image/png;base64,!!not base64!!"}, 3, 3, 20, UNSURE])
     assert status == "error" and "not valid base64" in message
     small = base64.b64encode(EXAMPLE.read_bytes()).decode()
-    status, result = server.call([{"url": "data:image/jpeg;base64," + small}, 3, 3, 20])
+    status, result = server.call([{"url": "data:image/jpeg;base64," + small}, 3, 3, 20, UNSURE])
     assert status == "ok" and result["caption"]
 
 
@@ -231,7 +232,7 @@ def test_uploads_are_refused_while_the_upload_folder_is_full(server, folder):
         refused = poll(upload_status, lambda response: response.status_code != 200)
         assert refused.status_code == 507 and "upload space is full" in _detail(refused)
         inline = "data:image/jpeg;base64," + base64.b64encode(EXAMPLE.read_bytes()).decode()
-        status, result = server.call([{"url": inline}, 1, 1, 20])
+        status, result = server.call([{"url": inline}, 1, 1, 20, UNSURE])
         assert status == "ok" and result["caption"]
     finally:
         filler.unlink()
@@ -253,7 +254,7 @@ def test_a_batch_over_its_byte_cap_is_refused_before_it_is_read(server, folder):
             response.raise_for_status()
             uploads += [{"path": path, "orig_name": Path(path).name, "meta": FILE_META} for path in response.json()]
         assert len({upload["path"] for upload in uploads}) == 6
-        status, message = server.join("caption_batch", [uploads, "Greedy", 3, 20])
+        status, message = server.join("caption_batch", [uploads, "Greedy", 3, 20, SAY_LESS])
         assert status == "error" and "540 MB" in message and "limit 500 MB per batch" in message, message
     finally:
         part.unlink()
@@ -272,13 +273,13 @@ BAD_VALUES = {"non-numeric": "abc", "NaN": math.nan, "infinity": math.inf, "bool
 def test_each_bad_setting_gets_a_message_naming_it(server, parameter, position):
     image = server.upload(EXAMPLE.read_bytes(), "coffee.jpg")
     for kind, value in BAD_VALUES.items():
-        data = [image, 3, 3, 20]
+        data = [image, 3, 3, 20, UNSURE]
         data[position] = value
         status, message = server.call(data, raw=json.dumps({"data": data}).encode())  # NaN / Infinity literals
         assert status == "error", (parameter, kind)
         assert message and parameter in message, (parameter, kind, message)
         assert "must be a whole number" in message
-    status, result = server.call([image, 3, 3, 20])
+    status, result = server.call([image, 3, 3, 20, UNSURE])
     assert status == "ok" and result["caption"]
 
 
@@ -290,20 +291,20 @@ def test_bad_settings_through_gradio_client_and_the_page(server):
     with pytest.raises(AppError, match=r"num_candidates must be a whole number from 1 to 2 \(at most beam_size"):
         client.predict(handle_file(EXAMPLE), beam_size=2, num_candidates=3, api_name="/caption")
     image = server.upload(EXAMPLE.read_bytes(), "coffee.jpg")
-    status, message = server.join("caption_photo", [image, "Sampling", 3, 3, 20])
+    status, message = server.join("caption_photo", [image, "Sampling", 3, 3, 20, SAY_LESS])
     assert status == "error" and "search" in message and "Beam search" in message
     for position, name in [(2, "beam_size"), (3, "num_candidates"), (4, "max_length")]:
         for value in ("abc", 2.5, True):
-            data = [image, "Beam search", 3, 3, 20]
+            data = [image, "Beam search", 3, 3, 20, SAY_LESS]
             data[position] = value
             status, message = server.join("caption_photo", data)
             assert status == "error" and name in message, (name, value, message)
     for value in ("abc", 2.5, True, math.inf):
         status, message = server.call([image, "", value, 20], api="explain")
         assert status == "error" and "beam_size" in message, (value, message)
-    status, message = server.join("caption_batch", [[image], "Beam search", 3, 0])
+    status, message = server.join("caption_batch", [[image], "Beam search", 3, 0, SAY_LESS])
     assert status == "error" and "max_length" in message
-    status, result = server.join("caption_photo", [image, "Greedy", 3, 3, 20])
+    status, result = server.join("caption_photo", [image, "Greedy", 3, 3, 20, SAY_LESS])
     assert status == "ok"
 
 
@@ -312,13 +313,13 @@ def test_bad_settings_through_gradio_client_and_the_page(server):
 def test_sixteen_concurrent_huge_pngs_stay_within_the_memory_budget(server, huge_png):
     _assert_still_serving(server)
     image = server.upload(huge_png, "huge.png")
-    assert server.call([image, 3, 3, 20])[0] == "ok"  # one first: what a single decode leaves behind is idle
+    assert server.call([image, 3, 3, 20, UNSURE])[0] == "ok"  # one first: what a single decode leaves behind is idle
     time.sleep(1)
     idle = server.rss()
 
     def attack(i: int) -> tuple[str, str]:
         headers = {"X-Forwarded-For": f"10.2.0.{i}"}  # sixteen clients (uvicorn trusts it from 127.0.0.1)
-        return server.call([server.upload(huge_png, f"huge{i}.png", headers), 1, 1, 20 + i], headers=headers)
+        return server.call([server.upload(huge_png, f"huge{i}.png", headers), 1, 1, 20 + i, UNSURE], headers=headers)
 
     with PeakRSS(server.ps) as memory, ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(attack, range(16)))
@@ -376,13 +377,13 @@ def test_a_client_filling_the_batch_queue_does_not_hold_up_captions(server, huge
     for headers in attackers:  # two batches each: the batch queue's share of the server is full
         for _ in range(2):
             status, session = server.join("caption_batch", [[server.upload(archive, "album.zip", headers)],
-                                                            "Beam search", 3, 20], headers, wait=False)
+                                                            "Beam search", 3, 20, SAY_LESS], headers, wait=False)
             assert status == "queued", session
             queued.append(session)
     status, message = server.join("caption_batch", [[server.upload(archive, "album.zip", attackers[0])],
-                                                    "Beam search", 3, 20], attackers[0], wait=False)
+                                                    "Beam search", 3, 20, SAY_LESS], attackers[0], wait=False)
     assert status == "error" and "Too many requests" in message and "limit 2" in message
-    status, message = server.join("caption_batch", [[server.upload(archive, "album.zip")], "Beam search", 3, 20],
+    status, message = server.join("caption_batch", [[server.upload(archive, "album.zip")], "Beam search", 3, 20, SAY_LESS],
                                   {"X-Forwarded-For": "10.3.0.99"}, wait=False)
     assert status == "error" and "busy" in message
 
@@ -419,12 +420,12 @@ def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server,
     headers = {"X-Forwarded-For": "10.6.0.1"}
     image = server.upload(huge_png, "huge.png", headers)
     # slow images (seconds each): none is done before all have been let in or refused
-    answers = _submit_at_once(server, [[image, 1, 1, 30 + i] for i in range(share + 4)], headers, "caption")
+    answers = _submit_at_once(server, [[image, 1, 1, 30 + i, UNSURE] for i in range(share + 4)], headers, "caption")
     refused = [message for status, message in answers if status == "error"]
     assert len(refused) == 4 and all("Too many requests" in message and f"limit {share}" in message
                                      for message in refused)
     assert sum(status == "ok" for status, _ in answers) == share
-    status, result = server.call([image, 1, 1, 20], headers={"X-Forwarded-For": "10.6.0.2"})
+    status, result = server.call([image, 1, 1, 20, UNSURE], headers={"X-Forwarded-For": "10.6.0.2"})
     assert status == "ok" and result["caption"]
 
 
@@ -433,7 +434,7 @@ def test_a_client_asking_one_caption_at_a_time_is_never_refused(server):
     finished is not counted, however fast it was."""
     headers = {"X-Forwarded-For": "10.6.0.3"}
     image = server.upload(EXAMPLE.read_bytes(), "coffee.jpg", headers)
-    answers = [server.call([image, 1, 1, 8], headers=headers) for _ in range(24)]
+    answers = [server.call([image, 1, 1, 8, UNSURE], headers=headers) for _ in range(24)]
     assert [status for status, _ in answers] == ["ok"] * 24, answers
 
 

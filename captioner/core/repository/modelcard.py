@@ -11,7 +11,10 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-_LIMIT_HEADINGS = re.compile(r"limit|bias|caveat|risk|out[- ]of[- ]scope|not (?:for|intended)|warning", re.I)
+# Headings of sections about what a model cannot do: "Limitations", "Bias, risks and limitations",
+# "What it can and cannot say", "Known issues", "Out-of-scope use", ...
+_LIMIT_HEADINGS = re.compile(r"limit|bias|caveat|risk|out[- ]of[- ]scope|not (?:for|intended)|warning|"
+                             r"can(?:not|'t| not)\b|known (?:issue|problem)|shortcoming|failure", re.I)
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 

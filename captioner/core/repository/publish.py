@@ -8,7 +8,7 @@ from pathlib import Path
 from captioner.core.backends.onnx_export import SHIPPED_FILES, verify_shipped
 from captioner.core.errors import ModelSourceError
 from captioner.core.repository.hub import hub_reason
-from captioner.core.repository.storage import CARD_FILES, MODEL_FILES, load_model
+from captioner.core.repository.storage import CARD_FILES, MODEL_FILES, OPTIONAL_MODEL_FILES, load_model
 
 
 def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
@@ -28,7 +28,7 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
     try:
         create_repo(repo_id, private=private, exist_ok=True)
         info = upload_folder(repo_id=repo_id, folder_path=model_dir,
-                             allow_patterns=[*MODEL_FILES, *CARD_FILES, *export], delete_patterns=stale,
+                             allow_patterns=[*MODEL_FILES, *OPTIONAL_MODEL_FILES, *CARD_FILES, *export], delete_patterns=stale,
                              revision=revision, commit_message=commit_message or "Upload captioner model")
     except Exception as error:
         raise ModelSourceError(f"could not push {model_dir} to {repo_id!r}: {hub_reason(error)}") from None

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from captioner.core.confidence.phrases import FILE_NAME as PHRASES_FILE
 from captioner.core.errors import ModelFormatError, ModelSourceError
 from captioner.core.files import file_sha256
 from captioner.core.model.config import ModelConfig
@@ -38,6 +39,9 @@ def _bundled_model_dir() -> Path:
 
 BUNDLED_MODEL_DIR = _bundled_model_dir()
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "README.md")
+# Files a model repository may also have, fetched, saved over and published with it when present:
+# caption_phrases.json, what a classifier model's caption phrases name (``core.confidence``).
+OPTIONAL_MODEL_FILES = (PHRASES_FILE,)
 CARD_FILES = ("training.png",)  # pictures a model card may show, published with the model when present
 
 
@@ -93,7 +97,8 @@ def _resolve(where: Source, force_download: bool = False, optional_files: Sequen
     """The local directory of a located source, downloaded from the Hub when it is a Hub repository."""
     if where.repo is None:
         return where.directory
-    return download_snapshot(where.repo, where.revision, where.asked, MODEL_FILES, force_download=force_download,
+    return download_snapshot(where.repo, where.revision, where.asked, MODEL_FILES + OPTIONAL_MODEL_FILES,
+                             force_download=force_download,
                              optional_files=optional_files)
 
 
@@ -209,7 +214,7 @@ def _replace_dir(new: Path, target: Path) -> None:
     """Swap ``new`` in for ``target``, keeping any files of the target that are not model files."""
     if target.exists():
         for other in target.iterdir():
-            if other.name not in MODEL_FILES and not (new / other.name).exists():
+            if other.name not in MODEL_FILES + OPTIONAL_MODEL_FILES and not (new / other.name).exists():
                 os.replace(other, new / other.name)
         old = target.with_name(f".{target.name}-old-{os.getpid()}")
         os.replace(target, old)
