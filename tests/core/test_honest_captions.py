@@ -12,7 +12,7 @@ from tests.helpers.odd_images import odd_images
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_MODEL_DIR / FILE_NAME).is_file(), reason="no bundled model")
 RESULT_KEYS = {"image", "caption", "confidence", "calibrated", "candidates", "words", "top_classes", "model"}
-CANDIDATE_KEYS = {"caption", "confidence", "calibrated", "score", "decoded", "words", "mentions"}
+CANDIDATE_KEYS = {"caption", "confidence", "calibrated", "score", "decoded", "words", "mentions", "cut"}
 
 
 @pytest.fixture(scope="module")
