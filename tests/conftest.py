@@ -1,4 +1,8 @@
-"""Shared fixtures: small random models in the real format, example photos."""
+"""Shared fixtures: small random models in the real format, example photos; hypothesis profiles.
+
+``HYPOTHESIS_PROFILE=ci`` (set by ``.ci/run``) runs many examples per property; the default ``dev``
+profile runs a few, so that a local run stays quick.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from captioner.core.repository.storage import save_model
 from tests.helpers.models import make_tiny_model
 from tests.helpers.paths import EXAMPLES
+
+settings.register_profile("ci", max_examples=350)
+settings.register_profile("dev", max_examples=40)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session", autouse=True)

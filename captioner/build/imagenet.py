@@ -71,6 +71,8 @@ class WordNet:
             )
         self._data = self.path.read_bytes()
         self._cache: dict[str, Synset] = {}
+        self._index: dict[str, tuple[str, ...]] | None = None
+        self._exceptions: dict[str, tuple[str, ...]] | None = None
 
     def synset(self, synset_id: str) -> Synset:
         """The synset with this id (``n02123045``)."""
@@ -97,6 +99,55 @@ class WordNet:
             if symbol in ("@", "@i") and target_pos == "n":
                 hypernyms.append("n" + target)
         return Synset(synset_id, lemmas, tuple(hypernyms), gloss.strip())
+
+    def noun_synsets(self, word: str) -> tuple[str, ...]:
+        """Ids of the noun synsets ``word`` names, most frequent sense first (``index.noun``).
+
+        A word WordNet lists only in another form is looked up as its base form the way WordNet's
+        own ``morphy`` does for nouns: the irregular plurals of ``noun.exc``, then ``-s``/``-es``/
+        ``-ies`` endings.
+        """
+        index = self._noun_index()
+        key = word.strip().lower().replace(" ", "_")
+        for form in (key, *self._base_forms(key)):
+            if form in index:
+                return index[form]
+        return ()
+
+    def lists(self, word: str) -> bool:
+        """Whether ``word`` is itself a noun lemma of WordNet (no base form looked for)."""
+        return word.strip().lower().replace(" ", "_") in self._noun_index()
+
+    def _base_forms(self, word: str) -> list[str]:
+        forms = list(self._noun_exceptions().get(word, ()))
+        for suffix, replacement in (("ies", "y"), ("ses", "s"), ("xes", "x"), ("ches", "ch"), ("shes", "sh"),
+                                    ("s", "")):
+            if word.endswith(suffix) and len(word) > len(suffix) + 1:
+                forms.append(word[: -len(suffix)] + replacement)
+        return forms
+
+    def _noun_index(self) -> dict[str, tuple[str, ...]]:
+        if self._index is None:
+            index = {}
+            for line in (self.path.parent / "index.noun").read_text(encoding="utf-8").splitlines():
+                if line.startswith(" "):
+                    continue  # the licence at the top of the file
+                fields = line.split()
+                synset_count = int(fields[2])
+                index[fields[0]] = tuple("n" + offset for offset in fields[-synset_count:])
+            self._index = index
+        return self._index
+
+    def _noun_exceptions(self) -> dict[str, tuple[str, ...]]:
+        if self._exceptions is None:
+            path = self.path.parent / "noun.exc"
+            lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+            self._exceptions = {fields[0]: tuple(fields[1:]) for fields in map(str.split, lines) if len(fields) > 1}
+        return self._exceptions
+
+    def is_a(self, synset_id: str, ancestor_id: str) -> bool:
+        """Whether ``ancestor_id`` is ``synset_id`` or one of its ancestors (any hypernym path)."""
+        return ancestor_id in self.ancestors(synset_id)
 
     def hypernym_chain(self, synset_id: str) -> list[str]:
         """Ids from ``synset_id``'s parent up to ``entity``, following the first hypernym."""

@@ -131,13 +131,13 @@ def _load_or_refuse(data: bytes) -> None:
     assert image.mode == "RGB" and image.width > 0 and image.height > 0
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096))
 def test_fuzz_random_bytes(data):
     _load_or_refuse(data)
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(SEEDS)), st.data())
 def test_fuzz_mutated_real_images(fmt, data):
     """Flip, overwrite or cut bytes of real encoded images: the cases real decoders stumble on."""
