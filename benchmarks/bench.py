@@ -143,12 +143,12 @@ def _serve_backend(connection, source: str | None, backend: str, images: list[st
             torch.set_num_threads(threads)
         timer = time.process_time if clock_name == "cpu" else time.perf_counter
         captioner = fresh_captioner(source, backend)
-        pixels = [captioner.preprocess(load_image(p)).unsqueeze(0) for p in images]
+        pixels = [captioner.pipeline.preprocess(load_image(p)).unsqueeze(0) for p in images]
         count = len(images)
-        actions = {"floor": lambda i: captioner.backbone_features(pixels[i % count]),
-                   "caption": lambda i, beam, length: captioner.caption(images[i % count], beam_size=beam,
+        actions = {"floor": lambda i: captioner.pipeline.features(pixels[i % count]),
+                   "caption": lambda i, beam, length: captioner(images[i % count], beam_size=beam,
                                                                         max_length=length),
-                   "batch": lambda size: captioner.caption([images[j % count] for j in range(size)])}
+                   "batch": lambda size: captioner([images[j % count] for j in range(size)], batch_size=size)}
         connection.send(captioner.config.backbone)
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises it
         connection.send(error)
@@ -258,7 +258,7 @@ def time_loads(source: str | None, table: Table, name: str) -> Callable:
             captioner = fresh_captioner(source, backend)
             seconds.append(clock() - start)
         table.rows.append([name, backend, round(seconds[0], 2), round(seconds[1], 2)])
-    return captioner.preprocess
+    return captioner.pipeline.preprocess
 
 
 def start_workers(source: str | None, images: list[Path], args: argparse.Namespace) -> dict[str, BackendProcess]:
@@ -392,7 +392,7 @@ def reload_per_call(files: dict[str, Path], images: list[Path], count: int) -> t
     captioner = fresh_captioner(str(files["model"]))
     loaded = clock() - start
     for i in range(count):
-        captioner.caption(images[i % len(images)], beam_size=1)
+        captioner(images[i % len(images)], beam_size=1)
     ours = clock() - start
     table = Table(f"ResNet-152: {count} captions, reloading everything per call vs loaded once",
                   ["flow", "total s", "s per caption", "x faster than reload-per-call"])

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                    "Score / caption"])
     ratios = []
     for photo in photos:
-        caption = captioner.caption(photo, beam_size=3).caption
-        calls = {"caption": lambda: captioner.caption(photo, beam_size=3),
+        caption = captioner(photo, beam_size=3).caption
+        calls = {"caption": lambda: captioner(photo, beam_size=3),
                  "explain": lambda: captioner.explain(photo, beam_size=3),
                  "given": lambda: captioner.explain(photo, caption),
                  "score": lambda: captioner.score(photo, caption)}

@@ -24,7 +24,7 @@ from tables import Table, cpu_name  # noqa: E402
 CHILD = """
 import json, sys, time, torch
 from captioner.core.config import ModelConfig
-from captioner.core.model import ShowAndTell
+from captioner.core.model.network import ShowAndTell
 config = ModelConfig(backbone=sys.argv[1], vocab_size=10000, encoder_output=sys.argv[2])
 
 def build_seconds():

@@ -60,8 +60,8 @@ def main() -> None:
     paths, references = test_set()
     features = {}
     for name, files in (("examples", examples), ("test set", paths)):
-        pixels = torch.stack([captioner.prepare(p) for p in files])
-        features[name] = captioner.backbone_features(pixels)
+        pixels = torch.stack([captioner.pipeline.prepare(p) for p in files])
+        features[name] = captioner.pipeline.features(pixels)
     print(f"model: {captioner.loaded.source}\n")
     print("| decoding | no_repeat_ngram | example captions repeating a bigram | beam candidates repeating a "
           "bigram | test-set BLEU-4 | test-set CIDEr |")

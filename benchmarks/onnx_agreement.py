@@ -85,8 +85,8 @@ def compare(source: str | None, photos: list[tuple[str, Image.Image]], beams: tu
         for start in range(0, len(photos), batch_size):
             chunk = photos[start:start + batch_size]
             images = [image for _, image in chunk]
-            mine = torch_captioner.caption(images, beam_size=beam)
-            theirs = onnx_captioner.caption(images, beam_size=beam)
+            mine = torch_captioner(images, beam_size=beam)
+            theirs = onnx_captioner(images, beam_size=beam)
             for (name, _), a, b in zip(chunk, mine, theirs):
                 compared += 1
                 score_a, score_b = a.candidates[0].score, b.candidates[0].score

@@ -127,7 +127,7 @@ def steps_per_caption(loaded) -> dict[int, float]:
         decoder.step = lambda *a, **k: (calls.append(1), step(*a, **k))[1]
         try:
             for photo in photos:
-                captioner.caption(photo, beam_size=beam)
+                captioner(photo, beam_size=beam)
         finally:
             del decoder.step
         counted[beam] = len(calls) / len(photos)

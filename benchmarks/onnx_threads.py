@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CAPTIONER_CACHE"] = cache
         torch_captioner = Captioner(load_model(args.model, "cpu"), torch.device("cpu"), "torch")
         onnx_captioner = Captioner(load_model(args.model, "cpu"), torch.device("cpu"), "onnx")
-        backend = onnx_captioner._onnx
+        backend = onnx_captioner.pipeline.onnx
         sessions = {name: tuple(ort.InferenceSession(str(path), onnx_backend.session_options(config, threads),
                                                      providers=["CPUExecutionProvider"])
                                 for path, threads in ((backend.path, None), (backend.step_path, step_threads)))
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         def caption_with(name: str | None, beam: int):
             def run(r: int) -> None:
                 if name is None:
-                    torch_captioner.caption(photos[r % len(photos)], beam_size=beam)
+                    torch_captioner(photos[r % len(photos)], beam_size=beam)
                     return
-                backend.session, onnx_captioner._onnx.steps.step.session = sessions[name]
-                onnx_captioner.caption(photos[r % len(photos)], beam_size=beam)
+                backend.session, onnx_captioner.pipeline.onnx.steps.step.session = sessions[name]
+                onnx_captioner(photos[r % len(photos)], beam_size=beam)
             return run
 
         rows = [(name, beam) for beam in (1, 3) for name in [None, *SETTINGS]]

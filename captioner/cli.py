@@ -35,8 +35,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
     with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
               disable=len(args.images) <= args.batch_size) as bar:
-        results = captioner.caption_many(args.images, options, batch_size=args.batch_size,
-                                         progress=lambda done, total: bar.update(done - bar.n))
+        results = captioner(args.images, options, errors="return", batch_size=args.batch_size,
+                            progress=lambda done, total: bar.update(done - bar.n))
     show_names = len(args.images) > 1
     overlays = _explain_results(captioner, results, args) if args.explain else {}
     for index, result in enumerate(results):

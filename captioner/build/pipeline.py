@@ -141,8 +141,8 @@ def measure(model_dir: Path, test_log_probs: np.ndarray, test_captions: list[str
     captioner = Captioner(loaded, torch.device(device))
     names = imagenet_class_names()
     for name, path in (photos or {}).items():
-        greedy_result = captioner.caption(path, beam_size=1)
-        beam_result = captioner.caption(path, beam_size=3)
+        greedy_result = captioner(path, beam_size=1)
+        beam_result = captioner(path, beam_size=3)
         top = [names.index(label) for label, _ in greedy_result.top_classes]
         allowed = grammar_captions(top)
         report.photos.append(PhotoCheck(name, greedy_result.caption, beam_result.caption, greedy_result.top_classes,

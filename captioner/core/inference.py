@@ -1,60 +1,66 @@
-"""The one inference path: image sources -> pixels -> backbone features -> captions -> results.
+"""The one inference path, as users call it: ``load_captioner`` and ``Captioner``.
+
+    from captioner import load_captioner
+    captioner = load_captioner()                   # cached: the same object for the same model
+    result = captioner("photo.jpg")                # one image -> one CaptionResult
+    results = captioner(paths, errors="return")    # a list -> a list, a bad image as a result with error
 
 Every front end (the CLI, the Python API, the app's shared batcher and batch tab, evaluation,
-validation during training, the bundled-model build, Ray) goes through ``captions.caption_features``,
-directly or through ``Captioner``:
-
-    sources --prepare--> pixels --backbone_features--> features --caption_features--> CaptionResult
-
-``Captioner.backbone_features`` and the decoder step it hands the search are the one place a backend
-plugs in (torch, or ONNX Runtime on CPU: ``backends``); ``caption_features`` projects, decodes and
-builds the results for any model.
+validation during training, the bundled-model build, Ray) ends in ``captions.caption_features``,
+through a ``Captioner``'s stages (``pipeline``). The backend (torch, or ONNX Runtime on CPU:
+``backends``) plugs in there, once per loaded model.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
-from captioner.core.backends.choice import requested_backend, resolve_backend, start
+from captioner.core.backends.choice import BackendChoice, choose_backend, start
 from captioner.core.backends.onnx_export import SHIPPED_FILES
-from captioner.core.captions import caption_features
 from captioner.core.devices import select_device
-from captioner.core.errors import ImageError
 from captioner.core.explain import gradcam, scoring
-from captioner.core.explain.gradcam import DEFAULT_HEATMAP_SIDE
+from captioner.core.explain.gradcam import DEFAULT_HEATMAP_SIDE, Explanation
+from captioner.core.explain.scoring import WordScore
 from captioner.core.images.decode import ImageSource
-from captioner.core.images.preprocess import load_pixels, prepare_pixels, preprocessor_for
-from captioner.core.model.encoders import optimize_for_inference
 from captioner.core.options import DecodeOptions
-from captioner.core.repository.storage import LoadedModel, describe_source, load_model
-from captioner.core.results import CaptionResult, failed
+from captioner.core.pipeline import Forward, Pipeline
+from captioner.core.repository.storage import LoadedModel, load_model, locate
+from captioner.core.results import CaptionResult
+
+Errors = Literal["raise", "return"]
+BATCH_SIZE = 8  # images per forward pass when a list is captioned
 
 
 class Captioner:
     """Captions images with one loaded model; thread-safe (inference only touches read-only state).
 
-    ``backend`` is ``"torch"``, ``"onnx"`` (the backbone and the decoder step run in ONNX Runtime:
-    ``backends.onnx_runtime``) or ``"auto"`` (see ``backends.choice.resolve_backend``). With torch on CPU its
-    encoder's backbone is optimised for inference when it is created (``encoders.optimize_for_inference``:
-    same outputs, faster), so ``model`` is for inference only and its ``state_dict`` is no longer the
-    model file's.
+    Call it: ``captioner(image)`` gives one ``CaptionResult``, ``captioner([image, ...])`` a list.
+    ``backend``: ``"torch"``, ``"onnx"`` (the backbone and the decoder step run in ONNX Runtime:
+    ``backends.onnx_runtime``), ``"auto"``, or a ``BackendChoice`` (``backends.choice``). With torch on
+    CPU the encoder's backbone is optimised for inference when it is created
+    (``Encoder.optimize_for_inference``), so ``model`` is for inference only.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str = "torch"):
+    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str | BackendChoice = "torch"):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
-        self._onnx = start(loaded, backend, device)  # None: torch
-        self.backend = "onnx" if self._onnx is not None else "torch"
-        if device.type == "cpu" and self._onnx is None:
-            self.model.encoder.backbone = optimize_for_inference(self.model.encoder.backbone)
-        self.preprocess = preprocessor_for(self.config)
-        self._class_names: list[str] | None = None
+        onnx = start(loaded, choose_backend(backend, device))  # None: torch
+        self.backend = "onnx" if onnx is not None else "torch"
+        if device.type == "cpu" and onnx is None:
+            self.model.encoder.optimize_for_inference()
+        self._pipeline = Pipeline(loaded, device, onnx)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The internal stages, for front ends that batch requests themselves (``core.pipeline``)."""
+        return self._pipeline
 
     @property
     def info(self) -> dict[str, Any]:
@@ -65,99 +71,73 @@ class Captioner:
     @property
     def class_names(self) -> list[str] | None:
         """ImageNet class names, for models whose encoder emits class probabilities."""
-        if self._class_names is None and self.config.emits_classes:
-            from captioner.core.model.imagenet_classes import imagenet_class_names
+        return self._pipeline.class_names
 
-            self._class_names = imagenet_class_names()
-        return self._class_names
+    @overload
+    def __call__(self, images: ImageSource, options: DecodeOptions | None = None, *, errors: Errors = "raise",
+                 name: str | None = None, **settings: Any) -> CaptionResult: ...
 
-    # --- the path, step by step -------------------------------------------------------------
+    @overload
+    def __call__(self, images: list[ImageSource] | tuple[ImageSource, ...], options: DecodeOptions | None = None, *,
+                 errors: Errors = "raise", names: Sequence[str | None] | None = None, batch_size: int = BATCH_SIZE,
+                 progress: Callable[[int, int], None] | None = None, **settings: Any) -> list[CaptionResult]: ...
 
-    def prepare(self, source: ImageSource) -> torch.Tensor:
-        """One image as model input ``(3, H, W)``: decoded once, checked, preprocessed.
-        Raises ``ImageError`` for an unusable image."""
-        pixels = prepare_pixels(source, self.preprocess)
-        if isinstance(pixels, str):
-            raise ImageError(pixels)
-        return pixels
+    def __call__(self, images, options=None, *, errors="raise", name=None, names=None, batch_size=BATCH_SIZE,
+                 progress=None, **settings):
+        """Caption one image (one result back) or a list or tuple of them (a list back, in order,
+        ``batch_size`` images per forward pass).
 
-    def backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The backbone's outputs for a preprocessed batch ``(B, 3, H, W)``, from the chosen backend."""
-        if self._onnx is not None:
-            return self._onnx(pixels)
-        with torch.inference_mode():
-            return self.model.encoder.backbone_features(pixels.to(self.device))
-
-    def caption_pixels(self, pixels: torch.Tensor, options: DecodeOptions | None = None) -> list[CaptionResult]:
-        """Caption a preprocessed batch ``(B, 3, H, W)``."""
-        options = (options or DecodeOptions()).resolved(self.config.max_length)  # refuse bad settings before work
-        return caption_features(self.model, self.vocab, self.backbone_features(pixels), options,
-                                steps=self._onnx.steps if self._onnx is not None else None,
-                                class_names=self.class_names, model_name=self.loaded.source)
-
-    # --- what callers use -------------------------------------------------------------------
-
-    def caption(self, images: ImageSource | Sequence[ImageSource], options: DecodeOptions | None = None,
-                **settings: Any) -> CaptionResult | list[CaptionResult]:
-        """Caption one image (returns one result) or a list of images (one batched forward, a list back).
-
-        Settings are a ``DecodeOptions`` or its fields as keywords (``beam_size=1`` is greedy).
-        Raises ``ImageError`` for an unusable image (for a list: naming the first one), ``ValueError``
-        for bad settings. ``caption_many`` reports bad images per item instead.
+        Settings are a ``DecodeOptions`` or its fields as keywords (``beam_size=1`` is greedy); bad
+        settings raise ``ValueError`` before any image is read. ``errors="raise"``: ``ImageError`` for an
+        unusable image (for a list, naming the first); ``errors="return"``: such an image gets a result
+        with ``error`` set, and the others are captioned. ``name`` / ``names`` label the results
+        (``CaptionResult.image``; default: the paths given). ``progress(done, total)`` runs after each pass.
         """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
         options = _options(options, settings)
-        pixels, single = self.pixels_of(images)
-        if pixels is None:
-            return []
-        results = self.caption_pixels(pixels, options)
-        return results[0] if single else results
+        if isinstance(images, (list, tuple)):
+            return self._pipeline.caption_each(images, options, names=names, batch_size=batch_size,
+                                               progress=progress, raise_errors=errors == "raise")
+        if names is not None:
+            raise TypeError("names labels a list of images; for one image, use name")
+        [result] = self._pipeline.caption_each([images], options, names=None if name is None else [name],
+                                               progress=progress, raise_errors=errors == "raise")
+        return result
 
-    def pixels_of(self, images: ImageSource | Sequence[ImageSource]) -> tuple[torch.Tensor | None, bool]:
-        """(the batch for one image or a list of them, whether one image was given); ``None`` for an
-        empty list. Raises ``ImageError`` for an unusable image (for a list: naming the first one)."""
-        single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
-        if not batch:
-            return None, single
-        pixels, _, failures = load_pixels(batch, self.preprocess)
-        if failures:
-            index, why = failures[0]
-            raise ImageError(why if single else f"image {index + 1} of {len(batch)}: {why}")
-        return pixels, single
+    def with_forward(self, wrap: Callable[[Forward], Forward]) -> Captioner:
+        """This captioner, sharing its model, with every forward pass run inside ``wrap``
+        (``Pipeline.with_forward``; e.g. ``spaces.GPU`` on ZeroGPU hardware)."""
+        wrapped = copy.copy(self)
+        wrapped._pipeline = self._pipeline.with_forward(wrap)
+        return wrapped
 
-    def caption_many(self, sources: Sequence[ImageSource], options: DecodeOptions | None = None, *,
-                     names: Sequence[str] | None = None, batch_size: int = 8,
-                     progress: Callable[[int, int], None] | None = None) -> list[CaptionResult]:
-        """One result per source, in order, ``batch_size`` images per forward pass. An unusable image
-        gets a result with ``error`` set and never costs the others a second pass. ``names`` label
-        the results (default: the paths given). ``progress(done, total)`` runs after each pass."""
-        options = _options(options, {}).resolved(self.config.max_length)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        names = list(names) if names is not None else [_name(source) for source in sources]
-        results: list[CaptionResult | None] = [None] * len(sources)
-        with ThreadPoolExecutor(2) as pool:  # decoding releases the GIL: two images at once
-            for start in range(0, len(sources), batch_size):
-                chunk = list(sources[start:start + batch_size])
-                pixels, kept, failures = load_pixels(chunk, self.preprocess, pool)
-                for index, why in failures:
-                    results[start + index] = failed(names[start + index], why, self.loaded.source)
-                if pixels is not None:
-                    for index, result in zip(kept, self.caption_pixels(pixels, options)):
-                        results[start + index] = result.named(names[start + index])
-                if progress:
-                    progress(min(start + batch_size, len(sources)), len(sources))
-        return results  # type: ignore[return-value]
-
-    def score(self, images: ImageSource | Sequence[ImageSource], caption: str) -> list:
-        """Each word of ``caption`` (and ``<end>``) with its probability, per image (``explain.score``)."""
+    def score(self, images: ImageSource | Sequence[ImageSource], caption: str
+              ) -> list[WordScore] | list[list[WordScore]]:
+        """Each word of ``caption`` (and ``<end>``) with its probability, per image (``explain.scoring``)."""
         return scoring.score(self, images, caption)
 
     def explain(self, image: ImageSource, caption: str | None = None, *, beam_size: int = 3,
-                max_length: int | None = None, heatmap_side: int | None = DEFAULT_HEATMAP_SIDE):
+                max_length: int | None = None, heatmap_side: int | None = DEFAULT_HEATMAP_SIDE) -> Explanation:
         """Per-word Grad-CAM heatmaps of ``caption`` or of the model's own caption, at most
-        ``heatmap_side`` pixels on the longer side (None: the decoded image's size) (``explain.explain``)."""
-        return gradcam.explain(self, image, caption, beam_size=beam_size, max_length=max_length, heatmap_side=heatmap_side)
+        ``heatmap_side`` pixels on the longer side (None: the decoded image's size) (``explain.gradcam``)."""
+        return gradcam.explain(self, image, caption, beam_size=beam_size, max_length=max_length,
+                               heatmap_side=heatmap_side)
+
+    def caption(self, images: ImageSource | Sequence[ImageSource], options: DecodeOptions | None = None,
+                **settings: Any) -> CaptionResult | list[CaptionResult]:
+        """Deprecated: call the captioner, ``captioner(images, ...)``."""
+        warnings.warn("Captioner.caption is deprecated: call the captioner, captioner(images, ...)",
+                      DeprecationWarning, stacklevel=2)
+        return self(images, options, **settings)
+
+    def caption_many(self, sources: Sequence[ImageSource], options: DecodeOptions | None = None, *,
+                     names: Sequence[str] | None = None, batch_size: int = BATCH_SIZE,
+                     progress: Callable[[int, int], None] | None = None) -> list[CaptionResult]:
+        """Deprecated: ``captioner(sources, errors="return", ...)``."""
+        warnings.warn('Captioner.caption_many is deprecated: call captioner(sources, errors="return", ...)',
+                      DeprecationWarning, stacklevel=2)
+        return self(list(sources), options, errors="return", names=names, batch_size=batch_size, progress=progress)
 
 
 def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeOptions:
@@ -166,32 +146,36 @@ def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeO
     return options if options is not None else DecodeOptions(**settings)
 
 
-def _name(source: ImageSource) -> str | None:
-    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-
-
 _cache: dict[tuple[str, str, str], Captioner] = {}
 _cache_lock = threading.Lock()
 
 
 def load_captioner(source: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                   backend: str | None = None) -> Captioner:
-    """The captioner for ``source`` (a directory, ``owner/name[@rev]``, or None for
-    ``$CAPTIONER_MODEL`` / the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or
-    ``onnx``; None: ``$CAPTIONER_BACKEND``, else ``auto``), loaded once and cached. A Hub model loaded
-    for the onnx backend brings its repository's ONNX export (``onnx/``) when it has one."""
+                   backend: str | BackendChoice | None = None, *, cache: bool = True) -> Captioner:
+    """The captioner for ``source`` (a directory, ``owner/name[@rev]``, or None for ``$CAPTIONER_MODEL``,
+    read now, else the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or ``onnx``, or
+    a ``BackendChoice``; None: ``$CAPTIONER_BACKEND``, else ``auto``).
+
+    Loaded once and cached, keyed by where the model is (a directory's resolved path, a Hub id with its
+    revision), the device and the backend; ``cache=False`` loads a fresh one and keeps it out of the cache
+    (e.g. after the model's files changed). A Hub model loaded for the onnx backend brings its
+    repository's ONNX export (``onnx/``) when it has one."""
     device = select_device(device)
-    backend = requested_backend(backend)
-    first_choice = resolve_backend(backend, device)
-    name = describe_source(source)
+    choice = choose_backend(backend, device)
+    where = locate(source)
+    if not cache:
+        return _load(where, device, choice)
     with _cache_lock:
-        for key in ((name, str(device), backend), (name, str(device), first_choice)):
+        for key in ((where.key, str(device), choice.asked), (where.key, str(device), choice.first)):
             if key in _cache:  # "auto" shares the captioner of the backend it chose
                 return _cache[key]
-        onnx = first_choice == "onnx"  # ONNX Runtime runs the backbone from its graph: torch's is built if needed
-        loaded = load_model(source, device, defer_backbone=onnx,
-                            optional_files=SHIPPED_FILES if onnx else ())
-        captioner = Captioner(loaded, device, backend)
-        _cache[(name, str(device), backend)] = captioner
-        _cache.setdefault((name, str(device), captioner.backend), captioner)  # auto fell back: not under "onnx"
+        captioner = _load(where, device, choice)
+        _cache[(where.key, str(device), choice.asked)] = captioner
+        _cache.setdefault((where.key, str(device), captioner.backend), captioner)  # auto fell back: not "onnx"
         return captioner
+
+
+def _load(where, device: torch.device, choice: BackendChoice) -> Captioner:
+    onnx = choice.first == "onnx"  # ONNX Runtime runs the backbone from its graph: torch's is built if needed
+    loaded = load_model(where, device, defer_backbone=onnx, optional_files=SHIPPED_FILES if onnx else ())
+    return Captioner(loaded, device, choice)

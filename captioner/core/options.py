@@ -18,22 +18,22 @@ MAX_LENGTH_RANGE = (2, 200)
 MAX_TOP_CLASSES = 20
 MAX_NO_REPEAT_NGRAM = 10
 LENGTH_PENALTY_RANGE = (0.0, 5.0)
-# What runs the model (``onnx_backend.requested_backend`` checks the choice); here, not in onnx_backend,
-# so that the command line's parsers name them without importing torch.
+# What runs the model (``backends.choice`` checks the choice); here, so that the command line's parsers
+# name them without importing torch.
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecodeOptions:
-    """How to decode; ``beam_size=1`` is greedy. ``None`` fields take the model's defaults.
+    """How to decode (keywords only); ``beam_size=1`` is greedy. ``None`` fields take the model's defaults.
 
     ``num_candidates``: captions kept per image (at most ``beam_size``; greedy keeps one).
     ``length_penalty``: beam scores are log-probability sums divided by ``length ** length_penalty``.
     ``top_classes``: ImageNet classes reported for class-probability encoders (0: none).
     ``no_repeat_ngram``: forbid any n-gram of this many words from appearing twice in a caption (0: off).
-    The default, 2, was measured on the bundled model (``benchmarks/no_repeat_ngram.py``): it removed
-    every repeated bigram from its beam candidates and changed none of its scores.
+    The default, 2: on the bundled model it removes every repeated bigram from the beam candidates and
+    changes none of their scores (``benchmarks/no_repeat_ngram.py``).
     """
 
     beam_size: int = 3

@@ -5,7 +5,7 @@
 
 The input paths are listed (or read from a table) on the driver, streamed through an actor pool
 (``map_batches`` with ``ActorPoolStrategy``: each actor loads the model once and captions batches
-with ``Captioner.caption_many``, decoding images in threads beside the forward pass), and the driver
+with ``Captioner.pipeline.caption_each``, decoding images in threads beside the forward pass), and the driver
 writes the results in parts of ``rows_per_part`` rows. A part is written under a temporary name and
 then renamed, so a job that is killed leaves only complete parts; ``resume=True`` skips the inputs
 already in them, so a killed job resumed ends with every input exactly once.
@@ -281,22 +281,9 @@ class CaptionWorker:
         self.options, self.batch_size = options, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        from captioner.core.results import failed
-
         paths = [str(path) for path in batch["path"]]
-        results: list[Any] = [None] * len(paths)
-        readable, sources = [], []
-        for index, path in enumerate(paths):
-            source = _open_source(path)
-            if isinstance(source, Exception):
-                results[index] = failed(path, str(source), self.captioner.loaded.source)
-            else:
-                readable.append(index)
-                sources.append(source)
-        captioned = self.captioner.caption_many(sources, self.options, names=[paths[i] for i in readable],
-                                                batch_size=self.batch_size)
-        for index, result in zip(readable, captioned):
-            results[index] = result
+        results = self.captioner.pipeline.caption_each([_open_source(path) for path in paths], self.options,
+                                                       names=paths, batch_size=self.batch_size)
         return {"path": paths, "result": [json.dumps(result.to_dict(), ensure_ascii=False) for result in results],
                 "backend": [self.captioner.backend] * len(paths)}
 

@@ -10,7 +10,7 @@ multipart field named ``image`` or ``file``) with decoding settings as query par
 ``no_repeat_ngram``) and answers with the library's result schema as JSON. Each request decodes and
 checks its own image (a bad one gets HTTP 400 with the loader's message and costs no one else
 anything); ``@serve.batch`` then gathers the prepared images of concurrent requests and runs them as
-one forward pass (``Captioner.caption_pixels``). ``GET /healthz`` reports the model and how many
+one forward pass (``Captioner.pipeline.caption_batch``). ``GET /healthz`` reports the model and how many
 forward passes served how many requests. The Gradio app (``captioner.web.app.build_demo``) is mounted at ``/``.
 """
 
@@ -94,7 +94,7 @@ class CaptionService:
     async def caption_image(self, data: bytes, options: DecodeOptions):
         """Decode and check one image (``ImageError`` for a bad one), then caption it in a shared pass."""
         options = options.resolved(self.captioner.config.max_length)  # ValueError names a bad setting
-        pixels = await asyncio.get_running_loop().run_in_executor(None, self.captioner.prepare, data)
+        pixels = await asyncio.get_running_loop().run_in_executor(None, self.captioner.pipeline.prepare, data)
         return await self.caption_batch((pixels, options))
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
@@ -102,7 +102,7 @@ class CaptionService:
         return await asyncio.get_running_loop().run_in_executor(None, self._forward, requests)
 
     def _forward(self, requests: list[tuple[Any, DecodeOptions]]) -> list[Any]:
-        """Requests with the same settings share one ``caption_pixels`` call."""
+        """Requests with the same settings share one ``caption_batch`` call."""
         import torch
 
         results: list[Any] = [None] * len(requests)
@@ -111,7 +111,7 @@ class CaptionService:
             groups.setdefault(options, []).append(index)
         for options, members in groups.items():
             batch = torch.stack([requests[i][0] for i in members])
-            for index, result in zip(members, self.captioner.caption_pixels(batch, options)):
+            for index, result in zip(members, self.captioner.pipeline.caption_batch(batch, options)):
                 results[index] = result
             with self._stats_lock:
                 self.forward_passes += 1

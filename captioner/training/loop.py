@@ -946,7 +946,7 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
                        progress: bool = True) -> EvaluationResult:
     """Caption every item with each beam size (1 = greedy) and score each decoding.
 
-    ``captioner`` is a ``service.Captioner``; each batch of images is encoded once and decoded
+    ``captioner`` is an ``inference.Captioner``; each batch of images is encoded once and decoded
     with every beam size. Unusable images are skipped and listed.
     """
     from tqdm import tqdm
@@ -963,11 +963,11 @@ def evaluate_captioner(captioner: Any, items: Sequence[Any], *, beam_sizes: Sequ
         for start in tqdm(range(0, len(items), batch_size), desc="captioning", unit="batch", disable=not progress,
                           file=sys.stderr):
             batch = items[start:start + batch_size]
-            pixels, kept, failures = load_pixels([i.image_path for i in batch], captioner.preprocess, pool)
+            pixels, kept, failures = captioner.pipeline.load([i.image_path for i in batch], pool)
             skipped += [(str(batch[index].image_path), why) for index, why in failures]
             if pixels is None:
                 continue
-            features = captioner.backbone_features(pixels)  # encoded once, decoded with every beam size
+            features = captioner.pipeline.features(pixels)  # encoded once, decoded with every beam size
             for name, beam in zip(names, beam_sizes):
                 options = DecodeOptions(beam_size=beam, num_candidates=1, max_length=max_length, top_classes=0)
                 for index, result in zip(kept, caption_features(model, captioner.vocab, features, options)):

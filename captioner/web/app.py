@@ -111,16 +111,16 @@ def ui_options(search: Any, beam_size: Any, candidates: Any, max_length: Any, de
     if search not in (BEAM, GREEDY):
         raise ValueError(f"search must be {BEAM!r} or {GREEDY!r}, got {search!r}")
     if search == GREEDY:
-        return DecodeOptions(1, None, max_length).resolved(default_length)
+        return DecodeOptions(beam_size=1, max_length=max_length).resolved(default_length)
     beam = whole_number("beam_size", beam_size, 2, MAX_BEAM_SIZE, "beam search")
     shown = whole_number("num_candidates", candidates, 1, MAX_BEAM_SIZE)
-    return DecodeOptions(beam, min(shown, beam), max_length).resolved(default_length)
+    return DecodeOptions(beam_size=beam, num_candidates=min(shown, beam), max_length=max_length).resolved(default_length)
 
 
 def api_options(beam_size: Any, num_candidates: Any, max_length: Any, default_length: int) -> DecodeOptions:
     """The ``caption`` endpoint's settings, checked as sent (``ValueError`` names the setting)."""
-    return DecodeOptions(DEFAULT_BEAM if beam_size is None else beam_size, num_candidates,
-                         max_length).resolved(default_length)
+    return DecodeOptions(beam_size=DEFAULT_BEAM if beam_size is None else beam_size, num_candidates=num_candidates,
+                         max_length=max_length).resolved(default_length)
 
 
 def _user_error(error: Exception, title: str) -> gr.Error:

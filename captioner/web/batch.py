@@ -25,7 +25,7 @@ from captioner.core.errors import ImageError
 from captioner.core.images.decode import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size
 from captioner.core.inference import Captioner
 from captioner.core.options import DecodeOptions
-from captioner.core.results import CaptionResult, failed
+from captioner.core.results import CaptionResult
 
 MAX_FILES = 1000  # images per batch, loose files and zip members together
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what all zip members may unpack to, together
@@ -136,9 +136,8 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: 
         progress(0, total)
     for start in range(0, total, batch_size):
         chunk = inputs[start:start + batch_size]
-        chunk_results: list[CaptionResult | None] = [None] * len(chunk)
-        readable, data = [], []
-        for index, item in enumerate(chunk):
+        entries: list[bytes | ImageError] = []
+        for item in chunk:
             try:
                 blob = item.read()
                 width, height = image_size(blob) or (0, 0)
@@ -147,15 +146,11 @@ def caption_inputs(captioner: Captioner, inputs: Sequence[BatchInput], options: 
                     raise ImageError(f"this batch's images exceed {max_pixels / 1e6:g} megapixels together; "
                                      "caption this file in another batch")
                 used += pixels
-                data.append(blob)
-                readable.append(index)
+                entries.append(blob)
             except ImageError as error:
-                chunk_results[index] = failed(item.name, str(error), captioner.loaded.source)
-        captioned = captioner.caption_many(data, options, names=[chunk[i].name for i in readable],
-                                           batch_size=batch_size)
-        for index, result in zip(readable, captioned):
-            chunk_results[index] = result
-        results += chunk_results
+                entries.append(error)
+        results += captioner.pipeline.caption_each(entries, options, names=[item.name for item in chunk],
+                                                   batch_size=batch_size)
         if progress:
             progress(min(start + batch_size, total), total)
     return results

@@ -72,7 +72,7 @@ class SharedCaptioner:
         """Caption one image, decoded once here. Raises ``ImageError`` for an unusable image, ``ValueError``
         for bad options. Results are immutable: a remembered one is returned as is."""
         options = options.resolved(self.captioner.config.max_length)
-        pixels = self.captioner.prepare(image)
+        pixels = self.captioner.pipeline.prepare(image)
         key = (hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).digest(), options)
         with self._memo_lock:
             if key in self._memo:
@@ -138,7 +138,7 @@ class SharedCaptioner:
                 return
 
     def _call_model(self, pixels: torch.Tensor, options: DecodeOptions) -> list[CaptionResult]:
-        return self.captioner.caption_pixels(pixels, options)
+        return self.captioner.pipeline.caption_batch(pixels, options)
 
     def _forward(self, options: DecodeOptions, requests: list[_Request]) -> None:
         try:

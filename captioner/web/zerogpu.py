@@ -55,22 +55,7 @@ def gpu_wrapper(duration: int = FORWARD_SECONDS) -> Callable[[F], F]:
     return wrap
 
 
-class WrappedCaptioner:
-    """A view of a captioner whose model call (``caption_pixels``) runs inside ``wrap``: the
-    captioner's own methods (``caption``, ``caption_many``, ...) run on this view, so every forward
-    pass they make goes through the wrapped call; other attributes are the captioner's."""
-
-    def __init__(self, captioner, wrap: Callable[[F], F]):
-        self._captioner = captioner
-        self.caption_pixels = wrap(captioner.caption_pixels)
-
-    def __getattr__(self, name: str):
-        method = getattr(type(self._captioner), name, None)
-        if callable(method) and not isinstance(method, (property, type)):
-            return method.__get__(self)
-        return getattr(self._captioner, name)
-
-
 def wrap_captioner(captioner, wrap: Callable[[F], F]):
-    """``captioner`` itself when ``wrap`` is the identity, else a ``WrappedCaptioner``."""
-    return captioner if wrap is identity else WrappedCaptioner(captioner, wrap)
+    """``captioner`` itself when ``wrap`` is the identity, else the captioner with every forward pass
+    run inside ``wrap`` (``Captioner.with_forward``)."""
+    return captioner if wrap is identity else captioner.with_forward(wrap)

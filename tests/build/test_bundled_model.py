@@ -52,8 +52,8 @@ def test_no_source_means_the_bundled_model(captioner, monkeypatch):
     ("camera", {"tripod"}, {"tripod"}),
 ])
 def test_example_photos_get_the_expected_objects(captioner, example_photos, photo, greedy_words, beam_words):
-    assert greedy_words & set(captioner.caption(example_photos[photo], beam_size=1).caption.split())
-    assert beam_words & set(captioner.caption(example_photos[photo], beam_size=3).caption.split())
+    assert greedy_words & set(captioner(example_photos[photo], beam_size=1).caption.split())
+    assert beam_words & set(captioner(example_photos[photo], beam_size=3).caption.split())
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_beam_search_does_not_collapse_to_shorter_captions(agreements):
 
 def _grounded(captioner, path, beam):
     names = imagenet_class_names()
-    result = captioner.caption(path, beam_size=beam)
+    result = captioner(path, beam_size=beam)
     top = [names.index(label) for label, _ in result.top_classes]
     assert len(result.caption.split()) == len(result.words) > 0
     return result.caption in grammar_captions(top), result

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from captioner.core.model import search
 from captioner.core.model.config import ModelConfig
 from captioner.core.errors import ImageError
 from captioner.core.explain.gradcam import DEFAULT_HEATMAP_SIDE, Layout, _geometry, _normalised, heatmap_size, visible_mask
@@ -67,7 +68,7 @@ def stepped_probabilities(captioner: Captioner, image, caption: str) -> list[flo
     model = captioner.model
     ids = captioner.vocab.encode(caption)
     with torch.inference_mode():
-        inputs = model.encoder.project(captioner.backbone_features(captioner.prepare(image)[None]))
+        inputs = model.encoder.project(captioner.pipeline.features(captioner.pipeline.prepare(image)[None]))
         state, probabilities = None, []
         for position, token in enumerate(ids):
             log_probs, state = model.decoder.step(inputs, state)
@@ -80,10 +81,10 @@ def stepped_probabilities(captioner: Captioner, image, caption: str) -> list[flo
 def test_score_agrees_with_the_decoders_greedy_probabilities(bundled, example_photos):
     photos = list(example_photos.values())
     for photo in photos:
-        result = bundled.caption(photo, beam_size=1)
+        result = bundled(photo, beam_size=1)
         with torch.inference_mode():
-            hypothesis = bundled.model.greedy(bundled.model.encoder.project(
-                bundled.backbone_features(bundled.prepare(photo)[None])), bundled.config.max_length)[0]
+            hypothesis = search.greedy(bundled.model.steps, bundled.model.encoder.project(
+                bundled.pipeline.features(bundled.pipeline.prepare(photo)[None])), bundled.config.max_length)[0]
         assert hypothesis.tokens[0] == START_ID  # the model writes <start> first, as it was trained to
         scores = bundled.score(photo, result.caption)
         assert [s.word for s in scores] == [*result.caption.split(), "<end>"]
@@ -112,7 +113,7 @@ def test_score_refuses_bad_captions_and_images(bundled, example_photos, tmp_path
     with pytest.raises(ValueError, match="at most"):
         bundled.score(example_photos["coffee"], "cat " * 500)
     (tmp_path / "notes.png").write_text("not a photo")
-    with pytest.raises(ImageError, match="image 2 of 2: not an image"):
+    with pytest.raises(ImageError, match=r"image 2 of 2 \(.*notes\.png\): not an image"):
         bundled.score([example_photos["coffee"], tmp_path / "notes.png"], "a cup")
 
 
@@ -199,9 +200,9 @@ def test_a_bad_heatmap_side_is_refused_before_any_work(bundled, side, tmp_path):
 def test_a_large_photo_is_explained_from_the_pixels_the_caption_path_uses(bundled, large_photo):
     """The photo is decoded as ``caption`` and ``score`` decode it (reduced), so the caption and each
     word's probability are theirs; its maps are 1024 pixels on the longer side by default."""
-    decoded = load_for(large_photo, bundled.preprocess)
+    decoded = load_for(large_photo, bundled.pipeline.preprocess)
     assert decoded.size == (1200, 800)  # reduced: 2400 x 1600 in the file
-    result = bundled.caption(large_photo, beam_size=3)
+    result = bundled(large_photo, beam_size=3)
     explanation = bundled.explain(large_photo)
     assert explanation.caption == result.caption and explanation.words
     assert explanation.image.size == decoded.size
@@ -215,7 +216,7 @@ def test_a_large_photo_is_explained_from_the_pixels_the_caption_path_uses(bundle
     with Image.open(large_photo) as photo:  # an opened image: reduced after decoding (by 3), as captioning does
         photo.load()
         again = bundled.explain(photo, explanation.caption, heatmap_side=256)
-        _check_maps(again, load_for(photo, bundled.preprocess).size, 256)
+        _check_maps(again, load_for(photo, bundled.pipeline.preprocess).size, 256)
         scores = bundled.score(photo, explanation.caption)
     assert again.image.size == (800, 534) and again.words[0].heatmap.shape == (171, 256)
     assert np.allclose([w.probability for w in again.words], [s.probability for s in scores[:-1]], atol=1e-5, rtol=0)
@@ -274,7 +275,7 @@ def test_heatmaps_of_photos_for_every_kind_of_encoder(bundled, resnet_dir, tiny_
                                atol=1e-5, rtol=0)
             assert sum(w.heatmap.max() > 0 for w in explanation.words) >= 3  # maps with something in them
     own = bundled.explain(example_photos["coffee"])
-    assert own.caption == bundled.caption(example_photos["coffee"], beam_size=3).caption
+    assert own.caption == bundled(example_photos["coffee"], beam_size=3).caption
     assert len(own.words) == len(own.caption.split())
 
 

@@ -100,12 +100,12 @@ def hostile_dir(tmp_path_factory):
 def test_library_captions_odd_images_and_refuses_hostile_ones(tiny_model_dir, hostile_dir):
     captioner = load_captioner(tiny_model_dir, "cpu")
     for name in GOOD:
-        result = captioner.caption(hostile_dir / name)
+        result = captioner(hostile_dir / name)
         assert result.candidates, name
     for name, (_, message) in BAD.items():
         with pytest.raises(ImageError, match=message):
-            captioner.caption(hostile_dir / name)
-    assert captioner.caption(hostile_dir / "1x1.png").candidates  # still serving
+            captioner(hostile_dir / name)
+    assert captioner(hostile_dir / "1x1.png").candidates  # still serving
 
 
 @pytest.mark.timeout(300)

@@ -57,7 +57,7 @@ def test_missing_file_in_repo(hub, tiny_model_dir):
 
 
 def test_unreachable_hub(monkeypatch, tmp_path):
-    from hub_fixtures import hub_env
+    from tests.helpers.hub import hub_env
 
     hub_env(monkeypatch, free_port_url(), tmp_path / "cache")
     with pytest.raises(ModelSourceError, match="could not get model 'team/captioner'"):

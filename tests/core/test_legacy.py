@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from captioner.core.model import search
 from captioner.core.errors import LegacyImportError
 from captioner.core.repository.legacy import import_legacy, read_legacy_vocabulary
 from captioner.core.repository.storage import load_model
@@ -66,7 +67,7 @@ def test_import_gives_token_for_token_equal_greedy_output(tutorial_files, tmp_pa
     images = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
         reference = decoder.sample(encoder(images)).tolist()
-    ours = loaded.model.greedy(loaded.model.encoder(images), max_length=20, constrained=False)
+    ours = search.greedy(loaded.model.steps, loaded.model.encoder(images), max_length=20, constrained=False)
     for ref, hyp in zip(reference, ours):
         cut = ref.index(2) + 1 if 2 in ref else len(ref)  # sample.py stops reading at <end>
         assert hyp.tokens == ref[:cut]
@@ -91,11 +92,11 @@ def test_a_photo_file_gets_the_tutorials_caption_token_for_token(tutorial_files,
     Image.open(example_photos["grace-hopper"]).resize((3000, 3516), Image.Resampling.BICUBIC).save(large, quality=90)
     for path in (example_photos["coffee"], example_photos["chelsea-the-cat"], example_photos["grace-hopper"], large):
         pixels = tutorial_load_image(path, transform)
-        ours = captioner.prepare(path)
+        ours = captioner.pipeline.prepare(path)
         assert torch.allclose(ours, pixels[0], atol=1e-6)  # the same input tensor from the same file
         with torch.no_grad():
             reference = decoder.sample(encoder(pixels))[0].tolist()
-        [hypothesis] = captioner.model.greedy(captioner.model.encoder(ours[None]), 20, constrained=False)
+        [hypothesis] = search.greedy(captioner.model.steps, captioner.model.encoder(ours[None]), 20, constrained=False)
         cut = reference.index(2) + 1 if 2 in reference else len(reference)  # sample.py stops at <end>
         assert hypothesis.tokens == reference[:cut]
 

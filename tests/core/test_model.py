@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from captioner.core.model import search
 from captioner.core.model.network import packed_targets
 from captioner.core.model.vocabulary import END_ID
 from tests.helpers.models import make_tiny_model
@@ -24,17 +25,17 @@ def _ends_properly(tokens, max_length):
 
 
 def test_beam_size_one_equals_greedy(model, embeddings):
-    greedy = model.greedy(embeddings, 12)
-    beam = model.beam_search(embeddings, 1, 12)
+    greedy = search.greedy(model.steps, embeddings, 12)
+    beam = search.beam_search(model.steps, embeddings, 1, 12)
     assert [h.tokens for h in greedy] == [hs[0].tokens for hs in beam]
     assert [h.score for h in greedy] == pytest.approx([hs[0].score for hs in beam], abs=1e-5)
 
 
 def test_captions_stop_at_end(model, embeddings):
-    for h in model.greedy(embeddings, 12):
+    for h in search.greedy(model.steps, embeddings, 12):
         assert _ends_properly(h.tokens, 12)
     lengths = set()
-    for hs in model.beam_search(embeddings, 4, 12):
+    for hs in search.beam_search(model.steps, embeddings, 4, 12):
         for h in hs:
             assert _ends_properly(h.tokens, 12)
             lengths.add(len(h.tokens))
@@ -42,7 +43,7 @@ def test_captions_stop_at_end(model, embeddings):
 
 
 def test_n_best_sorted_and_distinct(model, embeddings):
-    for hs in model.beam_search(embeddings, 5, 12, num_candidates=5):
+    for hs in search.beam_search(model.steps, embeddings, 5, 12, num_candidates=5):
         assert len(hs) == 5
         scores = [h.score for h in hs]
         assert scores == sorted(scores, reverse=True)
@@ -50,18 +51,18 @@ def test_n_best_sorted_and_distinct(model, embeddings):
 
 
 def test_batched_equals_one_by_one(model, embeddings):
-    batched = model.beam_search(embeddings, 3, 12)
+    batched = search.beam_search(model.steps, embeddings, 3, 12)
     for i in range(len(embeddings)):
-        alone = model.beam_search(embeddings[i:i + 1], 3, 12)[0]
+        alone = search.beam_search(model.steps, embeddings[i:i + 1], 3, 12)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
-    greedy = model.greedy(embeddings, 12)
-    assert [model.greedy(embeddings[i:i + 1], 12)[0].tokens for i in range(6)] == [h.tokens for h in greedy]
+    greedy = search.greedy(model.steps, embeddings, 12)
+    assert [search.greedy(model.steps, embeddings[i:i + 1], 12)[0].tokens for i in range(6)] == [h.tokens for h in greedy]
 
 
 def test_reported_log_probs_match_teacher_forcing(model, embeddings):
     """The per-word probabilities beam search reports are what the decoder gives that sequence."""
-    for i, hs in enumerate(model.beam_search(embeddings, 3, 12)):
+    for i, hs in enumerate(search.beam_search(model.steps, embeddings, 3, 12)):
         for h in hs:
             tokens = torch.tensor([h.tokens])
             with torch.no_grad():
@@ -73,8 +74,8 @@ def test_reported_log_probs_match_teacher_forcing(model, embeddings):
 
 def test_beam_finds_at_least_greedy_quality_without_length_penalty(model, embeddings):
     """With raw log-probabilities (length_penalty=0) a wider beam never ends worse than greedy."""
-    greedy = model.greedy(embeddings, 12, length_penalty=0.0)
-    beam = model.beam_search(embeddings, 4, 12, length_penalty=0.0)
+    greedy = search.greedy(model.steps, embeddings, 12, length_penalty=0.0)
+    beam = search.beam_search(model.steps, embeddings, 4, 12, length_penalty=0.0)
     for g, hs in zip(greedy, beam):
         assert hs[0].score >= g.score - 1e-5
 
@@ -124,10 +125,10 @@ def _biased_model(favoured: dict[int, float]):
 
 
 def _all_candidates(model, embeddings, **settings):
-    hypotheses = model.greedy(embeddings, 12, **settings)
+    hypotheses = search.greedy(model.steps, embeddings, 12, **settings)
     candidates = [[h] for h in hypotheses]
     for beam in (2, 5):
-        candidates += model.beam_search(embeddings, beam, 12, num_candidates=beam, **settings)
+        candidates += search.beam_search(model.steps, embeddings, beam, 12, num_candidates=beam, **settings)
     return [h for hs in candidates for h in hs]
 
 
@@ -141,7 +142,7 @@ def test_decoding_never_emits_unk_pad_or_start_even_when_they_are_the_most_proba
         assert h.tokens[0] == START_ID and len(h.tokens) >= 2
         assert not {PAD_ID, START_ID, UNK_ID} & set(h.tokens[1:]), h.tokens
         assert h.tokens[1] != END_ID  # at least one word
-    unconstrained = model.greedy(embeddings, 12, constrained=False)
+    unconstrained = search.greedy(model.steps, embeddings, 12, constrained=False)
     assert all(UNK_ID in h.tokens for h in unconstrained)
     for result in caption_features(model, vocab, torch.randn(6, 1280), DecodeOptions(beam_size=4)):
         for candidate in result.candidates:

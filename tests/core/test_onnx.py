@@ -59,11 +59,11 @@ def assert_backends_agree(model_dir, photos) -> None:
     torch_captioner, onnx_captioner = both_backends(model_dir)
     assert (torch_captioner.backend, onnx_captioner.backend) == ("torch", "onnx")
     for beam in (1, 3):
-        expected = torch_captioner.caption(photos, beam_size=beam, num_candidates=beam)
-        for one, (reference, batched) in enumerate(zip(expected, onnx_captioner.caption(photos, beam_size=beam,
+        expected = torch_captioner(photos, beam_size=beam, num_candidates=beam)
+        for one, (reference, batched) in enumerate(zip(expected, onnx_captioner(photos, beam_size=beam,
                                                                                          num_candidates=beam))):
             assert_same_results(reference, batched)
-            assert_same_results(reference, onnx_captioner.caption(photos[one], beam_size=beam, num_candidates=beam))
+            assert_same_results(reference, onnx_captioner(photos[one], beam_size=beam, num_candidates=beam))
 
 
 @needs_onnxruntime
@@ -76,7 +76,7 @@ def test_bundled_model_same_captions_on_the_examples(example_photos, onnx_cache)
 def test_resnet_model_same_captions_on_the_examples(example_photos, onnx_cache, tmp_path, one_thread):
     photos = list(example_photos.values())
     model_dir = save_model(*random_resnet_model(photos), tmp_path / "resnet")
-    assert len({r.caption for r in Captioner(load_model(model_dir, CPU), CPU, "torch").caption(photos)}) >= 3
+    assert len({r.caption for r in Captioner(load_model(model_dir, CPU), CPU, "torch")(photos)}) >= 3
     assert_backends_agree(model_dir, photos)
 
 
@@ -95,8 +95,8 @@ def test_other_efficientnet_encoders(backbone, output, example_photos, onnx_cach
     photos = [example_photos["coffee"], example_photos["rocket"]]
     model_dir = save_model(model, vocab, tmp_path / backbone)
     torch_captioner, onnx_captioner = both_backends(model_dir)
-    pixels = torch.stack([torch_captioner.prepare(photo) for photo in photos])
-    assert torch.allclose(onnx_captioner.backbone_features(pixels), torch_captioner.backbone_features(pixels),
+    pixels = torch.stack([torch_captioner.pipeline.prepare(photo) for photo in photos])
+    assert torch.allclose(onnx_captioner.pipeline.features(pixels), torch_captioner.pipeline.features(pixels),
                           atol=1e-5)
     assert_backends_agree(model_dir, photos)
 
@@ -150,39 +150,39 @@ def intact(path: Path) -> bool:
 def test_export_cache_is_written_reused_and_rebuilt_when_damaged(tiny_model_dir, onnx_cache, example_photos,
                                                                one_thread):
     photo = example_photos["coffee"]
-    reference = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch").caption(photo)
+    reference = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch")(photo)
 
     first = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    assert (first._onnx.origin, first._onnx.step_origin) == ("exported", "exported")
+    assert (first.pipeline.onnx.origin, first.pipeline.onnx.step_origin) == ("exported", "exported")
     [path], [step_path] = cache_files(onnx_cache), cache_files(onnx_cache, "decoder-step")
-    assert first._onnx.path == path and intact(path) and first._onnx.step_path == step_path and intact(step_path)
+    assert first.pipeline.onnx.path == path and intact(path) and first.pipeline.onnx.step_path == step_path and intact(step_path)
     written = path.stat().st_mtime_ns
 
     second = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    assert (second._onnx.origin, second._onnx.step_origin) == ("cache", "cache") and second._onnx.path == path
+    assert (second.pipeline.onnx.origin, second.pipeline.onnx.step_origin) == ("cache", "cache") and second.pipeline.onnx.path == path
     assert cache_files(onnx_cache) == [path] and path.stat().st_mtime_ns == written
-    assert_same_results(reference, second.caption(photo))
+    assert_same_results(reference, second(photo))
 
     garbage = b"not an ONNX graph, but named with its own SHA-256"  # intact, yet onnxruntime refuses it
     forged = path.with_name(f"{path.stem.rsplit('-', 1)[0]}-{hashlib.sha256(garbage).hexdigest()}.onnx")
     path.unlink()
     forged.write_bytes(garbage)
-    assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")._onnx.origin == "exported"
+    assert Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx").pipeline.onnx.origin == "exported"
     assert not forged.exists() and [intact(p) for p in cache_files(onnx_cache)] == [True]
 
     step_path.write_bytes(step_path.read_bytes()[:100])
     rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    assert (rebuilt._onnx.origin, rebuilt._onnx.step_origin) == ("cache", "exported")
+    assert (rebuilt.pipeline.onnx.origin, rebuilt.pipeline.onnx.step_origin) == ("cache", "exported")
     assert [intact(p) for p in cache_files(onnx_cache, "decoder-step")] == [True]
 
     for damage in (lambda data: data[:len(data) // 2],  # truncated
                    lambda data: data[:-64] + bytes(64)):  # same size, last bytes zeroed
         path.write_bytes(damage(path.read_bytes()))
         rebuilt = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-        assert rebuilt._onnx.origin == "exported"
+        assert rebuilt.pipeline.onnx.origin == "exported"
         [path] = cache_files(onnx_cache)
         assert intact(path)
-        assert_same_results(reference, rebuilt.caption(photo))
+        assert_same_results(reference, rebuilt(photo))
 
 
 @needs_onnxruntime
@@ -192,7 +192,7 @@ def test_the_decoder_step_runs_in_onnx_runtime_and_the_torch_model_is_left_as_it
 
     reference = load_model(tiny_model_dir, CPU).model.decoder
     captioner = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    step = captioner._onnx.steps.step
+    step = captioner.pipeline.onnx.steps.step
     assert isinstance(step, OnnxDecoderStep)
     assert not isinstance(captioner.model.decoder.step, OnnxDecoderStep)  # gradients still flow through torch
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def test_the_cache_key_holds_the_weights(tmp_path, onnx_cache, one_thread):
     for seed in (0, 1):
         model, vocab = make_tiny_model(seed=seed)
         assert Captioner(load_model(save_model(model, vocab, tmp_path / f"m{seed}"), CPU), CPU,
-                         "onnx")._onnx.origin == "exported"
+                         "onnx").pipeline.onnx.origin == "exported"
     assert len(cache_files(onnx_cache)) == 2
 
 
@@ -223,12 +223,12 @@ def test_a_shipped_export_is_used_only_for_its_own_weights(tiny_model_copy, tmp_
     assert shipped == [tiny_model_copy / SHIPPED_EXPORT, tiny_model_copy / SHIPPED_STEP]
     assert sorted(p.name for p in (tiny_model_copy / "onnx").iterdir()) == ["decoder_step.onnx", "encoder_model.onnx"]
     captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
-    assert (captioner._onnx.origin, captioner._onnx.path) == ("shipped", shipped[0])
-    assert (captioner._onnx.step_origin, captioner._onnx.step_path) == ("shipped", shipped[1])
+    assert (captioner.pipeline.onnx.origin, captioner.pipeline.onnx.path) == ("shipped", shipped[0])
+    assert (captioner.pipeline.onnx.step_origin, captioner.pipeline.onnx.step_path) == ("shipped", shipped[1])
     assert list(onnx_cache.glob("*")) == []  # neither graph was exported
     photo = example_photos["coffee"]
-    assert_same_results(Captioner(load_model(tiny_model_copy, CPU), CPU, "torch").caption(photo, beam_size=3),
-                        captioner.caption(photo, beam_size=3))
+    assert_same_results(Captioner(load_model(tiny_model_copy, CPU), CPU, "torch")(photo, beam_size=3),
+                        captioner(photo, beam_size=3))
 
     model, vocab = make_tiny_model(seed=7)  # other weights, the first model's export beside them
     other = save_model(model, vocab, tmp_path / "other")
@@ -239,13 +239,13 @@ def test_a_shipped_export_is_used_only_for_its_own_weights(tiny_model_copy, tmp_
     for name, what in (("encoder_model", "backbone"), ("decoder_step", "decoder step")):
         assert any(re.search(rf"refusing .*{name}\.onnx: its recorded weights_sha256 do not match .*; using the "
                              rf"cached or a fresh export of the {what} instead", m) for m in messages), messages
-    assert (refused._onnx.origin, refused._onnx.step_origin) == ("exported", "exported")
-    assert_same_results(Captioner(load_model(other, CPU), CPU, "torch").caption(photo, beam_size=3),
-                        refused.caption(photo, beam_size=3))
+    assert (refused.pipeline.onnx.origin, refused.pipeline.onnx.step_origin) == ("exported", "exported")
+    assert_same_results(Captioner(load_model(other, CPU), CPU, "torch")(photo, beam_size=3),
+                        refused(photo, beam_size=3))
 
     (other / SHIPPED_EXPORT).write_bytes(b"not an onnx file")
     with pytest.warns(UserWarning) as caught:
-        assert Captioner(load_model(other, CPU), CPU, "onnx")._onnx.origin == "cache"
+        assert Captioner(load_model(other, CPU), CPU, "onnx").pipeline.onnx.origin == "cache"
     assert [str(w.message).split(": ")[0].split(" ")[0] for w in caught] == [
         str(other / SHIPPED_EXPORT), "refusing"]  # the backbone's file is no graph; the step's is the other model's
     assert "is not a usable ONNX file" in str(caught[0].message)
@@ -259,7 +259,7 @@ def test_a_shipped_graph_must_fit_the_model_it_is_used_for(tiny_model_copy, onnx
     with pytest.warns(UserWarning, match=r"refusing .*decoder_step\.onnx: it maps \['pixels'\] to \['features'\], "
                                          r"not \['inputs', 'hidden', 'cell'\]"):
         captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
-    assert (captioner._onnx.origin, captioner._onnx.step_origin) == ("shipped", "exported")
+    assert (captioner.pipeline.onnx.origin, captioner.pipeline.onnx.step_origin) == ("shipped", "exported")
 
     config = json.loads((tiny_model_copy / "config.json").read_text())
     (tiny_model_copy / "config.json").write_text(json.dumps({**config, "image_size": 192}))  # same weights
@@ -267,8 +267,8 @@ def test_a_shipped_graph_must_fit_the_model_it_is_used_for(tiny_model_copy, onnx
     with pytest.warns(UserWarning, match=r"encoder_model\.onnx: its input pixels has dimensions \[None, 3, 224, "
                                          r"224\], this model needs \[None, 3, 192, 192\]"):
         captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
-    assert captioner._onnx.origin == "exported"
-    assert captioner.backbone_features(torch.zeros(2, 3, 192, 192)).shape[0] == 2
+    assert captioner.pipeline.onnx.origin == "exported"
+    assert captioner.pipeline.features(torch.zeros(2, 3, 192, 192)).shape[0] == 2
 
 
 @needs_onnxruntime
@@ -294,22 +294,22 @@ def test_backend_choice(tiny_model_dir, onnx_cache, monkeypatch):
 @needs_onnxruntime
 def test_one_session_shared_by_many_threads(tiny_model_dir, onnx_cache, example_photos):
     captioner = Captioner(load_model(tiny_model_dir, CPU), CPU, "onnx")
-    sessions = {captioner._onnx.session: torch.get_num_threads(), captioner._onnx.steps.step.session: 1}
+    sessions = {captioner.pipeline.onnx.session: torch.get_num_threads(), captioner.pipeline.onnx.steps.step.session: 1}
     for session, threads in sessions.items():  # the small decoder step runs on the calling thread
         options = session.get_session_options()
         assert options.intra_op_num_threads == threads
         # threads spin within a run only: spinning after it slows the torch work between runs
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     photos = list(example_photos.values()) * 3
-    expected = [captioner.caption(photo) for photo in photos]
-    session = captioner._onnx.session
+    expected = [captioner(photo) for photo in photos]
+    session = captioner.pipeline.onnx.session
     with ThreadPoolExecutor(8) as pool:
-        assert [r.caption for r in pool.map(captioner.caption, photos)] == [r.caption for r in expected]
+        assert [r.caption for r in pool.map(captioner, photos)] == [r.caption for r in expected]
         shared = SharedCaptioner(captioner, max_batch_size=4)
         found = list(pool.map(shared.caption, photos))
     for reference, result in zip(expected, found):
         assert_same_results(reference, result)
-    assert captioner._onnx.session is session
+    assert captioner.pipeline.onnx.session is session
 
 
 HIDE = textwrap.dedent("""
@@ -343,7 +343,7 @@ def test_without_onnxruntime_or_the_exporter_auto_uses_torch(package, tiny_model
     done = run_without(package, f"""
         from captioner.core.inference import load_captioner
         captioner = load_captioner({str(tiny_model_dir)!r}, "cpu")
-        print(captioner.backend, captioner.caption({str(ROOT / "examples" / "coffee.jpg")!r}).candidates[0].score < 0)
+        print(captioner.backend, captioner({str(ROOT / "examples" / "coffee.jpg")!r}).candidates[0].score < 0)
     """, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["torch", "True"]
@@ -402,8 +402,8 @@ def test_the_onnx_backend_reads_the_torch_backbone_only_when_asked(tiny_model_di
     inference._cache.clear()
     captioner = load_captioner(tiny_model_dir, "cpu", "onnx")
     encoder = captioner.model.encoder
-    assert captioner._onnx.origin == "cache" and encoder.backbone is None
-    assert_same_results(reference.caption(photo), captioner.caption(photo))
+    assert captioner.pipeline.onnx.origin == "cache" and encoder.backbone is None
+    assert_same_results(reference(photo), captioner(photo))
     assert encoder.backbone is None
     with ThreadPoolExecutor(4) as pool:
         backbones = list(pool.map(lambda _: encoder.require_backbone(), range(8)))
@@ -439,8 +439,8 @@ def test_without_the_exporter_a_shipped_or_cached_export_still_runs_in_onnx_runt
         answers = []
         for model in {[str(tiny_model_copy), str(tiny_model_dir), str(unexported)]!r}:
             captioner = load_captioner(model, "cpu")
-            onnx = captioner._onnx
-            result = captioner.caption({photo!r}, beam_size=3)
+            onnx = captioner.pipeline.onnx
+            result = captioner({photo!r}, beam_size=3)
             answers.append([captioner.backend, onnx and onnx.origin, onnx and onnx.step_origin, result.caption,
                             result.candidates[0].score])
         print(json.dumps(answers))
@@ -451,7 +451,7 @@ def test_without_the_exporter_a_shipped_or_cached_export_still_runs_in_onnx_runt
     assert [answer[:3] for answer in answers] == [["onnx", "shipped", "shipped"], ["onnx", "cache", "cache"],
                                                   ["torch", None, None]]
     for model, answer in zip((tiny_model_copy, tiny_model_dir, unexported), answers):
-        reference = Captioner(load_model(model, CPU), CPU, "torch").caption(photo, beam_size=3)
+        reference = Captioner(load_model(model, CPU), CPU, "torch")(photo, beam_size=3)
         assert answer[3] == reference.caption and answer[4] == pytest.approx(reference.candidates[0].score, abs=1e-4)
 
     done = run_without("onnx", f"""
@@ -482,7 +482,7 @@ def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(tiny_model_d
     command = [sys.executable, "-m", "captioner", "caption", photo, "--model", str(tiny_model_dir), "--json"]
     run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**_env(), "CAPTIONER_CACHE": str(blocked)}, preexec_fn=_file_size_limit(2 ** 20))
-    expected = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch").caption(photo)
+    expected = Captioner(load_model(tiny_model_dir, CPU), CPU, "torch")(photo)
 
     auto = run(command)
     assert auto.returncode == 0, auto.stderr
@@ -515,7 +515,7 @@ def test_the_export_onnx_command_writes_both_graphs(tiny_model_copy, onnx_cache,
         assert re.fullmatch(rf"wrote {re.escape(str(folder / name))} \(\d+\.\d MB\)", line), line
     assert sorted(path.name for path in folder.iterdir()) == ["decoder_step.onnx", "encoder_model.onnx"]
     captioner = Captioner(load_model(tiny_model_copy, CPU), CPU, "onnx")
-    assert (captioner._onnx.origin, captioner._onnx.step_origin) == ("shipped", "shipped")
+    assert (captioner.pipeline.onnx.origin, captioner.pipeline.onnx.step_origin) == ("shipped", "shipped")
 
 
 def test_the_export_onnx_command_refuses_in_one_line(tiny_model_copy, tmp_path):

@@ -46,7 +46,7 @@ def onnx_requests(hub) -> list[str]:  # noqa: F811
 
 
 def origins(captioner: Captioner) -> tuple[str, str]:
-    return captioner._onnx.origin, captioner._onnx.step_origin
+    return captioner.pipeline.onnx.origin, captioner.pipeline.onnx.step_origin
 
 
 def test_push_publishes_the_export_and_only_the_onnx_backend_fetches_it(hub, exported, one_thread):  # noqa: F811
@@ -62,8 +62,8 @@ def test_push_publishes_the_export_and_only_the_onnx_backend_fetches_it(hub, exp
     onnx_user = load_captioner("me/exported", "cpu", "auto")  # auto: ONNX Runtime on this CPU
     assert onnx_user.backend == "onnx" and origins(onnx_user) == ("shipped", "shipped")
     assert onnx_user.loaded.path == torch_user.loaded.path  # the same cached snapshot, now with its onnx/ folder
-    assert onnx_user._onnx.path == torch_user.loaded.path / SHIPPED_FILES[0]
-    reference, found = torch_user.caption(PHOTO, beam_size=3), onnx_user.caption(PHOTO, beam_size=3)
+    assert onnx_user.pipeline.onnx.path == torch_user.loaded.path / SHIPPED_FILES[0]
+    reference, found = torch_user(PHOTO, beam_size=3), onnx_user(PHOTO, beam_size=3)
     assert found.caption == reference.caption
     assert found.candidates[0].score == pytest.approx(reference.candidates[0].score, abs=1e-4)
 
@@ -99,7 +99,7 @@ def test_offline_cli_with_the_model_files_only(hub, exported, tmp_path):  # noqa
     done = subprocess.run([sys.executable, "-m", "captioner", "caption", str(PHOTO), "--model", "team/cli",
                            "--backend", "onnx"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == load_captioner(exported, "cpu", "torch").caption(PHOTO).caption
+    assert done.stdout.strip() == load_captioner(exported, "cpu", "torch")(PHOTO).caption
     assert len(hub.requests) == before
     assert len(list((tmp_path / "cli-cache" / "onnx").glob("*.onnx"))) == 2  # exported from the weights
 
@@ -136,7 +136,7 @@ def test_push_refuses_an_export_of_other_weights_and_removes_one_the_folder_no_l
 
 def test_an_export_that_cannot_be_fetched_is_left_out_with_a_warning(hub, exported, monkeypatch,
                                                                      one_thread):  # noqa: F811
-    from hub_server import free_port_url
+    from tests.helpers.hub_server import free_port_url
 
     hub.add_repo("team/flaky", exported)
     hub.fail_next("paths-info", "500", method="POST")

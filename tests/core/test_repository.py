@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from captioner.core.model import search
 from captioner.core.errors import ModelFormatError, ModelSourceError
 from captioner.core.repository.storage import MODEL_FILES, load_model, resolve_source, save_model
 from captioner.core.inference import Captioner
@@ -33,7 +34,7 @@ def test_round_trip_gives_same_outputs(tiny_model_dir):
         expected = model.encoder(pixels)
         got = loaded.model.encoder(pixels)
     assert torch.equal(expected, got)
-    assert [h.tokens for h in model.greedy(expected, 12)] == [h.tokens for h in loaded.model.greedy(got, 12)]
+    assert [h.tokens for h in search.greedy(model.steps, expected, 12)] == [h.tokens for h in search.greedy(loaded.model.steps, got, 12)]
     card = (tiny_model_dir / "README.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag: image-to-text" in card
 
@@ -99,7 +100,7 @@ def test_load_by_owner_name_from_offline_hub_cache(tmp_path, tiny_model_dir):
                            "--json", str(image)], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    direct = Captioner(load_model(tiny_model_dir), torch.device("cpu")).caption(image)
+    direct = Captioner(load_model(tiny_model_dir), torch.device("cpu"))(image)
     assert result["caption"] == direct.caption and result["model"] == "captioner-tests/tiny"
 
 

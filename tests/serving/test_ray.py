@@ -254,7 +254,7 @@ def service(cluster) -> str:
     """The caption service on the module's cluster, on a free port; yields its URL."""
     from ray import serve
 
-    from app_fixtures import free_port
+    from tests.helpers.app import free_port
     from captioner.serving.ray_serve import build_app
 
     port = free_port()
@@ -275,7 +275,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_captions(ser
 
     _, good, _ = photos
     chosen = good[::40 // 16][:16]
-    expected = [result.caption for result in load_captioner(None).caption(chosen)]
+    expected = [result.caption for result in load_captioner(None)(chosen)]
     assert len(set(expected)) > 5
 
     def ask(index: int) -> dict:
@@ -335,4 +335,4 @@ def test_the_mounted_gradio_app_loads_and_captions(service, photos):
     result = client.predict(handle_file(str(good[0])), 3, 3, None, api_name="/caption")
     from captioner.core.inference import load_captioner
 
-    assert result["caption"] == load_captioner(None).caption(good[0]).caption
+    assert result["caption"] == load_captioner(None)(good[0]).caption

@@ -29,7 +29,7 @@ from tests.helpers.paths import ROOT
 from captioner.core.backends.onnx_export import SHIPPED_FILES, export_to_repo
 from captioner.core.options import DecodeOptions
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
-from captioner.serving import provenance, zerogpu
+from captioner.web import provenance, zerogpu
 from captioner.web.batch import caption_inputs, collect_inputs
 from tests.helpers.hub import hub  # noqa: F401  (fixture)
 from tests.helpers.hub_server import HubServer, free_port_url
@@ -390,7 +390,7 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     # The batch tab's passes go through spaces.GPU too.
     model = zerogpu.wrap_captioner(shared.captioner, zerogpu.gpu_wrapper())
     before = stand_in_spaces.calls
-    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(2, 1),
+    rows = caption_inputs(model, collect_inputs([EXAMPLES / photo for photo in PHOTOS]), DecodeOptions(beam_size=2, num_candidates=1),
                           batch_size=4)
     assert [row.error for row in rows] == [None] * len(PHOTOS) and [row.image for row in rows] == PHOTOS
     assert stand_in_spaces.calls - before == 2 and len(runs) == shared.forward_passes + 2 and all(runs)

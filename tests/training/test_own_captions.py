@@ -115,7 +115,7 @@ def test_defaults_fit_the_training_captions_without_special_tokens(defaults, ite
     captioner = Captioner(load_model(out), torch.device("cpu"))
     references = {i.image_id: i.captions for i in train}
     for options in (DecodeOptions(beam_size=1), DecodeOptions(beam_size=3, no_repeat_ngram=0)):
-        results = captioner.caption_many([i.image_path for i in train], options)
+        results = captioner([i.image_path for i in train], options, errors="return")
         for result in results:
             assert result.error is None and result.candidates
             for candidate in result.candidates:

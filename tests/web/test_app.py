@@ -33,7 +33,7 @@ def running_app(app_model):
 
 def expected(model_dir, image, **options):
     options = {"beam_size": 3, "num_candidates": 3, **options}
-    return load_captioner(model_dir, "cpu").caption(image, **options)
+    return load_captioner(model_dir, "cpu")(image, **options)
 
 
 def test_caption_endpoint_returns_the_structured_result(running_app, app_model):

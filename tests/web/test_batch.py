@@ -39,7 +39,7 @@ def test_files_and_zip_members_become_one_row_each(tiny_model_dir, example_photo
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
     assert [row.image for row in rows] == [item.name for item in inputs]
     for row, photo in zip(rows[:3], ["chelsea-the-cat", "camera", "coffee"]):
-        want = captioner.caption(example_photos[photo], beam_size=2, num_candidates=1)
+        want = captioner(example_photos[photo], beam_size=2, num_candidates=1)
         assert (row.caption, row.error) == (want.caption, None)
         assert row.score == pytest.approx(want.candidates[0].score, abs=1e-5) and 0 < row.confidence <= 1
     assert "not an image" in rows[3].error and rows[3].score is None

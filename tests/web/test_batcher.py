@@ -25,7 +25,7 @@ def shared(tiny_model_dir):
 def test_results_match_the_captioner_and_repeats_come_from_memory(shared, example_photos):
     photo = example_photos["coffee"]
     result = shared.caption(photo, DecodeOptions(beam_size=3))
-    want = shared.captioner.caption(photo, beam_size=3, num_candidates=3)
+    want = shared.captioner(photo, beam_size=3, num_candidates=3)
     assert result.caption == want.caption
     assert [c.score for c in result.candidates] == pytest.approx([c.score for c in want.candidates], abs=1e-5)
     assert shared.forward_passes == 1
@@ -42,7 +42,8 @@ def test_calls_waiting_together_share_one_forward_pass(shared, example_photos):
     """The worker is held inside its first pass while seven more calls queue up; they then run as
     two passes of at most max_batch_size=4, each result the one its own image gets alone."""
     captioner = shared.captioner
-    original = captioner.caption_pixels
+    pipeline = captioner.pipeline
+    original = pipeline.caption_batch
     release, entered = threading.Event(), threading.Event()
 
     def held(*args, **kwargs):
@@ -50,7 +51,7 @@ def test_calls_waiting_together_share_one_forward_pass(shared, example_photos):
         release.wait(30)
         return original(*args, **kwargs)
 
-    captioner.caption_pixels = held
+    pipeline.caption_batch = held
     photos = list(example_photos.values())
     images = [photos[i % len(photos)] for i in range(8)]
     options = [DecodeOptions(beam_size=2, max_length=4 + i) if i == 0 else DecodeOptions(beam_size=2, max_length=6)
@@ -66,10 +67,10 @@ def test_calls_waiting_together_share_one_forward_pass(shared, example_photos):
             release.set()
             results = [first.result(), *(future.result() for future in rest)]
     finally:
-        del captioner.caption_pixels
+        del pipeline.caption_batch
     assert shared.batch_sizes == [1, 4, 3]
     for image, option, result in zip(images, options, results):
-        alone = captioner.caption(image, beam_size=2, num_candidates=2, max_length=option.max_length)
+        alone = captioner(image, beam_size=2, num_candidates=2, max_length=option.max_length)
         assert result.caption == alone.caption
 
 

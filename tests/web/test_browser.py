@@ -98,7 +98,7 @@ def table_rows(page, selector: str) -> int:
 
 def shown_caption(model_dir, photo: Path) -> str:
     """What the Caption tab should show for ``photo`` with the default settings."""
-    caption = load_captioner(model_dir, "cpu").caption(photo, beam_size=3, num_candidates=3).caption
+    caption = load_captioner(model_dir, "cpu")(photo, beam_size=3, num_candidates=3).caption
     return " ".join(word[:1].upper() + word[1:] for word in caption.split())
 
 
@@ -152,7 +152,7 @@ def test_batch_tab_offers_a_csv_with_one_row_per_image(page, app_model, tmp_path
                                              "album.zip/album/rocket.jpg", "broken.jpg"]
     captioner = load_captioner(app_model, "cpu")
     for row, photo in zip(rows[:4], ["coffee", "grace-hopper", "camera", "rocket"]):
-        assert row["caption"] == captioner.caption(EXAMPLES / f"{photo}.jpg", beam_size=3).caption
+        assert row["caption"] == captioner(EXAMPLES / f"{photo}.jpg", beam_size=3).caption
         assert row["error"] == "" and 0 < float(row["confidence"]) <= 1
     assert "truncated or corrupt" in rows[4]["error"] and rows[4]["caption"] == ""
 

@@ -92,7 +92,7 @@ def test_picking_a_word_shows_its_heatmap(browser, url, app_model):
         page.goto(url)
         page.locator("#photo input[type=file]").set_input_files(EXAMPLES / "chelsea-the-cat.jpg")
         page.locator("#caption-text .caption").wait_for()
-        words = load_captioner(app_model, "cpu").caption(EXAMPLES / "chelsea-the-cat.jpg", beam_size=3).caption.split()
+        words = load_captioner(app_model, "cpu")(EXAMPLES / "chelsea-the-cat.jpg", beam_size=3).caption.split()
         picker = page.locator("#explain-words")
         picker.wait_for(state="visible")
         assert page.locator("#explain-image").count() == 0 or not page.locator("#explain-image").is_visible()

@@ -1,14 +1,16 @@
 """Which backend runs a model: torch, or ONNX Runtime on the CPU (``onnx_runtime``).
 
-``requested_backend`` reads the choice (an argument, else ``$CAPTIONER_BACKEND``, else ``auto``) and
-``resolve_backend`` says what it means on a device; ``start`` starts the ONNX Runtime backend when
-the choice resolves to it.
+``choose_backend`` reads the choice once (an argument, else ``$CAPTIONER_BACKEND``, else ``auto``),
+checks it, and says what it means on a device: a ``BackendChoice`` that front ends pass down
+(``load_captioner(backend=choice)``) instead of the string. ``start`` starts the ONNX Runtime backend
+when the choice resolves to it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +18,19 @@ import torch
 from captioner.core.backends.onnx_export import BackendUnavailable, ExporterMissing
 from captioner.core.backends.onnx_runtime import INSTALL_HINT, OnnxBackend
 from captioner.core.errors import CaptionerError
+from captioner.core.extras import installed
 from captioner.core.options import BACKENDS
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """A backend request, read and checked once: ``asked`` (``auto``, ``torch`` or ``onnx``) and
+    ``first``, what runs first on ``device`` (``torch`` or ``onnx``; under ``auto``, ``start`` may
+    still fall back to torch)."""
+
+    asked: str
+    first: str
+    device: str  # the device type the choice was made for (cpu, cuda, mps)
 
 
 def requested_backend(backend: str | None = None) -> str:
@@ -28,40 +42,47 @@ def requested_backend(backend: str | None = None) -> str:
 
 
 def onnxruntime_available() -> bool:
-    """Whether onnxruntime can be imported."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether onnxruntime is installed."""
+    return installed("onnxruntime")
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend to try first for a model on ``device``: ``"torch"`` or ``"onnx"``. ``auto``: ONNX Runtime
-    on CPU when onnxruntime is installed, else torch (always torch on CUDA and MPS); ``start`` may still
-    fall back to torch. Raises ``BackendUnavailable`` when ``onnx`` is asked for and cannot run."""
+def choose_backend(backend: str | BackendChoice | None, device: torch.device) -> BackendChoice:
+    """What ``backend`` means on ``device``. ``auto``: ONNX Runtime on CPU when onnxruntime is installed,
+    else torch (always torch on CUDA and MPS). A ``BackendChoice`` made for this device is returned as
+    it is. Raises ``CaptionerError`` for an unknown name, ``BackendUnavailable`` when ``onnx`` is asked
+    for and cannot run."""
+    if isinstance(backend, BackendChoice):
+        if backend.device == device.type:
+            return backend
+        backend = backend.asked
     name = requested_backend(backend)
     if name == "auto":
-        return "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
+        first = "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
+        return BackendChoice(name, first, device.type)
     if name == "onnx":
         if device.type != "cpu":
             raise BackendUnavailable(f"the onnx backend runs on the CPU, not {device}: use --device cpu "
                                      "or --backend torch")
         if not onnxruntime_available():
             raise BackendUnavailable(INSTALL_HINT)
-    return name
+    return BackendChoice(name, name, device.type)
 
 
-def start(loaded: Any, backend: str | None, device: torch.device) -> OnnxBackend | None:
-    """The ONNX Runtime backend for ``loaded`` when ``backend`` resolves to it, else None (torch).
+def resolve_backend(backend: str | BackendChoice | None, device: torch.device) -> str:
+    """The backend tried first for a model on ``device``: ``"torch"`` or ``"onnx"`` (``choose_backend``)."""
+    return choose_backend(backend, device).first
+
+
+def start(loaded: Any, choice: BackendChoice) -> OnnxBackend | None:
+    """The ONNX Runtime backend for ``loaded`` when ``choice`` resolves to it, else None (torch).
 
     Under ``auto``: a graph that has to be exported while the onnx package is missing means torch
     (quietly: a shipped or cached export runs on onnxruntime alone, an export needs onnx too); any
     other failure to export or load a graph means torch with a warning. When ``onnx`` was asked
     for, the error is raised."""
-    if resolve_backend(backend, device) != "onnx":
+    if choice.first != "onnx":
         return None
-    if requested_backend(backend) == "onnx":
+    if choice.asked == "onnx":
         return OnnxBackend(loaded)
     try:
         return OnnxBackend(loaded)

@@ -79,11 +79,11 @@ def explain(captioner, image: ImageSource, caption: str | None = None, *, beam_s
     options = DecodeOptions(beam_size=beam_size, num_candidates=1, max_length=max_length)
     options.resolved(captioner.config.max_length)  # refuse bad settings before any work
     _check_side(heatmap_side)
-    picture = load_for(image, captioner.preprocess)
+    picture = load_for(image, captioner.pipeline.preprocess)
     model, backbone = captioner.model, captioner.model.encoder.require_backbone()
     device = next(model.parameters()).device
     with torch.no_grad():
-        feature_map = backbone.feature_map(captioner.preprocess(picture).unsqueeze(0).to(device))
+        feature_map = backbone.feature_map(captioner.pipeline.preprocess(picture).unsqueeze(0).to(device))
         if caption is None:
             caption = caption_features(model, captioner.vocab, backbone.head(feature_map), options)[0].caption
             if not tokenize(caption):

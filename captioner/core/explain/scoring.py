@@ -86,10 +86,11 @@ def score(captioner, images: ImageSource | Sequence[ImageSource], caption: str
     a list (one batched pass). Raises ``ImageError`` for an unusable image, ``ValueError`` for a caption
     without words."""
     words, ids, known = encode_caption(captioner.vocab, caption)
-    pixels, single = captioner.pixels_of(images)
+    single = not isinstance(images, (list, tuple))
+    pixels = captioner.pipeline.load_all([images] if single else list(images))
     if pixels is None:
         return []
-    features = captioner.backbone_features(pixels)
+    features = captioner.pipeline.features(pixels)
     model = captioner.model
     with torch.inference_mode():
         embeddings = model.encoder.project(features.to(next(model.parameters()).device))

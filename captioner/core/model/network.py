@@ -14,11 +14,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from captioner.core.model import search
 from captioner.core.model.config import ModelConfig
-from captioner.core.model.encoders import build_backbone, output_size
-from captioner.core.model.search import DecoderSteps, Hypothesis
-from captioner.core.options import DecodeOptions
+from captioner.core.model.encoders import build_backbone, optimize_for_inference, output_size
+from captioner.core.model.search import DecoderSteps
 
 _BACKBONE_LOCK = threading.Lock()
 
@@ -26,36 +24,35 @@ _BACKBONE_LOCK = threading.Lock()
 class Encoder(nn.Module):
     """Backbone (frozen unless ``train_backbone``) -> Linear -> BatchNorm1d, the tutorial's EncoderCNN.
 
-    ``with_backbone=False`` leaves the backbone out (``backbone`` is None) until ``require_backbone``
-    builds it with the loader given to ``defer_backbone``: a model whose backbone runs elsewhere (the
-    ONNX Runtime backend, from an exported graph) then never builds or reads it unless it is asked for
-    (explanations).
+    ``load_backbone``: the backbone is left out (``backbone`` is None) until ``require_backbone`` first
+    needs it and builds it with this loader: a model whose backbone runs elsewhere (the ONNX Runtime
+    backend, from an exported graph) then never builds or reads it unless it is asked for (explanations).
     """
 
-    def __init__(self, config: ModelConfig, *, with_backbone: bool = True):
+    def __init__(self, config: ModelConfig, *, load_backbone: Callable[[], nn.Module] | None = None):
         super().__init__()
-        self._load_backbone: Callable[[], nn.Module] | None = None
+        self._load_backbone = load_backbone
         self.backbone: nn.Module | None = build_backbone(config.backbone, config.encoder_output) \
-            if with_backbone else None
+            if load_backbone is None else None
         self.linear = nn.Linear(output_size(config.backbone, config.encoder_output), config.embed_size)
         self.bn = nn.BatchNorm1d(config.embed_size, momentum=0.01)
         self.train_backbone = False
 
-    def defer_backbone(self, load: Callable[[], nn.Module]) -> None:
-        """``load()`` returns the backbone, ready to use, when ``require_backbone`` first needs it."""
-        self._load_backbone = load
-
     def require_backbone(self) -> nn.Module:
-        """The backbone, built now by the deferred loader when the model was made without it."""
+        """The backbone, built now by the loader when the model was made without it."""
         if self.backbone is not None:
             return self.backbone
         with _BACKBONE_LOCK:  # module-wide: a lock attribute would stop the model from being copied
             if self.backbone is None:
-                if self._load_backbone is None:
-                    raise RuntimeError("this encoder was built without its backbone and has no loader for it")
                 self.backbone = self._load_backbone()
                 self._load_backbone = None
             return self.backbone
+
+    def optimize_for_inference(self) -> None:
+        """Make the eval-mode backbone faster for inference (``encoders.optimize_for_inference``): same
+        outputs up to float rounding, but it cannot be trained and its ``state_dict`` is no longer the
+        model file's."""
+        self.backbone = optimize_for_inference(self.require_backbone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.backbone_features(images))
@@ -109,10 +106,12 @@ def packed_targets(captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
 
 
 class ShowAndTell(nn.Module):
-    def __init__(self, config: ModelConfig, *, with_backbone: bool = True):
+    """The encoder and the decoder; ``load_backbone``: see ``Encoder``."""
+
+    def __init__(self, config: ModelConfig, *, load_backbone: Callable[[], nn.Module] | None = None):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config, with_backbone=with_backbone)
+        self.encoder = Encoder(config, load_backbone=load_backbone)
         self.decoder = Decoder(config)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -122,20 +121,3 @@ class ShowAndTell(nn.Module):
     def steps(self) -> DecoderSteps:
         """The torch decoder's step and embeddings, for ``search``."""
         return DecoderSteps(self.decoder.step, self.decoder.embed)
-
-    def generate(self, embeddings: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
-        """``search.generate`` with this model's own decoder step."""
-        return search.generate(self.steps, embeddings, options)
-
-    def greedy(self, embeddings: torch.Tensor, max_length: int, length_penalty: float = 1.0, *,
-               no_repeat_ngram: int = 0, constrained: bool = True) -> list[Hypothesis]:
-        """``search.greedy`` with this model's own decoder step."""
-        return search.greedy(self.steps, embeddings, max_length, length_penalty, no_repeat_ngram=no_repeat_ngram,
-                             constrained=constrained)
-
-    def beam_search(self, embeddings: torch.Tensor, beam_size: int, max_length: int,
-                    num_candidates: int | None = None, length_penalty: float = 1.0, *,
-                    no_repeat_ngram: int = 0, constrained: bool = True) -> list[list[Hypothesis]]:
-        """``search.beam_search`` with this model's own decoder step."""
-        return search.beam_search(self.steps, embeddings, beam_size, max_length, num_candidates, length_penalty,
-                                  no_repeat_ngram=no_repeat_ngram, constrained=constrained)

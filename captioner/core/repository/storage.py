@@ -51,10 +51,42 @@ class LoadedModel:
     path: Path  # the local directory the files were read from
 
 
-def describe_source(source: str | os.PathLike | None) -> str:
+@dataclass(frozen=True)
+class Source:
+    """Where a model source is: a local ``directory``, or a Hub ``repo`` at a ``revision`` (None: main)."""
+
+    asked: str  # what the user asked for, for display
+    directory: Path | None = None
+    repo: str | None = None
+    revision: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The same for every spelling of one source: a directory's resolved path, a Hub id with its revision."""
+        if self.repo is not None:
+            return f"hub:{self.repo}@{self.revision or 'main'}"
+        return f"dir:{self.directory.resolve()}"
+
+
+def locate(source: str | os.PathLike | None = None) -> Source:
+    """Where ``source`` is, without downloading: ``source``, else ``$CAPTIONER_MODEL`` (read now), else
+    the bundled model. ``ModelSourceError`` for a source that is neither a directory nor a Hub id."""
+    if source is None or str(source) == "":
+        source = os.environ.get("CAPTIONER_MODEL") or None
     if source is None:
-        return os.environ.get("CAPTIONER_MODEL") or "bundled model (models/default)"
-    return str(source)
+        if not (BUNDLED_MODEL_DIR / "config.json").is_file():
+            raise ModelSourceError(
+                f"no model given and the bundled model is missing ({BUNDLED_MODEL_DIR / 'config.json'} "
+                "not found); pass --model DIR or owner/name, or set CAPTIONER_MODEL")
+        return Source("bundled model (models/default)", BUNDLED_MODEL_DIR)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return Source(str(source), local)
+    hub_id = parse_hub_id(str(source))
+    if hub_id is None or local.exists():
+        raise ModelSourceError(f"model source {str(source)!r} is not a directory and not a Hub id "
+                               "(owner/name or owner/name@revision)")
+    return Source(str(source), repo=hub_id[0], revision=hub_id[1])
 
 
 def resolve_source(source: str | os.PathLike | None = None) -> Path:
@@ -63,78 +95,62 @@ def resolve_source(source: str | os.PathLike | None = None) -> Path:
     ``owner/name`` or ``owner/name@revision`` that is not an existing directory is fetched
     from the Hugging Face Hub (or found in its cache, e.g. with ``HF_HUB_OFFLINE=1``).
     """
-    return _resolve(source)[0]
+    return _resolve(locate(source))
 
 
-def _resolve(source: str | os.PathLike | None, force_download: bool = False,
-             optional_files: Sequence[str] = ()) -> tuple[Path, bool]:
-    """(local directory, whether it came from the Hub)."""
-    if source is None or str(source) == "":
-        source = os.environ.get("CAPTIONER_MODEL") or None
-    if source is None:
-        if not (BUNDLED_MODEL_DIR / "config.json").is_file():
-            raise ModelSourceError(
-                f"no model given and the bundled model is missing ({BUNDLED_MODEL_DIR / 'config.json'} "
-                "not found); pass --model DIR or owner/name, or set CAPTIONER_MODEL")
-        return BUNDLED_MODEL_DIR, False
-    local = Path(source).expanduser()
-    if local.is_dir():
-        return local, False
-    hub_id = parse_hub_id(str(source))
-    if hub_id is None or local.exists():
-        raise ModelSourceError(f"model source {str(source)!r} is not a directory and not a Hub id "
-                               "(owner/name or owner/name@revision)")
-    repo, revision = hub_id
-    return download_snapshot(repo, revision, str(source), MODEL_FILES, force_download=force_download,
-                             optional_files=optional_files), True
+def _resolve(where: Source, force_download: bool = False, optional_files: Sequence[str] = ()) -> Path:
+    """The local directory of a located source, downloaded from the Hub when it is a Hub repository."""
+    if where.repo is None:
+        return where.directory
+    return download_snapshot(where.repo, where.revision, where.asked, MODEL_FILES, force_download=force_download,
+                             optional_files=optional_files)
 
 
-def load_model(source: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
+def load_model(source: str | os.PathLike | Source | None = None, device: str | torch.device = "cpu", *,
                defer_backbone: bool = False, optional_files: Sequence[str] = ()) -> LoadedModel:
-    """Resolve ``source`` and load the model, in eval mode, on ``device``.
+    """Resolve ``source`` (or take a located ``Source``) and load the model, in eval mode, on ``device``.
 
     ``defer_backbone``: the encoder's backbone is built and its weights read (and checked) only when
-    it is first used (``Encoder.defer_backbone``), for a backend that runs it from an exported graph.
+    it is first used (``Encoder.require_backbone``), for a backend that runs it from an exported graph.
     A Hub model whose cached files fail the checks (a download damaged in transit) is
     downloaded again once, so a bad cache entry does not stick. ``optional_files`` (paths inside
     the repository, e.g. ``onnx_export.SHIPPED_FILES``) are fetched too when a Hub repository
     has them; the model files alone are fetched otherwise.
     """
-    path, from_hub = _resolve(source, optional_files=optional_files)
+    where = source if isinstance(source, Source) else locate(source)
     try:
-        return _load_dir(path, source, device, defer_backbone)
+        return _load_dir(_resolve(where, optional_files=optional_files), where.asked, device, defer_backbone)
     except ModelFormatError:
-        if not from_hub:
+        if where.repo is None:
             raise
-    return _load_dir(_resolve(source, force_download=True, optional_files=optional_files)[0], source, device,
+    return _load_dir(_resolve(where, force_download=True, optional_files=optional_files), where.asked, device,
                      defer_backbone)
 
 
 BACKBONE_PREFIX = "encoder.backbone."
 
 
-def _load_dir(path: Path, source: str | os.PathLike | None, device: str | torch.device,
+def _load_dir(path: Path, asked: str, device: str | torch.device,
               defer_backbone: bool = False) -> LoadedModel:
     config = ModelConfig.load(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json", expected_size=config.vocab_size)
+    weights = path / "model.safetensors"
+
+    def load_backbone() -> torch.nn.Module:  # with defer_backbone: when the encoder first needs it
+        backbone = build_backbone(config.backbone, config.encoder_output)
+        backbone.load_state_dict(read_weights(weights, backbone, config, prefix=BACKBONE_PREFIX), strict=True,
+                                 assign=True)
+        return backbone.to(device).eval()
+
     # Built as usual, then its weights replaced. The meta device would skip the random initialisation,
     # but its first use per process costs more than that for the bundled model (benchmarks/model_init.py).
-    model = ShowAndTell(config, with_backbone=not defer_backbone)
-    weights = path / "model.safetensors"
+    model = ShowAndTell(config, load_backbone=load_backbone if defer_backbone else None)
     model.load_state_dict(read_weights(weights, model, config, exclude=BACKBONE_PREFIX if defer_backbone else None),
                           strict=True, assign=True)
     model.to(device).eval()
-    if defer_backbone:
-        def load_backbone() -> torch.nn.Module:
-            backbone = build_backbone(config.backbone, config.encoder_output)
-            backbone.load_state_dict(read_weights(weights, backbone, config, prefix=BACKBONE_PREFIX), strict=True,
-                                     assign=True)
-            return backbone.to(device).eval()
-
-        model.encoder.defer_backbone(load_backbone)
     card_path = path / "README.md"
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
-    return LoadedModel(model, vocab, config, card, describe_source(source), path)
+    return LoadedModel(model, vocab, config, card, asked, path)
 
 
 def read_weights(path: Path, model: torch.nn.Module, config: ModelConfig, *, prefix: str = "",
