@@ -4,6 +4,7 @@
     python benchmarks/bench.py --quick    # about a minute, for CI
     python benchmarks/bench.py --model DIR --json results.json
     python benchmarks/bench.py --threads 1 --clock cpu   # steadier on a machine shared with other work
+    python benchmarks/bench.py --int8 only               # the fp32 against int8 encoder tables alone
 
 What it measures (medians of interleaved runs, so that a busy machine slows every row alike), for
 both backends (torch and, when onnxruntime is installed, ONNX Runtime) alternating in the same run,
@@ -11,7 +12,9 @@ each backend in a process of its own (as a user runs one; in a shared process ea
 other through its thread pool and caches): warm per-image latency (each timed call right after an
 untimed one of the same kind) against the bare encoder forward on the same tensor (the floor);
 images/s by batch size; loading (the ONNX backend's first load exports, later loads use the
-cached export); cold start of ``python -m captioner caption`` next to the bare
+cached export); the fp32 against the int8 encoder (``int8_tables``: a copy of the model exported with
+``export-onnx --int8`` on the real-photo set, its caption check, latency at 1 and 2 threads,
+``caption-dataset`` on one worker, cold start); cold start of ``python -m captioner caption`` next to the bare
 ``import torch, torchvision``; peak memory; and, on the same ResNet-152 weights, the classic
 tutorial's own code (``tutorial_reference.py``, ``sample.py``) against this library. ONNX exports go
 to a temporary cache, never the user's.
@@ -31,16 +34,19 @@ than 1); ``--threads 1 --clock cpu`` then gives ratios that still mean something
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
 import pickle
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,11 +116,12 @@ class BackendProcess:
     ways no user sees. The rounds still alternate between the processes, so a busy machine slows
     both alike."""
 
-    def __init__(self, source: str | None, backend: str, images: list[Path], threads: int | None, clock_name: str):
+    def __init__(self, source: str | None, backend: str, images: list[Path], threads: int | None, clock_name: str,
+                 precision: str = "fp32"):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
         self.process = context.Process(target=_serve_backend, daemon=True, args=(
-            child, source, backend, [str(p) for p in images], threads, clock_name))
+            child, source, backend, [str(p) for p in images], threads, clock_name, precision))
         self.process.start()
         self.backbone = self._receive()
 
@@ -135,14 +142,14 @@ class BackendProcess:
 
 
 def _serve_backend(connection, source: str | None, backend: str, images: list[str], threads: int | None,
-                   clock_name: str) -> None:
+                   clock_name: str, precision: str) -> None:
     """A ``BackendProcess``: answers each request with the seconds of one warm run (after an untimed one,
     except ``batch``, whose long calls are timed as they come)."""
     try:
         if threads:
             torch.set_num_threads(threads)
         timer = time.process_time if clock_name == "cpu" else time.perf_counter
-        captioner = fresh_captioner(source, backend)
+        captioner = fresh_captioner(source, backend, precision)
         pixels = [captioner.pipeline.preprocess(load_image(p)).unsqueeze(0) for p in images]
         count = len(images)
         actions = {"floor": lambda i: captioner.pipeline.features(pixels[i % count]),
@@ -236,10 +243,14 @@ def tutorial_stand_in(tmp: Path) -> dict[str, Path]:
     return files
 
 
-def fresh_captioner(source: str | None, backend: str = "torch") -> Captioner:
+def fresh_captioner(source: str | None, backend: str = "torch", precision: str = "fp32") -> Captioner:
     """A newly loaded captioner, as ``load_captioner`` loads it (which would return a cached one):
-    with the ONNX backend, torch's backbone is built only if needed (for the export)."""
-    return Captioner(load_model(source, "cpu", defer_backbone=backend == "onnx"), torch.device("cpu"), backend)
+    with the ONNX backend, torch's backbone is built only if needed (for the export). The ONNX rows
+    are fp32 unless ``precision`` says otherwise (``int8_tables`` compares the precisions)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an int8 encoder that failed its check, used as asked: reported in the tables
+        return Captioner(load_model(source, "cpu", defer_backbone=backend == "onnx"), torch.device("cpu"), backend,
+                         precision)
 
 
 
@@ -407,6 +418,111 @@ def reload_per_call(files: dict[str, Path], images: list[Path], count: int) -> t
     return table, tutorial / ours, tutorial / (ours - loaded)
 
 
+# ---------------------------------------------------------------- int8 encoder
+
+PRECISION_ROWS = {"torch": ("torch", "fp32"), "onnx fp32": ("onnx", "fp32"), "onnx int8": ("onnx", "int8")}
+
+
+def int8_model(source: str | None, tmp: Path, calibration: str | None) -> tuple[Path, object]:
+    """A copy of the model with its int8 encoder exported as ``export-onnx --int8`` does: calibrated
+    and checked on ``calibration`` (default: the real-photo set, built now). Returns (the copy, the
+    export's agreement)."""
+    from captioner.core.backends.calibration import photo_sets
+    from captioner.core.backends.int8 import export_int8_to_repo
+
+    if calibration is None:
+        subprocess.run([sys.executable, "-m", "captioner.build.photos", str(tmp / "real-photos")], cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL)
+        calibration = str(tmp / "real-photos" / "photos")
+    model = Path(shutil.copytree(Path(source) if source else BUNDLED_MODEL_DIR, tmp / "int8-model"))
+    _, agreement = export_int8_to_repo(model, photo_sets(calibration))
+    return model, agreement
+
+
+def int8_tables(source: str | None, images: list[Path], args: argparse.Namespace, tmp: Path, env: dict[str, str]
+                ) -> tuple[list[Table], list[list]]:
+    """fp32 against int8 encoders (and torch): warm latency at 1 and 2 threads, batch 8 per image,
+    `caption-dataset` on one worker, CLI cold start, and the export's caption agreement. Returns the
+    tables and rows for the targets table."""
+    started = time.perf_counter()
+    model, agreement = int8_model(source, tmp, args.calibration)
+    built = time.perf_counter() - started
+    auto = "onnx int8" if agreement.passed else "onnx fp32"
+    check = Table("int8 encoder: the export's check (`export-onnx --int8`), captions from the fp32 and the int8 "
+                  "encoder on held-out real photos", ["decoding", "identical captions", "share", "verdict"])
+    for decoding, identical in (("greedy", agreement.greedy), ("beam 3", agreement.beam)):
+        check.rows.append([decoding, f"{identical} of {agreement.photos}", f"{agreement.rate(identical):.1%}",
+                           agreement.verdict])
+    check.notes.append(f"{agreement.line()}; built in {built:.0f} s; `--precision auto` runs {auto}")
+    tables, targets = [check], []
+    rounds = 5 if args.quick else 11
+    for threads in (1, 2):
+        workers = {name: BackendProcess(str(model), backend, images, threads, args.clock, precision)
+                   for name, (backend, precision) in PRECISION_ROWS.items()}
+
+        def caption(worker, beam):
+            return lambda r: worker.timed("caption", r, beam, None)[0]
+
+        functions = {}
+        for name, worker in workers.items():
+            functions.update({(name, "floor"): lambda r, worker=worker: worker.timed("floor", r)[0],
+                              (name, "greedy"): caption(worker, 1), (name, "beam3"): caption(worker, 3),
+                              (name, "batch8"): lambda r, worker=worker: worker.timed("batch", 8)[0] / 8})
+        times = {k: statistics.median(v) for k, v in interleaved(functions, rounds).items()}
+        for worker in workers.values():
+            worker.close()
+        table = Table(f"fp32 against int8 encoder, {threads} thread{'s' if threads > 1 else ''} (each in its own "
+                      f"process, median of {rounds} interleaved rounds)",
+                      ["what", *PRECISION_ROWS, "int8 / fp32", "int8 / torch", "fp32 / torch"])
+        for what, label in (("floor", "encoder forward (preprocessed tensor)"), ("greedy", "warm greedy caption"),
+                            ("beam3", "warm beam-3 caption"), ("batch8", "`caption([8 images])`, per image")):
+            ms = {name: times[name, what] for name in PRECISION_ROWS}
+            table.rows.append([label, *(_ms(ms[name]) for name in PRECISION_ROWS),
+                               round(ms["onnx int8"] / ms["onnx fp32"], 2), round(ms["onnx int8"] / ms["torch"], 2),
+                               round(ms["onnx fp32"] / ms["torch"], 2)])
+        tables.append(table)
+        if threads == (args.threads or torch.get_num_threads()):
+            ratio = times[auto, "greedy"] / times["torch", "greedy"]
+            targets.append([f"warm greedy caption with `--precision auto` ({auto}, the check {agreement.verdict}) "
+                            "<= 0.35x the torch backend's, >= 98% identical captions on held-out photos",
+                            f"{ratio:.2f}x; int8 {times['onnx int8', 'greedy'] / times['torch', 'greedy']:.2f}x "
+                            f"with {agreement.rate(agreement.greedy):.1%} identical",
+                            ratio <= 0.35 and agreement.passed])
+    tables.append(dataset_speed(model, images, env, 8 if args.quick else 48))
+    commands = {f"`python -m captioner caption IMG --precision {precision}` (int8 exported)":
+                [sys.executable, "-m", "captioner", "caption", str(images[0]), "--model", str(model), "--precision",
+                 precision] for precision in ("fp32", "int8")}
+    cold, _ = cold_start(commands, 1 if args.quick else 3, env, {
+        "first run, fp32 (exports the fp32 encoder into the cache)": next(iter(commands.values()))})
+    tables.append(cold)
+    return tables, targets
+
+
+def dataset_speed(model: Path, images: list[Path], env: dict[str, str], count: int) -> Table:
+    """Images/s of `caption-dataset` with one worker on ``count`` images, fp32 and int8, from the
+    workers' start to the last row (Ray's own start left out)."""
+    table = Table(f"`caption-dataset` on one worker ({count} images, batch 8, beam 3)",
+                  ["precision", "images/s", "s (without Ray's start)"])
+    if importlib.util.find_spec("ray") is None:
+        table.notes.append("Ray is not installed: not measured")
+        return table
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for index in range(count):
+            shutil.copy(images[index % len(images)], folder / f"{index:04d}{images[index % len(images)].suffix}")
+        for precision in ("fp32", "int8"):
+            code = ("import json, sys; from captioner.serving.ray_data import caption_dataset; "
+                    "run = caption_dataset(sys.argv[1], sys.argv[2], workers=1, model=sys.argv[3], backend='onnx', "
+                    "precision=sys.argv[4]); print(json.dumps([run.captioned, run.seconds - run.startup_seconds]))")
+            done = subprocess.run([sys.executable, "-c", code, str(folder), str(Path(tmp) / f"out-{precision}"),
+                                   str(model), precision], cwd=ROOT, env={**env, "RAY_USAGE_STATS_ENABLED": "0"},
+                                  capture_output=True, text=True, check=True)
+            captioned, seconds = json.loads(done.stdout.strip().splitlines()[-1])
+            table.rows.append([precision, round(captioned / seconds, 1), round(seconds, 1)])
+    return table
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -428,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model directory or owner/name (default: models/default, else a stand-in)")
     parser.add_argument("--no-resnet", action="store_true", help="skip the ResNet-152 and tutorial comparisons")
     parser.add_argument("--json", metavar="PATH", help="also write the tables as JSON")
+    parser.add_argument("--int8", choices=("also", "only", "no"), default="also",
+                        help="the fp32 against int8 encoder tables: with the rest (default), alone, or not")
+    parser.add_argument("--calibration", metavar="DIR", default=None,
+                        help="photos for the int8 export (default: the real-photo set, built from installed packages)")
     add_clock_options(parser, "in-process timings: wall time, or process CPU time (steadier with --threads 1 "
                               "on a busy machine)",
                       "torch threads here and OMP_NUM_THREADS for the processes started (default: torch's)")
@@ -456,6 +576,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CAPTIONER_CACHE"] = str(tmp / "cache-in-process")  # ONNX exports: fresh, and not the user's
         env["CAPTIONER_CACHE"] = str(tmp / "cache-cli")
         source, description = bundled_or_stand_in(args.model, tmp)
+        if args.int8 != "no" and onnxruntime_available():
+            int8_results, int8_targets = int8_tables(source, images, args, tmp, env)
+            for table in int8_results:
+                report(table)
+            targets.rows += int8_targets
+        if args.int8 == "only":
+            report(targets)
+            print(f"{load_note(load_start, os.getloadavg())}; {time.perf_counter() - started:.0f} s in all.")
+            return 0
         loads = Table("Loading a model in-process, as `load_captioner(dir, 'cpu', backend)` does (in-process clock)",
                       ["model", "backend", "first load s (ONNX: exports)", "next load s (ONNX: cached export)"])
         preprocess = time_loads(source, loads, "efficientnet-lite0")

@@ -79,7 +79,7 @@ def compare(source: str | None, photos: list[tuple[str, Image.Image]], beams: tu
             batch_size: int = 8) -> tuple[list[list], float, int]:
     """(rows for each differing caption, the largest score difference, captions compared)."""
     torch_captioner = Captioner(load_model(source, "cpu"), torch.device("cpu"), "torch")
-    onnx_captioner = Captioner(load_model(source, "cpu"), torch.device("cpu"), "onnx")
+    onnx_captioner = Captioner(load_model(source, "cpu"), torch.device("cpu"), "onnx", "fp32")
     differences, largest, compared = [], 0.0, 0
     for beam in beams:
         for start in range(0, len(photos), batch_size):

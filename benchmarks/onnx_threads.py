@@ -13,8 +13,8 @@ step's sessions:
 - ``spin after runs``: ONNX Runtime's default;
 - ``no spinning``: ``session.intra_op.allow_spinning = 0``;
 - ``spin within a run``: spinning between the operators of one run, stopped when it ends
-  (``session.force_spinning_stop = 1``, ``onnx_backend.SESSION_CONFIG``);
-- the same with the decoder step on the calling thread alone (``onnx_backend.STEP_THREADS``): the
+  (``session.force_spinning_stop = 1``, ``onnx_sessions.SESSION_CONFIG``);
+- the same with the decoder step on the calling thread alone (``onnx_sessions.STEP_THREADS``): the
   library's setting.
 
 The cached export is written to a temporary directory, not the user's cache.
@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from captioner.core.backends import onnx_runtime as onnx_backend  # noqa: E402
+from captioner.core.backends import sessions as onnx_sessions  # noqa: E402
 from captioner.core.inference import Captioner  # noqa: E402
 from captioner.core.repository.storage import load_model  # noqa: E402
 from tables import Table  # noqa: E402
@@ -43,9 +43,9 @@ from tables import Table  # noqa: E402
 SETTINGS = {  # name: (session config, the decoder step's intra-op threads; None: torch's)
     "spin after runs (ONNX Runtime's default)": ({"session.intra_op.allow_spinning": "1"}, None),
     "no spinning": ({"session.intra_op.allow_spinning": "0"}, None),
-    "spin within a run": (onnx_backend.SESSION_CONFIG, None),
-    "spin within a run, step on the calling thread (the library's)": (onnx_backend.SESSION_CONFIG,
-                                                                       onnx_backend.STEP_THREADS),
+    "spin within a run": (onnx_sessions.SESSION_CONFIG, None),
+    "spin within a run, step on the calling thread (the library's)": (onnx_sessions.SESSION_CONFIG,
+                                                                       onnx_sessions.STEP_THREADS),
 }
 GAP_S = 0.02  # idle time before each timed call, so that no setting's spinning is charged to the next
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_captioner = Captioner(load_model(args.model, "cpu"), torch.device("cpu"), "torch")
         onnx_captioner = Captioner(load_model(args.model, "cpu"), torch.device("cpu"), "onnx")
         backend = onnx_captioner.pipeline.onnx
-        sessions = {name: tuple(ort.InferenceSession(str(path), onnx_backend.session_options(config, threads),
+        sessions = {name: tuple(ort.InferenceSession(str(path), onnx_sessions.session_options(config, threads),
                                                      providers=["CPUExecutionProvider"])
                                 for path, threads in ((backend.path, None), (backend.step_path, step_threads)))
                     for name, (config, step_threads) in SETTINGS.items()}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
-from captioner.core.options import BACKEND_HELP, BACKENDS, DecodeOptions
+from captioner.core.options import BACKEND_HELP, BACKENDS, PRECISION_HELP, PRECISIONS, DecodeOptions
 
 
 def _positive(text: str) -> int:
@@ -31,7 +31,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     options = DecodeOptions(beam_size=args.beam_size, num_candidates=args.num_candidates, max_length=args.max_length,
                             no_repeat_ngram=args.no_repeat_ngram)
-    captioner = load_captioner(args.model, args.device, args.backend)
+    captioner = load_captioner(args.model, args.device, args.backend, args.precision)
     options.resolved(captioner.config.max_length)  # bad settings stop here, before any image is read
     with tqdm(total=len(args.images), desc="captioning", unit="img", file=sys.stderr,
               disable=len(args.images) <= args.batch_size) as bar:
@@ -90,6 +90,7 @@ def _add_caption(sub) -> None:
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: $CAPTIONER_DEVICE or the best present)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--explain", metavar="DIR", default=None,
                    help="write each word's heatmap over the photo to DIR/NAME.NN-WORD.png (listed in --json)")
@@ -115,8 +116,24 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     require_extra("onnx", "onnx", purpose="export-onnx")
     from captioner.core.backends.onnx_export import export_to_repo
 
-    for path in export_to_repo(args.model_dir):
+    if not args.int8:
+        if args.calibration or args.check:
+            raise CaptionerError("--calibration and --check choose the photos of the int8 encoder: add --int8")
+        paths = export_to_repo(args.model_dir)
+    else:
+        from captioner.core.backends.calibration import photo_sets
+        from captioner.core.backends.int8 import export_int8_to_repo
+
+        photos = photo_sets(args.calibration, args.check)  # a bad folder stops here, before any export work
+        if photos is None:
+            raise CaptionerError("--int8 needs photos: --calibration DIR (a folder of 100 or more photos like "
+                                 "those the model will caption), or set CAPTIONER_CALIBRATION")
+        paths, agreement = export_int8_to_repo(args.model_dir, photos,
+                                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+    for path in paths:
         print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB)")
+    if args.int8:
+        print(agreement.line())
     return 0
 
 
@@ -126,8 +143,17 @@ def _add_export_onnx(sub) -> None:
                                    "and MODEL_DIR/onnx/decoder_step.onnx (each written whole or not at all), "
                                    "recording the weights' SHA-256. The onnx backend then uses them instead of "
                                    "exporting, with onnxruntime alone; `push` publishes them with the model. "
-                                   "Needs: pip install \"captioner[onnx]\".")
+                                   "--int8 adds MODEL_DIR/onnx/encoder_model_int8.onnx, calibrated on half of the "
+                                   "--calibration photos and checked on the other half: `--precision auto` uses it "
+                                   "only when at least 98% of their captions match the fp32 encoder's; the check "
+                                   "goes into the model card. Needs: pip install \"captioner[onnx]\".")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local model folder")
+    p.add_argument("--int8", action="store_true", help="also write the int8 encoder, checked against fp32")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="with --int8: a folder of photos like those the model will caption (default: "
+                        "$CAPTIONER_CALIBRATION); half calibrate, half check, split by content")
+    p.add_argument("--check", metavar="DIR", default=None,
+                   help="with --int8: photos for the check instead (then all --calibration photos calibrate)")
     p.set_defaults(func=cmd_export_onnx)
 
 
@@ -506,7 +532,7 @@ def cmd_caption_dataset(args: argparse.Namespace) -> int:
                           gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                           batch_size=args.batch_size, model=args.model, options=options, resume=args.resume,
                           path_column=args.path_column, fmt=args.format, rows_per_part=args.rows_per_part,
-                          backend=args.backend)
+                          backend=args.backend, precision=args.precision)
     print(run.summary())
     return 0
 
@@ -535,6 +561,7 @@ def _add_caption_dataset(sub) -> None:
     p.add_argument("--model", help="model directory or owner/name[@revision] (default: $CAPTIONER_MODEL, "
                                    "else the bundled model); every worker must be able to load it")
     p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP + "; for every worker")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP + "; for every worker")
     p.add_argument("--beam-size", type=_positive, default=3, help="1 = greedy (default 3)")
     p.add_argument("--num-candidates", type=_positive, default=None, help="how many captions to keep per image")
     p.add_argument("--max-length", type=_positive, default=None, help="maximum tokens (default: the model's)")
@@ -559,7 +586,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = {name: getattr(args, name) for name in (
             "model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
-            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend") if getattr(args, name) is not None}
+            "max_batch_size", "batch_wait_ms", "max_upload_mb", "backend", "precision")
+            if getattr(args, name) is not None}
         application = build_app(settings, ui=not args.no_ui)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(application, name="captioner", route_prefix="/")
@@ -599,6 +627,7 @@ def _add_serve(sub) -> None:
                    help="how long a request waits for others to share its pass (default 10)")
     p.add_argument("--max-upload-mb", type=_above_zero, default=None, help="largest image accepted (default 50)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP + "; for every replica")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP + "; for every replica")
     p.add_argument("--no-ui", action="store_true", help="the REST API only, without the Gradio app at /")
     p.set_defaults(func=cmd_serve)
 

@@ -43,16 +43,20 @@ class Captioner:
 
     Call it: ``captioner(image)`` gives one ``CaptionResult``, ``captioner([image, ...])`` a list.
     ``backend``: ``"torch"``, ``"onnx"`` (the backbone and the decoder step run in ONNX Runtime:
-    ``backends.onnx_runtime``), ``"auto"``, or a ``BackendChoice`` (``backends.choice``). With torch on
+    ``backends.onnx_runtime``), ``"auto"``, or a ``BackendChoice`` (``backends.choice``); ``precision``
+    (``"auto"``, ``"fp32"``, ``"int8"``; None: the choice's, else ``$CAPTIONER_PRECISION``, else auto)
+    is the onnx backend's encoder arithmetic, and ``self.precision`` the one that runs. With torch on
     CPU the encoder's backbone is optimised for inference when it is created
     (``Encoder.optimize_for_inference``), so ``model`` is for inference only.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str | BackendChoice = "torch"):
+    def __init__(self, loaded: LoadedModel, device: torch.device, backend: str | BackendChoice = "torch",
+                 precision: str | None = None):
         self.loaded, self.device = loaded, device
         self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
-        onnx = start(loaded, choose_backend(backend, device))  # None: torch
+        onnx = start(loaded, choose_backend(backend, device, precision))  # None: torch
         self.backend = "onnx" if onnx is not None else "torch"
+        self.precision = onnx.precision if onnx is not None else "fp32"
         if device.type == "cpu" and onnx is None:
             self.model.encoder.optimize_for_inference()
         self._pipeline = Pipeline(loaded, device, onnx)
@@ -66,7 +70,7 @@ class Captioner:
     def info(self) -> dict[str, Any]:
         return {"source": self.loaded.source, "path": str(self.loaded.path), "backbone": self.config.backbone,
                 "encoder_output": self.config.encoder_output, "vocab_size": len(self.vocab),
-                "device": str(self.device), "backend": self.backend}
+                "device": str(self.device), "backend": self.backend, "precision": self.precision}
 
     @property
     def class_names(self) -> list[str] | None:
@@ -146,32 +150,37 @@ def _options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeO
     return options if options is not None else DecodeOptions(**settings)
 
 
-_cache: dict[tuple[str, str, str], Captioner] = {}
+_cache: dict[tuple[str, str, str, str], Captioner] = {}
 _cache_lock = threading.Lock()
 
 
 def load_captioner(source: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                   backend: str | BackendChoice | None = None, *, cache: bool = True) -> Captioner:
+                   backend: str | BackendChoice | None = None, precision: str | None = None, *,
+                   cache: bool = True) -> Captioner:
     """The captioner for ``source`` (a directory, ``owner/name[@rev]``, or None for ``$CAPTIONER_MODEL``,
     read now, else the bundled model) on ``device`` with ``backend`` (``auto``, ``torch`` or ``onnx``, or
-    a ``BackendChoice``; None: ``$CAPTIONER_BACKEND``, else ``auto``).
+    a ``BackendChoice``; None: ``$CAPTIONER_BACKEND``, else ``auto``) and the onnx backend's encoder in
+    ``precision`` (``auto``, ``fp32`` or ``int8``; None: the choice's, else ``$CAPTIONER_PRECISION``,
+    else ``auto``: int8 when the model's int8 encoder passed its check).
 
     Loaded once and cached, keyed by where the model is (a directory's resolved path, a Hub id with its
-    revision), the device and the backend; ``cache=False`` loads a fresh one and keeps it out of the cache
+    revision), the device, the backend and the precision; ``cache=False`` loads a fresh one and keeps it out
+    of the cache
     (e.g. after the model's files changed). A Hub model loaded for the onnx backend brings its
     repository's ONNX export (``onnx/``) when it has one."""
     device = select_device(device)
-    choice = choose_backend(backend, device)
+    choice = choose_backend(backend, device, precision)
     where = locate(source)
     if not cache:
         return _load(where, device, choice)
     with _cache_lock:
-        for key in ((where.key, str(device), choice.asked), (where.key, str(device), choice.first)):
+        for key in ((where.key, str(device), choice.asked, choice.precision),
+                    (where.key, str(device), choice.first, choice.precision)):
             if key in _cache:  # "auto" shares the captioner of the backend it chose
                 return _cache[key]
         captioner = _load(where, device, choice)
-        _cache[(where.key, str(device), choice.asked)] = captioner
-        _cache.setdefault((where.key, str(device), captioner.backend), captioner)  # auto fell back: not "onnx"
+        _cache[(where.key, str(device), choice.asked, choice.precision)] = captioner
+        _cache.setdefault((where.key, str(device), captioner.backend, choice.precision), captioner)  # auto fell back
         return captioner
 
 

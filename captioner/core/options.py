@@ -22,6 +22,10 @@ LENGTH_PENALTY_RANGE = (0.0, 5.0)
 # name them without importing torch.
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_HELP = "auto: ONNX Runtime on CPU when installed, else torch (default: $CAPTIONER_BACKEND or auto)"
+# The encoder's arithmetic on the onnx backend (``backends.choice`` checks the choice).
+PRECISIONS = ("auto", "fp32", "int8")
+PRECISION_HELP = ("encoder arithmetic on the onnx backend; auto: int8 when the model's int8 encoder passed its "
+                  "caption agreement check, else fp32 (default: $CAPTIONER_PRECISION or auto)")
 
 
 @dataclass(frozen=True, kw_only=True)

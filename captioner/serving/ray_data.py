@@ -35,7 +35,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 
-from captioner.core.backends.choice import requested_backend  # noqa: E402
+from captioner.core.backends.choice import requested_backend, requested_precision  # noqa: E402
 from captioner.core.errors import CaptionerError  # noqa: E402
 from captioner.core.images.decode import MAX_IMAGE_BYTES  # noqa: E402
 from captioner.core.options import DecodeOptions  # noqa: E402
@@ -71,6 +71,7 @@ class DatasetRun:
     startup_seconds: float  # connecting to or starting Ray
     seconds: float  # the whole call
     backends: tuple[str, ...] = ()  # the backends the workers ran ("torch", "onnx")
+    precisions: tuple[str, ...] = ()  # the encoder precisions they ran ("fp32", "int8")
 
     def summary(self) -> str:
         done = f"captioned {self.captioned - self.failed} of {self.captioned} images"
@@ -79,6 +80,8 @@ class DatasetRun:
         if self.skipped:
             done += f"; {self.skipped} already in {self.out} were skipped"
         backends = f" ({'/'.join(self.backends)} backend)" if self.backends else ""
+        if "int8" in self.precisions:
+            backends = backends.replace(" backend)", f" backend, {'/'.join(self.precisions)} encoder)")
         return f"{done}{backends}; wrote {self.parts} part file(s) to {self.out} in {self.seconds:.1f} s"
 
 
@@ -271,13 +274,13 @@ class CaptionWorker:
     """A Ray Data actor: loads the model once, then captions batches of paths."""
 
     def __init__(self, model: str | None, device: str, options: DecodeOptions, batch_size: int, threads: int,
-                 backend: str | None = None):
+                 backend: str | None = None, precision: str | None = None):
         import torch
 
         from captioner.core.inference import load_captioner
 
         torch.set_num_threads(max(1, threads))
-        self.captioner = load_captioner(model, device, backend)
+        self.captioner = load_captioner(model, device, backend, precision)
         self.options, self.batch_size = options, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -285,7 +288,8 @@ class CaptionWorker:
         results = self.captioner.pipeline.caption_each([_open_source(path) for path in paths], self.options,
                                                        names=paths, batch_size=self.batch_size)
         return {"path": paths, "result": [json.dumps(result.to_dict(), ensure_ascii=False) for result in results],
-                "backend": [self.captioner.backend] * len(paths)}
+                "backend": [self.captioner.backend] * len(paths),
+                "precision": [self.captioner.precision] * len(paths)}
 
 
 def _open_source(path: str) -> str | bytes | Exception:
@@ -307,7 +311,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
                     workers: int | None = None, gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
                     batch_size: int = 8, model: str | None = None, options: DecodeOptions = DecodeOptions(),
                     resume: bool = False, path_column: str = "path", fmt: str | None = None,
-                    rows_per_part: int = ROWS_PER_PART, backend: str | None = None) -> DatasetRun:
+                    rows_per_part: int = ROWS_PER_PART, backend: str | None = None,
+                    precision: str | None = None) -> DatasetRun:
     """Caption every image ``source`` names (see ``list_inputs``) and write one row per input to the
     folder ``out`` (Parquet, or JSON Lines when ``fmt="jsonl"`` or OUT ends in ``.jsonl``).
 
@@ -318,13 +323,17 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
     cluster has is refused (Ray would wait for them forever). ``resume``: skip inputs already in OUT;
     without it, an OUT that already holds parts is refused. ``backend``: each worker's
     ``load_captioner`` backend (``auto``, ``torch``, ``onnx``; None: the workers' ``$CAPTIONER_BACKEND``,
-    else ``auto``). Raises ``CaptionerError`` / ``ValueError`` for bad arguments before any image is read.
+    else ``auto``). ``precision``: each worker's encoder precision on the onnx backend (``auto``, ``fp32``,
+    ``int8``; None: the workers' ``$CAPTIONER_PRECISION``, else ``auto``). Raises ``CaptionerError`` /
+    ``ValueError`` for bad arguments before any image is read.
     """
     started = time.perf_counter()
     source, out = os.fspath(source), os.fspath(out)
     options.resolved(200)  # settings checked before anything starts (max_length again against the model)
     if backend is not None:
         backend = requested_backend(backend)  # an unknown name is refused here, not in every worker
+    if precision is not None:
+        precision = requested_precision(precision)
     for name, value in (("batch_size", batch_size), ("rows_per_part", rows_per_part)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -358,6 +367,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
                                  f"use --gpus-per-worker 0 to caption on CPUs")
         if backend == "onnx" and gpus:
             raise CaptionerError("the onnx backend runs on the CPU: use --gpus-per-worker 0 or --backend torch")
+        if precision == "int8" and gpus:
+            raise CaptionerError("--precision int8 runs on the CPU (the onnx backend): use --gpus-per-worker 0")
         count = workers or max(1, int(gpus_there // gpus) if gpus else int(cpus_there // cpus_per_worker))
         count = min(count, math.ceil(len(todo) / batch_size))
         # Blocks of whole batches (at most MAX_BLOCKS of them), as Arrow slices: cheap for millions of paths.
@@ -369,12 +380,14 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
             compute=ray.data.ActorPoolStrategy(size=count), num_cpus=cpus_per_worker, num_gpus=gpus or None,
             fn_constructor_kwargs={"model": model, "device": "cuda" if gpus else "cpu", "options": options,
                                    "batch_size": batch_size, "threads": int(max(1, cpus_per_worker)),
-                                   "backend": backend})
+                                   "backend": backend, "precision": precision})
         captioned = failures = 0
         backends: set[str] = set()
+        precisions: set[str] = set()
         for batch in dataset.iter_batches(batch_size=rows_per_part, batch_format="numpy"):
             rows = [to_row(str(path), json.loads(result)) for path, result in zip(batch["path"], batch["result"])]
             backends.update(str(name) for name in batch["backend"])
+            precisions.update(str(name) for name in batch["precision"])
             writer.write(rows)
             captioned += len(rows)
             failures += sum(1 for row in rows if row["error"] is not None)
@@ -382,7 +395,8 @@ def caption_dataset(source: str | os.PathLike, out: str | os.PathLike, *, addres
         if own_cluster:
             ray.shutdown()
     return DatasetRun(out, len(inputs), len(inputs) - len(todo), captioned, failures, writer.written, count, gpus,
-                      startup, time.perf_counter() - started, tuple(sorted(backends)))
+                      startup, time.perf_counter() - started, tuple(sorted(backends)),
+                      tuple(sorted(precisions)))
 
 
 def _local_object_store() -> int:

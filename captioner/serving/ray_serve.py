@@ -73,14 +73,15 @@ class CaptionService:
 
     def __init__(self, model: str | None = None, device: str = "cpu", max_batch_size: int = MAX_BATCH_SIZE,
                  batch_wait_s: float = BATCH_WAIT_S, threads: int = 1, ui: bool = True,
-                 max_upload_bytes: int = MAX_IMAGE_BYTES, backend: str | None = None):
+                 max_upload_bytes: int = MAX_IMAGE_BYTES, backend: str | None = None, precision: str | None = None):
         import torch
 
         from captioner.core.inference import load_captioner
 
         torch.set_num_threads(max(1, threads))
         self.model, self.backend, self.ui, self.max_upload_bytes = model, backend, ui, max_upload_bytes
-        self.captioner = load_captioner(model, device, backend)
+        self.precision = precision
+        self.captioner = load_captioner(model, device, backend, precision)
         self.max_batch_size = max_batch_size
         self.caption_batch.set_max_batch_size(max_batch_size)
         self.caption_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -123,7 +124,8 @@ class CaptionService:
     def health(self) -> dict[str, Any]:
         with self._stats_lock:
             return {"status": "ok", "model": self.captioner.loaded.source, "device": str(self.captioner.device),
-                    "backend": self.captioner.backend, "max_batch_size": self.max_batch_size,
+                    "backend": self.captioner.backend, "precision": self.captioner.precision,
+                    "max_batch_size": self.max_batch_size,
                     "forward_passes": self.forward_passes, "requests": self.requests,
                     "largest_batch": self.largest_batch, "recent_batches": list(self.recent_batches)}
 
@@ -163,7 +165,8 @@ def build_http_app(service: CaptionService) -> FastAPI:
 
         from captioner.web import app as web_app
 
-        demo = web_app.build_demo(service.model, batch_size=service.max_batch_size, backend=service.backend)
+        demo = web_app.build_demo(service.model, batch_size=service.max_batch_size, backend=service.backend,
+                                  precision=service.precision)
         options = web_app.launch_options()
         gr.mount_gradio_app(http, demo, path="/", max_file_size=options["max_file_size"], theme=options["theme"],
                             css=options["css"], app_kwargs=options.get("app_kwargs"))  # the app's request limits
@@ -206,18 +209,21 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     (autoscaling on ongoing requests), ``gpus_per_replica`` (default: 1 when Ray is connected to a
     cluster with GPUs, else 0), ``cpus_per_replica`` (default 1), ``max_batch_size``,
     ``batch_wait_ms``, ``ui`` (mount the Gradio app at ``/``; default true), ``max_upload_mb``,
-    ``backend`` (``auto``, ``torch``, ``onnx``; default: the replicas' ``$CAPTIONER_BACKEND``, else ``auto``).
+    ``backend`` (``auto``, ``torch``, ``onnx``; default: the replicas' ``$CAPTIONER_BACKEND``, else ``auto``),
+    ``precision`` (``auto``, ``fp32``, ``int8``: the onnx backend's encoder; default: the replicas'
+    ``$CAPTIONER_PRECISION``, else ``auto``).
     """
-    from captioner.core.backends.choice import requested_backend
+    from captioner.core.backends.choice import requested_backend, requested_precision
 
     settings = {**(args or {}), **settings}
     unknown = set(settings) - {"model", "replicas", "min_replicas", "max_replicas", "gpus_per_replica",
                                "cpus_per_replica", "max_batch_size", "batch_wait_ms", "ui", "max_upload_mb",
-                               "backend"}
+                               "backend", "precision"}
     if unknown:
         raise ValueError(f"unknown setting {sorted(unknown)[0]!r}")
     try:
         backend = requested_backend(str(settings["backend"])) if settings.get("backend") else None
+        precision = requested_precision(str(settings["precision"])) if settings.get("precision") else None
     except CaptionerError as error:
         raise ValueError(str(error)) from None
     max_batch = _number(settings, "max_batch_size", MAX_BATCH_SIZE, int, 1)
@@ -227,6 +233,8 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
     gpus = _cluster_gpus_default() if gpus in (None, "") else _number(settings, "gpus_per_replica", 0, float, 0)
     if backend == "onnx" and gpus:
         raise ValueError("the onnx backend runs on the CPU: set gpus_per_replica to 0, or use the torch backend")
+    if precision == "int8" and gpus:
+        raise ValueError("precision int8 runs on the CPU (the onnx backend): set gpus_per_replica to 0")
     ui = str(settings.get("ui", True)).lower() not in ("false", "0", "no")
     upload = int(_number(settings, "max_upload_mb", MAX_IMAGE_BYTES / 2 ** 20, float, 0.001) * 2 ** 20)
     deployment_options: dict[str, Any] = {
@@ -244,7 +252,8 @@ def build_app(args: dict[str, Any] | None = None, **settings: Any) -> serve.Appl
         deployment_options["num_replicas"] = _number(settings, "replicas", 1, int, 1)
     return CaptionService.options(**deployment_options).bind(
         model=settings.get("model") or None, device="cuda" if gpus else "cpu", max_batch_size=max_batch,
-        batch_wait_s=wait_s, threads=int(max(1, cpus)), ui=ui, max_upload_bytes=upload, backend=backend)
+        batch_wait_s=wait_s, threads=int(max(1, cpus)), ui=ui, max_upload_bytes=upload, backend=backend,
+        precision=precision)
 
 
 def _number(settings: dict[str, Any], name: str, default: float, kind: type, low: float) -> Any:

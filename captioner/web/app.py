@@ -31,7 +31,15 @@ from captioner.core.backends.choice import resolve_backend
 from captioner.core.devices import select_device
 from captioner.core.errors import CaptionerError, ImageError
 from captioner.core.explain.overlays import write_overlays
-from captioner.core.options import BACKEND_HELP, BACKENDS, MAX_BEAM_SIZE, DecodeOptions, whole_number
+from captioner.core.options import (
+    BACKEND_HELP,
+    BACKENDS,
+    MAX_BEAM_SIZE,
+    PRECISION_HELP,
+    PRECISIONS,
+    DecodeOptions,
+    whole_number,
+)
 from captioner.core.repository.modelcard import summarize_card
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
 from captioner.web.batch import caption_inputs, collect_inputs, rows_to_csv, rows_to_json, total_bytes
@@ -155,15 +163,16 @@ def max_batch_size(value: int | str | None = None) -> int:
 
 def build_demo(source: str | os.PathLike | None = None, *, bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR,
                examples_dir: str | os.PathLike = EXAMPLES_DIR, batch_size: int | None = None,
-               backend: str | None = None) -> gr.Blocks:
+               backend: str | None = None, precision: str | None = None) -> gr.Blocks:
     """The app for ``source`` (None: ``$CAPTIONER_MODEL``, else the ``bundled`` model). When that
     model cannot be loaded, the bundled one is shown instead; when none can, the app still starts
     and says why. ``batch_size``: images per forward pass (None: see ``max_batch_size``). ``backend``:
-    auto, torch or onnx (None: ``$CAPTIONER_BACKEND``, else auto)."""
+    auto, torch or onnx (None: ``$CAPTIONER_BACKEND``, else auto); ``precision``: auto, fp32 or int8, the onnx
+    backend's encoder (None: ``$CAPTIONER_PRECISION``, else auto)."""
     batch_size = max_batch_size(batch_size)
     if backend is None and not os.environ.get("CAPTIONER_BACKEND") and is_zero_gpu():
         backend = "torch"  # ZeroGPU: forward passes go to the GPU inside spaces.GPU, not to ONNX Runtime on CPU
-    choice = choose_model(source, bundled=bundled, backend=backend)
+    choice = choose_model(source, bundled=bundled, backend=backend, precision=precision)
     captioner = choice.captioner
     # On ZeroGPU every forward pass runs inside spaces.GPU (CUDA exists only there); elsewhere as is.
     on_gpu = gpu_wrapper()
@@ -487,7 +496,8 @@ def _model_panel(captioner, notice: str | None) -> str:
              f"- **Hardware:** {hardware_summary(info['device'])}",
              f"- **Backbone:** {info['backbone']} (the encoder passes on {encoder})",
              f"- **Vocabulary:** {info['vocab_size']:,} tokens",
-             f"- **Device:** {info['device']} ({info['backend']} backend)"]
+             f"- **Device:** {info['device']} ({info['backend']} backend"
+             f"{', int8 encoder' if info.get('precision') == 'int8' else ''})"]
     card = summarize_card(captioner.loaded.card)
     about = ["", "### About this model (from its model card)"]
     if card.title:
@@ -519,13 +529,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="concurrent requests' images per shared forward pass; 1 turns batching off "
                              f"(default: $CAPTIONER_MAX_BATCH, else {MAX_BATCH_SIZE})")
     parser.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     args = parser.parse_args(argv)
     try:
         batch_size = max_batch_size(args.max_batch_size)
-        resolve_backend(args.backend, select_device())  # e.g. onnx without onnxruntime: say so and stop
+        # e.g. onnx without onnxruntime, or int8 with the torch backend: say so and stop
+        resolve_backend(args.backend, select_device(), args.precision)
     except (ValueError, CaptionerError) as error:
         parser.error(str(error))
-    build_demo(args.model, batch_size=batch_size, backend=args.backend).launch(**launch_options())
+    build_demo(args.model, batch_size=batch_size, backend=args.backend, precision=args.precision).launch(
+        **launch_options())
 
 
 if __name__ == "__main__":

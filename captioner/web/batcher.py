@@ -163,10 +163,11 @@ class ModelChoice:
 
 
 def choose_model(source: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR, backend: str | None = None) -> ModelChoice:
+                 bundled: str | os.PathLike | None = BUNDLED_MODEL_DIR, backend: str | None = None,
+                 precision: str | None = None) -> ModelChoice:
     """Load ``source``, else ``$CAPTIONER_MODEL``, else the ``bundled`` model directory; when the model
     asked for cannot be loaded, fall back to the bundled one if it exists. Never raises for a
-    missing or broken model: the notice says what happened. ``backend``: see ``load_captioner``."""
+    missing or broken model: the notice says what happened. ``backend``, ``precision``: see ``load_captioner``."""
     asked = source if source not in (None, "") else os.environ.get("CAPTIONER_MODEL") or None
     has_bundled = bundled is not None and (Path(bundled) / "config.json").is_file()
     if asked is None and not has_bundled:
@@ -174,13 +175,13 @@ def choose_model(source: str | os.PathLike | None = None, device: str | torch.de
                                  "config.json). Start the app with --model DIR or owner/name, or set "
                                  "CAPTIONER_MODEL.")
     try:
-        return ModelChoice(load_captioner(asked if asked is not None else bundled, device, backend))
+        return ModelChoice(load_captioner(asked if asked is not None else bundled, device, backend, precision))
     except (CaptionerError, OSError) as error:
         reason = str(error)
     if asked is None or not has_bundled or Path(str(asked)).resolve() == Path(bundled).resolve():
         return ModelChoice(None, f"No model is available: {reason}")
     try:
-        captioner = load_captioner(bundled, device, backend)
+        captioner = load_captioner(bundled, device, backend, precision)
     except (CaptionerError, OSError) as error:
         return ModelChoice(None, f"No model is available. The model {str(asked)!r} could not be loaded: "
                                  f"{reason}; the bundled model could not be loaded either: {error}")

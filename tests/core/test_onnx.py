@@ -39,7 +39,8 @@ def onnx_cache(tmp_path, monkeypatch) -> Path:
 
 
 def both_backends(model_dir) -> tuple[Captioner, Captioner]:
-    return (Captioner(load_model(model_dir, CPU), CPU, "torch"), Captioner(load_model(model_dir, CPU), CPU, "onnx"))
+    return (Captioner(load_model(model_dir, CPU), CPU, "torch"),
+            Captioner(load_model(model_dir, CPU), CPU, "onnx", "fp32"))
 
 
 def assert_same_results(reference, other, tolerance=1e-4):

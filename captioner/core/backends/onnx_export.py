@@ -28,7 +28,9 @@ OPSET = 17
 EXPORT_VERSION = 1  # bump when what export() writes changes: old cache entries are then left unused
 SHIPPED_EXPORT = Path("onnx") / "encoder_model.onnx"  # the backbone, where Optimum puts an encoder
 SHIPPED_STEP = Path("onnx") / "decoder_step.onnx"
-SHIPPED_FILES = (SHIPPED_EXPORT.as_posix(), SHIPPED_STEP.as_posix())  # a repository's export, as repo paths
+SHIPPED_INT8 = Path("onnx") / "encoder_model_int8.onnx"  # the backbone in int8 (``int8``), beside the fp32 one
+SHIPPED_GRAPHS = (SHIPPED_EXPORT, SHIPPED_STEP, SHIPPED_INT8)
+SHIPPED_FILES = tuple(graph.as_posix() for graph in SHIPPED_GRAPHS)  # a repository's export, as repo paths
 INPUT_NAME, OUTPUT_NAME = "pixels", "features"
 EXPORTER_HINT = "exporting to ONNX needs the onnx package: pip install onnx (or pip install 'captioner[onnx]')"
 
@@ -78,12 +80,20 @@ def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[lis
         torch.onnx.export(module, inputs, buffer, input_names=names[0], output_names=names[1], opset_version=OPSET,
                           dynamic_axes={name: {axis: "batch"} for name, axis in batch_axes.items()},
                           do_constant_folding=True, dynamo=False)
-    if not metadata:
-        return buffer.getvalue()
-    graph = onnx.load_model_from_string(buffer.getvalue())
+    return with_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
+
+
+def with_metadata(graph: bytes, metadata: dict[str, str]) -> bytes:
+    """The graph ``graph`` (bytes) with ``metadata`` as its metadata properties, replacing any it had."""
+    try:
+        import onnx
+    except ImportError:
+        raise ExporterMissing(EXPORTER_HINT) from None
+    model = onnx.load_model_from_string(graph)
+    del model.metadata_props[:]
     for key, value in metadata.items():
-        graph.metadata_props.add(key=key, value=value)
-    return graph.SerializeToString()
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
 
 
 def export_backbone(backbone: nn.Module, config: ModelConfig, metadata: dict[str, str] | None = None) -> bytes:
@@ -129,13 +139,19 @@ def shipped_metadata(weights_sha256: str, config: ModelConfig) -> dict[str, str]
     return {"weights_sha256": weights_sha256, "backbone": config.backbone, "encoder_output": config.encoder_output}
 
 
+def expected_metadata(graph: Path, weights_sha256: str, config: ModelConfig) -> dict[str, str]:
+    """What the metadata of the repository graph ``graph`` must record: ``shipped_metadata``, and for
+    the int8 encoder its precision too."""
+    return {**shipped_metadata(weights_sha256, config), **({"precision": "int8"} if graph == SHIPPED_INT8 else {})}
+
+
 Interface = tuple[list[str], list[str], dict[str, list[Any]]]  # inputs, outputs, each input's dims (None: dynamic)
 
 
 def graph_interface(graph: Path, loaded: Any) -> Interface:
-    """The inputs, outputs and input dimensions that the shipped graph ``graph`` (``SHIPPED_EXPORT`` or
-    ``SHIPPED_STEP``) must have to run ``loaded``."""
-    if graph == SHIPPED_EXPORT:
+    """The inputs, outputs and input dimensions that the shipped graph ``graph`` (one of
+    ``SHIPPED_GRAPHS``) must have to run ``loaded``."""
+    if graph in (SHIPPED_EXPORT, SHIPPED_INT8):
         size = loaded.config.image_size
         return [INPUT_NAME], [OUTPUT_NAME], {INPUT_NAME: [None, 3, size, size]}
     lstm = loaded.model.decoder.lstm
@@ -195,9 +211,9 @@ def verify_shipped(loaded: Any) -> list[Path]:
     """The graphs of ``loaded``'s repository export (``onnx/``) that are there, as paths inside the
     repository, after checking that each belongs to these weights; raises ``ShippedExportError`` for
     one that does not (``push_model`` publishes only an export that the onnx backend would use)."""
-    expected = shipped_metadata(weights_digest(loaded.path, loaded.config), loaded.config)
+    weights = weights_digest(loaded.path, loaded.config)
     found = []
-    for graph in (SHIPPED_EXPORT, SHIPPED_STEP):
+    for graph in SHIPPED_GRAPHS:
         path = loaded.path / graph
         if not path.is_file():
             continue
@@ -208,7 +224,7 @@ def verify_shipped(loaded: Any) -> list[Path]:
         except Exception as error:  # noqa: BLE001 - onnx and onnxruntime raise their own types
             raise ShippedExportError(f"{path} is not a usable ONNX file ({type(error).__name__}); export it again "
                                      f"with `python -m captioner export-onnx {loaded.path}`, or remove it") from None
-        problem = mismatch(info, expected, graph_interface(graph, loaded))
+        problem = mismatch(info, expected_metadata(graph, weights, loaded.config), graph_interface(graph, loaded))
         if problem:
             raise ShippedExportError(f"{path} does not belong to this model: {problem}; export it again with "
                                      f"`python -m captioner export-onnx {loaded.path}`, or remove it")
@@ -222,28 +238,43 @@ def export_to_repo(model_dir: str | os.PathLike) -> list[Path]:
     onnx backend uses them instead of exporting (and runs with onnxruntime alone). Both are written
     under temporary names and renamed into place once both are complete. Returns their paths.
     Raises ``ModelSourceError`` when ``model_dir`` is not a directory, ``CaptionerError`` when it
-    cannot be written."""
+    cannot be written. ``int8.export_int8_to_repo`` writes the int8 encoder with them."""
+    _, _, graphs = repo_graphs(model_dir)
+    return write_export(model_dir, graphs)
+
+
+def repo_graphs(model_dir: str | os.PathLike) -> tuple[Any, dict[str, str], dict[Path, bytes]]:
+    """(the loaded model, the metadata its graphs record, {path in ``model_dir``: graph}) for its fp32
+    export, made in memory; raises as ``export_to_repo`` does, before any export work."""
     from captioner.core.repository.storage import load_model
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelSourceError(f"no model directory {str(model_dir)!r}")
-    loaded = load_model(model_dir, "cpu")
-    metadata = {**shipped_metadata(weights_digest(loaded.path, loaded.config), loaded.config),
-                "exporter": f"captioner (torch {torch.__version__})"}
-    graphs = {model_dir / SHIPPED_EXPORT: export_backbone(loaded.model.encoder.backbone, loaded.config, metadata),
-              model_dir / SHIPPED_STEP: export_decoder_step(loaded.model.decoder, metadata)}
     folder = model_dir / SHIPPED_EXPORT.parent
     if folder.exists() and not folder.is_dir():
         raise CaptionerError(f"cannot write the ONNX export into {folder}: it is a file, not a folder")
+    loaded = load_model(model_dir, "cpu")
+    metadata = {**shipped_metadata(weights_digest(loaded.path, loaded.config), loaded.config),
+                "exporter": f"captioner (torch {torch.__version__})"}
+    return loaded, metadata, {
+        model_dir / SHIPPED_EXPORT: export_backbone(loaded.model.encoder.backbone, loaded.config, metadata),
+        model_dir / SHIPPED_STEP: export_decoder_step(loaded.model.decoder, metadata)}
+
+
+def write_export(model_dir: str | os.PathLike, files: dict[Path, bytes]) -> list[Path]:
+    """Write ``files`` (the export's graphs, and any file beside them) whole or not at all; returns their
+    paths. Raises ``CaptionerError`` naming the operating system's reason when they cannot be written,
+    and leaves no ``onnx/`` folder behind that was not there before."""
+    folder = Path(model_dir) / SHIPPED_EXPORT.parent
     existed = folder.is_dir()
     try:
-        write_all_atomic(graphs)
+        write_all_atomic(files)
     except OSError as error:
         if not existed and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         raise CaptionerError(f"cannot write the ONNX export into {folder}: {os_reason(error)}") from None
-    return list(graphs)
+    return list(files)
 
 
 def os_reason(error: OSError) -> str:
