@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from captioner.core.errors import CaptionerError
@@ -202,58 +203,71 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.metric.lower() != "none":
         require_extra("train", "pycocoevalcap", purpose=f"training with the {args.metric} validation metric")
-    from captioner.training.loop import CardInfo, train_captioner
-    from captioner.training.plan import check_dependencies
+    from captioner.training.config import CardInfo
+    from captioner.training.finetune import choose_start
+    from captioner.training.job import train_captioner
+    from captioner.training.plan import check_dependencies, regularisation_for
 
-    metric = None if args.metric.lower() == "none" else args.metric
-    check_dependencies(metric)  # before the data is read or an image encoded
+    config = _train_config(args)
+    check_dependencies(config.metric)  # before the data is read or an image encoded
+    start = choose_start(config)
+    print(start.report(), flush=True)  # the first line: fine-tuning or from scratch, and why
     train_items, val_items, reports, how = _training_data(args)
     for report in reports:
         print(report.summary())
     print(f"Training on {len(train_items)} images; validating on {len(val_items)} ({how}).", flush=True)
-    names = tuple(args.dataset_name or [Path(args.annotations).stem])
-    data = (f"{args.format} data from `{Path(args.annotations).name}`: {len(train_items)} training images with "
+    source = Path(args.annotations) if args.annotations else Path(args.images)
+    data = (f"{args.format} data from `{source.name}`: {len(train_items)} training images with "
             f"{sum(len(i.captions) for i in train_items)} captions; validation on {len(val_items)} images ({how}).")
-    result = train_captioner(
-        train_items, val_items, args.out, backbone=args.backbone, encoder_output=args.encoder_output,
-        epochs=args.epochs, max_epochs=args.max_epochs, patience=args.patience, warmup_steps=args.warmup_steps,
-        lr_schedule=args.lr_schedule, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
-        min_word_count=args.min_word_count, embed_size=args.embed_size, hidden_size=args.hidden_size,
-        num_layers=args.num_layers, max_length=args.max_length, image_size=args.image_size,
-        train_backbone=args.train_backbone, backbone_lr=args.backbone_lr, device=args.device,
-        cache_dir=args.cache_dir, extraction_batch_size=args.extraction_batch_size,
-        metric=metric, metric_images=args.metric_images, init_from=args.init_from, new_words=args.new_words,
-        precision=args.precision, compile=args.compile, workers=args.workers,
-        card=CardInfo(data=data, datasets=names, license=args.license),
-        report=lambda line: print(line, flush=True))
+    card = CardInfo(data=data, datasets=tuple(args.dataset_name or [source.stem]), license=config.card.license)
+    config = replace(config, card=card, regularisation=regularisation_for(start.fine_tuning, args.dropout,
+                                                                          args.weight_decay, args.label_smoothing,
+                                                                          args.freeze_projection))
+    result = train_captioner(train_items, val_items, args.out, config, start=start,
+                             report=lambda line: print(line, flush=True))
     best = result.best
-    if best is None and any(e.epoch > 0 for e in result.history):
+    if best is None and not result.kept_start and any(e.epoch > 0 for e in result.history):
         print("error: no epoch's validation captions ended properly (at least 90% must reach <end> within "
               "--max-length), so no model was written; train longer (--resume with more epochs) or raise "
               "--max-length", file=sys.stderr)
         return 1
-    if best is None:
+    if best is None and not result.kept_start:
         done = result.history[-1].epoch if result.history else 0
         print(f"nothing to do: {args.out} already has {done} epochs"
               + ("" if result.stopped_early else " (raise --epochs or --max-epochs to train more)"))
         return 0
-    scores = ", ".join(f"{name} {value:.4f}" for name, value in best.scores.items() if value is not None)
-    print(f"best epoch {best.epoch} of {result.history[-1].epoch}"
-          f"{' (stopped early: no better score for the patience allowed)' if result.stopped_early else ''}: "
-          f"val loss {best.val_loss:.4f}{', ' + scores if scores else ''}")
+    if best is not None:
+        scores = ", ".join(f"{name} {value:.4f}" for name, value in best.scores.items() if value is not None)
+        print(f"best epoch {best.epoch} of {result.history[-1].epoch}"
+              f"{' (stopped early: no better score for the patience allowed)' if result.stopped_early else ''}: "
+              f"val loss {best.val_loss:.4f}{', ' + scores if scores else ''}")
     if result.skipped_images:
         print(f"skipped {len(result.skipped_images)} unusable images (e.g. {result.skipped_images[0][0]}: "
               f"{result.skipped_images[0][1]})")
-    print(f"wrote {args.out} (training.png: the losses and {metric or 'validation loss'} per epoch)")
+    print(f"wrote {args.out} (training.png: the losses and {config.metric or 'validation loss'} per epoch)")
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    """The ``TrainConfig`` of the command line's arguments (its fields share their names)."""
+    from dataclasses import fields
+
+    from captioner.training.config import UNKNOWN_LICENSE, CardInfo, TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["metric"] = None if args.metric.lower() == "none" else args.metric
+    values["keep_better_start"] = not args.keep_trained
+    values["card"] = CardInfo(license=args.license or UNKNOWN_LICENSE)
+    return TrainConfig(**values)
 
 
 def _training_data(args: argparse.Namespace):
     """(train items, validation items, reports, how the validation set was chosen)."""
     from captioner.core.errors import DatasetError
-    from captioner.training.datasets import read_dataset, split_holdout
+    from captioner.training.datasets import holdout_fraction, read_dataset, require_images, split_holdout
 
-    fmt, annotations, images = args.format, Path(args.annotations), Path(args.images)
+    fmt, images = args.format, Path(args.images)
+    annotations = Path(args.annotations) if args.annotations else None
     if fmt == "flickr8k" and args.split_file is None:
         try:  # the standard split lists next to the token file
             items, report = read_dataset(fmt, annotations, images, split="train")
@@ -261,12 +275,14 @@ def _training_data(args: argparse.Namespace):
             items, report = read_dataset(fmt, annotations, images)
     else:
         items, report = read_dataset(fmt, annotations, images, split_file=args.split_file)
+    require_images(items, report, images)
     reports = [report]
     train = [i for i in items if i.split in (None, "train")]
     val = [i for i in items if i.split == "val"]
     how = "the data's own validation split"
     if args.val_annotations:
         val, val_report = read_dataset(fmt, Path(args.val_annotations), Path(args.val_images or images))
+        require_images(val, val_report, Path(args.val_images or images))
         if any(i.split == "val" for i in val):
             val = [i for i in val if i.split == "val"]
         reports.append(val_report)
@@ -278,8 +294,9 @@ def _training_data(args: argparse.Namespace):
         except DatasetError:
             val = []
     if not val:
-        train, val = split_holdout(train, args.val_fraction, args.seed)
-        how = f"a held-out {args.val_fraction:g} of the training images"
+        fraction = args.val_fraction or holdout_fraction(len(train))
+        train, val = split_holdout(train, fraction, args.seed, report)
+        how = f"a held-out {fraction:.3g} of the training images"
     if not train:
         raise DatasetError("no training images left: check the data's split labels")
     return train, val, reports, how
@@ -290,15 +307,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     require_extra("train", "pycocoevalcap", purpose="evaluate (BLEU, METEOR, ROUGE-L, CIDEr)")
     from captioner.core.inference import load_captioner
-    from captioner.training.datasets import read_dataset
+    from captioner.training.datasets import read_dataset, require_images
     from captioner.training.evaluation import format_scores
-    from captioner.training.loop import decoding_name, evaluate_captioner
+    from captioner.training.evaluate import decoding_name, evaluate_captioner
 
     split = args.split if args.split != "all" else None
     if args.split is None:
         split = None if args.format == "coco" else "test"
-    items, report = read_dataset(args.format, Path(args.annotations), Path(args.images), split=split,
-                                 split_file=args.split_file)
+    annotations = Path(args.annotations) if args.annotations else None
+    items, report = read_dataset(args.format, annotations, Path(args.images), split=split, split_file=args.split_file)
+    require_images(items, report, Path(args.images))
     print(report.summary(), file=sys.stderr)
     if args.max_images:
         items = items[:args.max_images]
@@ -311,9 +329,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"# {decoding_name(beam)} ({len(result.references)} images)")
         print(format_scores(result.decodings[decoding_name(beam)]))
     out = Path(args.json_out) if args.json_out else Path(
-        f"eval-{Path(str(args.model or 'bundled')).name}-{Path(args.annotations).stem}-{split or 'all'}.json")
+        f"eval-{Path(str(args.model or 'bundled')).name}-{report.annotations.stem}-{split or 'all'}.json")
     data = {"model": captioner.loaded.source,
-            "data": {"format": args.format, "annotations": str(args.annotations), "image_folder": str(args.images),
+            "data": {"format": args.format, "annotations": str(report.annotations), "image_folder": str(args.images),
                      "split": split, "report": report.summary()},
             **result.to_json()}
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -326,75 +344,112 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from captioner.core.model.config import ENCODER_OUTPUTS
+    from captioner.training.config import PRECISIONS, TrainConfig
     from captioner.training.datasets import FORMATS
 
-    p = sub.add_parser("train", help="train a model on a caption data set",
-                       description="Train a Show-and-Tell model. Validation images: --val-annotations, else the "
-                                   "data's own val split (karpathy, flickr8k lists, a csv split column), else a "
-                                   "held-out --val-fraction of the training images. Unset settings are chosen "
-                                   "from the data and reported. The tutorial's settings: --epochs 5 --batch-size "
-                                   "128 --min-word-count 4 --lr 0.001 --warmup-steps 0 --lr-schedule constant.")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--annotations", required=True, help="captions file (COCO json, Karpathy json, Flickr8k "
-                                                        "token file, or csv/jsonl)")
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train a model on a caption data set (fine-tunes the bundled model by default)",
+                       description="Train a Show-and-Tell model on your captions. By default it fine-tunes the "
+                                   "bundled model (or --init-from SRC), keeping its encoder and vocabulary and "
+                                   "adding your new words, and keeps the starting model when no epoch beats it on "
+                                   "the validation images; --from-scratch trains a new model. Validation images: "
+                                   "--val-annotations, else the data's own val split (karpathy, flickr8k lists, a "
+                                   "csv split column), else a held-out --val-fraction of the training images. "
+                                   "Unset settings are chosen from the data and reported. The tutorial's settings: "
+                                   "--from-scratch --epochs 5 --batch-size 128 --min-word-count 4 --lr 0.001 "
+                                   "--warmup-steps 0 --lr-schedule constant --dropout 0 --weight-decay 0 "
+                                   "--label-smoothing 0.")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="folder: an image folder holding captions.csv or captions.jsonl (image,caption rows)")
+    p.add_argument("--annotations", default=None, help="captions file (COCO json, Karpathy json, Flickr8k token "
+                                                        "file, or csv/jsonl; with --format folder: default "
+                                                        "IMAGES/captions.csv or IMAGES/captions.jsonl)")
     p.add_argument("--images", required=True, help="image folder")
     p.add_argument("--out", required=True, help="model directory to write (best epoch; checkpoint.pt inside)")
     p.add_argument("--val-annotations", help="captions file of the validation images (same format)")
     p.add_argument("--val-images", help="image folder of --val-annotations (default: --images)")
     p.add_argument("--split-file", help="list of training image file names (e.g. Flickr_8k.trainImages.txt)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="held out when there is no validation set")
-    p.add_argument("--backbone", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2, resnet152")
-    p.add_argument("--encoder-output", default="features", choices=ENCODER_OUTPUTS,
-                   help="what the backbone hands the decoder (default: pooled features)")
-    p.add_argument("--image-size", type=_positive, default=None, help="input crop (default: the backbone's)")
-    p.add_argument("--epochs", type=_positive, default=None,
-                   help="train exactly this many epochs, without early stopping (with --resume: in all; "
-                        "the tutorial: 5)")
-    p.add_argument("--max-epochs", type=_positive, default=None,
-                   help="with early stopping (the default): the most epochs (default 200)")
-    p.add_argument("--patience", type=_positive, default=None,
-                   help="stop after this many epochs without a better validation score "
-                        "(default: about 2,000 steps, 3 to 10 epochs)")
-    p.add_argument("--batch-size", type=_positive, default=None,
-                   help="default: chosen from the data, at most 128 (the tutorial: 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default and the tutorial: 0.001)")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help="linear warm-up of the learning rate (default: two epochs, at most 500; the tutorial: 0)")
-    p.add_argument("--lr-schedule", choices=("plateau", "constant"), default="plateau",
-                   help="plateau (default): halve the rate after half the patience without a better score; "
-                        "constant (the tutorial)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--min-word-count", type=_positive, default=None,
-                   help="vocabulary threshold (default: chosen to keep 97%% of the caption words; the tutorial: 4)")
-    p.add_argument("--init-from", default=None, metavar="SRC",
-                   help="start from a trained model: a model folder (e.g. an imported tutorial model), "
-                        "owner/name[@revision] on the Hub, or 'bundled'")
-    p.add_argument("--new-words", choices=("add", "report"), default="add",
-                   help="with --init-from: add the data's new words to the vocabulary (default) or only report them")
-    p.add_argument("--embed-size", type=_positive, default=256)
-    p.add_argument("--hidden-size", type=_positive, default=512)
-    p.add_argument("--num-layers", type=_positive, default=1)
-    p.add_argument("--max-length", type=_positive, default=20, help="longest caption generated, in tokens")
-    p.add_argument("--train-backbone", action="store_true",
-                   help="fine-tune the backbone too (no feature cache: every step runs the whole encoder)")
-    p.add_argument("--backbone-lr", type=float, default=None, help="with --train-backbone (default: lr / 10)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default: $CAPTIONER_CACHE/features or "
-                                                     "~/.cache/captioner/features)")
-    p.add_argument("--extraction-batch-size", type=_positive, default=32)
-    p.add_argument("--metric", default="CIDEr", help="validation metric choosing the best epoch: CIDEr (default), "
-                                                     "BLEU-1..4, ROUGE-L, or none (validation loss)")
-    p.add_argument("--metric-images", type=_positive, default=500, help="validation images captioned per epoch")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a gradient scaler)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decoder's training step")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes (default: 0 for cached features, up to 4 for images)")
-    p.add_argument("--dataset-name", action="append", help="for the model card's datasets field (repeatable)")
-    p.add_argument("--license", default="apache-2.0", help="for the model card")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="held out when there is no validation set (default: about 50 images, 5%% to 20%%)")
+    start = p.add_argument_group("where training starts")
+    start.add_argument("--init-from", default=None, metavar="SRC",
+                       help="fine-tune this model: a model folder (e.g. an imported tutorial model), "
+                            "owner/name[@revision] on the Hub, or 'bundled' (default: the bundled model)")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="train a new decoder and projection on the ImageNet backbone instead of fine-tuning")
+    start.add_argument("--new-words", choices=("add", "report"), default=defaults.new_words,
+                       help="fine-tuning: add the data's new words to the vocabulary (default) or only report them")
+    start.add_argument("--keep-trained", action="store_true",
+                       help="keep the best epoch even when the starting model scored higher before training")
+    arch = p.add_argument_group("architecture of a new model (default: the starting model's; from scratch: "
+                                "efficientnet-lite0 features, 256/512, 1 layer, 20 tokens)")
+    arch.add_argument("--backbone", default=None,
+                      help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, resnet152")
+    arch.add_argument("--encoder-output", default=None, choices=ENCODER_OUTPUTS,
+                      help="what the backbone hands the decoder: pooled features or class probabilities")
+    arch.add_argument("--image-size", type=_positive, default=None, help="input crop (default: the backbone's)")
+    arch.add_argument("--embed-size", type=_positive, default=None)
+    arch.add_argument("--hidden-size", type=_positive, default=None)
+    arch.add_argument("--num-layers", type=_positive, default=None)
+    arch.add_argument("--max-length", type=_positive, default=None, help="longest caption generated, in tokens")
+    arch.add_argument("--min-word-count", type=_positive, default=None,
+                      help="vocabulary threshold (default: chosen to keep 97%% of the caption words; the tutorial: 4)")
+    arch.add_argument("--train-backbone", action="store_true",
+                      help="fine-tune the backbone too (no feature cache: every step runs the whole encoder)")
+    steps = p.add_argument_group("steps")
+    steps.add_argument("--epochs", type=_positive, default=None,
+                       help="train exactly this many epochs, without early stopping (with --resume: in all; "
+                            "the tutorial: 5)")
+    steps.add_argument("--max-epochs", type=_positive, default=None,
+                       help="with early stopping (the default): the most epochs (default 200)")
+    steps.add_argument("--patience", type=_positive, default=None,
+                       help="stop after this many epochs without a better validation score "
+                            "(default: about 2,000 steps, 3 to 10 epochs)")
+    steps.add_argument("--batch-size", type=_positive, default=None,
+                       help="default: chosen from the data, at most 128 (the tutorial: 128)")
+    steps.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (default and the tutorial: 0.001)")
+    steps.add_argument("--warmup-steps", type=int, default=None,
+                       help="linear warm-up of the learning rate (default: two epochs, at most 500; the tutorial: 0)")
+    steps.add_argument("--lr-schedule", choices=("plateau", "constant"), default=defaults.lr_schedule,
+                       help="plateau (default): halve the rate after half the patience without a better score; "
+                            "constant (the tutorial)")
+    steps.add_argument("--backbone-lr", type=float, default=None, help="with --train-backbone (default: lr / 10)")
+    steps.add_argument("--seed", type=int, default=defaults.seed)
+    steps.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    reg = p.add_argument_group("regularisation (defaults: measured by benchmarks/finetune.py, see docs/training.md)")
+    reg.add_argument("--dropout", type=_share, default=None, help="on the decoder's inputs and LSTM outputs")
+    reg.add_argument("--weight-decay", type=float, default=None, help="AdamW's decoupled weight decay")
+    reg.add_argument("--label-smoothing", type=_share, default=None)
+    reg.add_argument("--freeze-projection", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep the encoder's Linear + BatchNorm as they start")
+    run = p.add_argument_group("validation and the machine")
+    run.add_argument("--metric", default=str(defaults.metric),
+                     help="validation metric choosing the best epoch: CIDEr (default), BLEU-1..4, ROUGE-L, or none "
+                          "(validation loss)")
+    run.add_argument("--metric-images", type=_positive, default=defaults.metric_images,
+                     help="validation images captioned per epoch")
+    run.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    run.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                     help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a gradient scaler)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the decoder's training step")
+    run.add_argument("--workers", type=int, default=None,
+                     help="DataLoader worker processes (default: 0 for cached features, up to 4 for images)")
+    run.add_argument("--cache-dir", default=None, help="feature cache (default: $CAPTIONER_CACHE/features or "
+                                                       "~/.cache/captioner/features)")
+    run.add_argument("--extraction-batch-size", type=_positive, default=defaults.extraction_batch_size)
+    card = p.add_argument_group("model card")
+    card.add_argument("--dataset-name", action="append", help="for the model card's datasets field (repeatable)")
+    card.add_argument("--license", default=None,
+                      help="the trained weights' licence for the model card, as a Hub licence id (e.g. cc-by-4.0, "
+                           "mit, other); the data's terms decide it (default: unknown)")
     p.set_defaults(func=cmd_train)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
 
 
 def _add_evaluate(sub) -> None:
@@ -403,7 +458,8 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a caption data set (BLEU, METEOR, ROUGE-L, CIDEr)")
     p.add_argument("--model", help="model directory or owner/name[@revision] (default: the bundled model)")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--annotations", required=True)
+    p.add_argument("--annotations", default=None,
+                   help="captions file (with --format folder: default IMAGES/captions.csv or captions.jsonl)")
     p.add_argument("--images", required=True)
     p.add_argument("--split", default=None, help="train, val, test or all (default: test; all for coco)")
     p.add_argument("--split-file", help="list of the image file names to score")

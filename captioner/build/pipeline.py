@@ -171,7 +171,10 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
                   photos: dict[str, Path] | None = None) -> QualityReport:
     """Generate, train, measure and write the bundled model; returns the measurements."""
     from captioner.build.synthetic import generate_pairs, grammar_phrases
-    from captioner.training.loop import CHECKPOINT, build_config, fit_decoder, read_checkpoint
+    from captioner.training.checkpoint import CHECKPOINT, read_checkpoint
+    from captioner.training.config import TrainConfig
+    from captioner.training.fit import fit_decoder
+    from captioner.training.job import build_config
 
     settings = settings or BuildSettings()
     device = select_device(settings.device)
@@ -201,8 +204,9 @@ def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettin
                   f"lr {learning_rate(settings, epoch):.2e}", file=sys.stderr, flush=True)
             fit_decoder(model, vocab, _encoder_outputs(train[0], ENCODER_OUTPUT), [[c] for c in train[1]],
                         val_inputs, val_captions, work,
-                        epochs=epoch, batch_size=settings.batch_size, lr=learning_rate(settings, epoch),
-                        seed=settings.seed, device=device, metric=None, resume=epoch > 1)
+                        TrainConfig(epochs=epoch, batch_size=settings.batch_size, lr=learning_rate(settings, epoch),
+                                    lr_schedule="constant", seed=settings.seed, device=str(device), metric=None,
+                                    resume=epoch > 1))
             del train
     state = read_checkpoint(work)
 

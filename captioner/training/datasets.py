@@ -17,85 +17,35 @@ Formats (``FORMATS``):
   split list such as ``Flickr_8k.trainImages.txt`` (one file name per line).
 - ``csv``: a ``.csv`` file with header ``image,caption`` (optional ``split`` column) or a
   ``.jsonl`` file of ``{"image": ..., "caption": ...}`` objects; rows of one image are grouped.
+- ``folder``: an image folder holding ``captions.csv`` or ``captions.jsonl`` as for ``csv``
+  (image paths relative to the folder; several rows per image allowed).
+
+When none of the images named is in the image folder, ``require_images`` says how many are
+missing, names a few and the folder looked in.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from captioner.core.errors import DatasetError
+from captioner.training.records import (CaptionedImage, DatasetReport, Entry, SkipReason, add_caption, load_json,
+                                        text_lines)
+from captioner.training.tables import folder_table, read_table
 
-FORMATS = ("coco", "karpathy", "flickr8k", "csv")
+__all__ = ["FORMATS", "CaptionedImage", "DatasetReport", "SkipReason", "read_dataset", "require_images",
+           "split_holdout"]
+
+FORMATS = ("coco", "karpathy", "flickr8k", "csv", "folder")
 KARPATHY_SPLITS = ("train", "val", "test")
-MAX_EXAMPLES = 5
-
-
-@dataclass(frozen=True)
-class CaptionedImage:
-    """One image and its reference captions."""
-
-    image_path: Path
-    captions: list[str]
-    split: str | None
-    image_id: str
-
-
-class SkipReason:
-    """Why an item of a data set was left out: the keys of ``DatasetReport.skipped``."""
-
-    MISSING_IMAGE = "missing image file"
-    BROKEN_LINE = "broken line or row"
-    EMPTY_CAPTION = "empty caption"
-    UNKNOWN_IMAGE = "caption for unknown image id"
-    NO_CAPTIONS = "image without captions"
-    DUPLICATE_IMAGE = "duplicate image id"
-    NOT_IN_DATA = "split list entry not in annotations"
-
-
-@dataclass
-class DatasetReport:
-    """What a reader loaded and what it skipped (count and a few examples per reason)."""
-
-    format: str
-    annotations: Path
-    split: str | None = None
-    images: int = 0
-    captions: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def skip(self, reason: str, example: str, count: int = 1) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + count
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < MAX_EXAMPLES:
-            shown.append(example)
-
-    @property
-    def total_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def summary(self) -> str:
-        where = f"{self.format} data in {self.annotations}"
-        if self.split:
-            where += f", split {self.split}"
-        lines = [f"Loaded {self.images} images with {self.captions} captions ({where})."]
-        if self.skipped:
-            lines.append(f"Skipped {self.total_skipped} items:")
-            for reason, count in self.skipped.items():
-                examples = "; ".join(self.examples.get(reason, []))
-                lines.append(f"  {reason}: {count} (e.g. {examples})")
-        return "\n".join(lines)
 
 
 def read_dataset(
     format: str,
-    annotations: Path,
+    annotations: Path | None,
     images: Path,
     split: str | None = None,
     split_file: Path | None = None,
@@ -108,11 +58,14 @@ def read_dataset(
     """
     if format not in FORMATS:
         raise DatasetError(f"Unknown data set format {format!r}; choose one of {', '.join(FORMATS)}.")
-    annotations, images = Path(annotations), Path(images)
-    if not annotations.is_file():
-        raise DatasetError(f"Annotations file not found: {annotations}")
+    images = Path(images)
     if not images.is_dir():
         raise DatasetError(f"Image folder not found: {images}")
+    if annotations is None and format != "folder":
+        raise DatasetError(f"format {format!r} needs an annotations file")
+    annotations = Path(annotations) if annotations is not None else folder_table(images)
+    if not annotations.is_file():
+        raise DatasetError(f"Annotations file not found: {annotations}")
     if format == "flickr8k" and split is not None and split_file is None:
         split_file = _find_flickr_split_file(annotations.parent, split)
     report = DatasetReport(format=format, annotations=annotations, split=split)
@@ -123,7 +76,7 @@ def read_dataset(
     elif format == "flickr8k":
         grouped = _read_flickr8k(annotations, report)
     else:
-        grouped = _read_table(annotations, split, report)
+        grouped = read_table(annotations, split, report, format)
 
     if split_file is not None:
         grouped = _apply_split_file(grouped, Path(split_file), report)
@@ -145,8 +98,28 @@ def read_dataset(
     return items, report
 
 
+def require_images(items: list[CaptionedImage], report: DatasetReport, images: Path) -> None:
+    """``DatasetError`` when none of the images the data names is in ``images``: how many, a few, the folder."""
+    missing = report.skipped.get(SkipReason.MISSING_IMAGE, 0)
+    if not items and missing:
+        folder = Path(images)
+        names = [Path(path).relative_to(folder).as_posix() if Path(path).is_relative_to(folder) else path
+                 for path in report.examples[SkipReason.MISSING_IMAGE][:3]]
+        raise DatasetError(f"none of the {missing} images that {report.annotations.name} names is in the image "
+                           f"folder {folder.resolve()} (e.g. {', '.join(names)}); check --images: the file names "
+                           "in the captions are relative to it")
+
+
+HOLDOUT_IMAGES = 50  # a validation metric needs some dozens of images to choose an epoch well
+
+
+def holdout_fraction(count: int) -> float:
+    """The share of ``count`` images to hold out: about ``HOLDOUT_IMAGES`` of them, between 5% and 20%."""
+    return min(0.2, max(0.05, HOLDOUT_IMAGES / max(count, 1)))
+
+
 def split_holdout(
-    items: list[CaptionedImage], fraction: float, seed: int = 0
+    items: list[CaptionedImage], fraction: float, seed: int = 0, report: DatasetReport | None = None
 ) -> tuple[list[CaptionedImage], list[CaptionedImage]]:
     """Carve a validation set out of ``items``: returns ``(train, val)``.
 
@@ -157,7 +130,11 @@ def split_holdout(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"The hold-out fraction must be between 0 and 1, got {fraction}.")
     if len(items) < 2:
-        raise DatasetError("At least 2 images are needed to hold some out for validation.")
+        missing = report.skipped.get(SkipReason.MISSING_IMAGE, 0) if report is not None else 0
+        why = (f"; {missing} more are missing from the image folder (e.g. "
+               f"{', '.join(report.examples[SkipReason.MISSING_IMAGE][:3])})" if missing else "")
+        raise DatasetError(f"At least 2 images are needed to hold some out for validation; {len(items)} "
+                           f"found{why}.")
     count = min(len(items) - 1, max(1, round(len(items) * fraction)))
 
     def rank(index: int) -> bytes:
@@ -172,51 +149,6 @@ def split_holdout(
 # --------------------------------------------------------------------------- internals
 
 
-@dataclass
-class _Entry:
-    """An image being collected: its path relative to the image folder (or absolute)."""
-
-    image_id: str
-    path: Path
-    split: str | None = None
-    captions: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.path.as_posix()
-
-
-def _clean(caption: object) -> str | None:
-    """Whitespace-normalised caption, or None when it is not a string."""
-    if not isinstance(caption, str):
-        return None
-    return " ".join(caption.split())
-
-
-def _add_caption(entry: _Entry, caption: object, where: str, report: DatasetReport) -> None:
-    text = _clean(caption)
-    if text is None:
-        report.skip(SkipReason.BROKEN_LINE, f"{where}: caption is not text")
-    elif not text:
-        report.skip(SkipReason.EMPTY_CAPTION, where)
-    else:
-        entry.captions.append(text)
-
-
-def _load_json(path: Path) -> object:
-    try:
-        with path.open("rb") as handle:
-            return json.load(handle)
-    except OSError as exc:
-        raise DatasetError(f"Cannot read annotations file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text: {exc.reason}") from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
-        ) from exc
-
-
 def _shape_hint(data: object) -> str:
     if isinstance(data, dict):
         images = data.get("images")
@@ -228,8 +160,8 @@ def _shape_hint(data: object) -> str:
     return ""
 
 
-def _read_coco(path: Path, report: DatasetReport) -> dict[str, _Entry]:
-    data = _load_json(path)
+def _read_coco(path: Path, report: DatasetReport) -> dict[str, Entry]:
+    data = load_json(path)
     if not (
         isinstance(data, dict)
         and isinstance(data.get("images"), list)
@@ -239,7 +171,7 @@ def _read_coco(path: Path, report: DatasetReport) -> dict[str, _Entry]:
             f"{path} is not COCO captions JSON: expected an object with lists 'images' "
             f"(id, file_name) and 'annotations' (image_id, caption).{_shape_hint(data)}"
         )
-    entries: dict[str, _Entry] = {}
+    entries: dict[str, Entry] = {}
     for index, image in enumerate(data["images"]):
         where = f"images[{index}]"
         if not (isinstance(image, dict) and "id" in image and isinstance(image.get("file_name"), str)):
@@ -249,7 +181,7 @@ def _read_coco(path: Path, report: DatasetReport) -> dict[str, _Entry]:
         if image_id in entries:
             report.skip(SkipReason.DUPLICATE_IMAGE, f"{where}: id {image_id}")
             continue
-        entries[image_id] = _Entry(image_id, Path(image["file_name"]))
+        entries[image_id] = Entry(image_id, Path(image["file_name"]))
     for index, annotation in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         if not (isinstance(annotation, dict) and "image_id" in annotation and "caption" in annotation):
@@ -259,7 +191,7 @@ def _read_coco(path: Path, report: DatasetReport) -> dict[str, _Entry]:
         if entry is None:
             report.skip(SkipReason.UNKNOWN_IMAGE, f"{where}: image_id {annotation['image_id']}")
             continue
-        _add_caption(entry, annotation["caption"], where, report)
+        add_caption(entry, annotation["caption"], where, report)
     return entries
 
 
@@ -274,16 +206,16 @@ def _check_karpathy_split(split: str | None) -> str | None:
     return wanted
 
 
-def _read_karpathy(path: Path, split: str | None, report: DatasetReport) -> dict[str, _Entry]:
+def _read_karpathy(path: Path, split: str | None, report: DatasetReport) -> dict[str, Entry]:
     wanted = _check_karpathy_split(split)
-    data = _load_json(path)
+    data = load_json(path)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or "annotations" in data:
         raise DatasetError(
             f"{path} is not a Karpathy split file: expected an object with a list 'images' of "
             f"{{filename, split, sentences}}.{_shape_hint(data)}"
         )
-    entries: dict[str, _Entry] = {}
+    entries: dict[str, Entry] = {}
     for index, image in enumerate(images):
         where = f"images[{index}]"
         if not (
@@ -303,7 +235,7 @@ def _read_karpathy(path: Path, split: str | None, report: DatasetReport) -> dict
         if image_id in entries:
             report.skip(SkipReason.DUPLICATE_IMAGE, f"{where}: id {image_id}")
             continue
-        entry = entries[image_id] = _Entry(image_id, relative, image_split)
+        entry = entries[image_id] = Entry(image_id, relative, image_split)
         for number, sentence in enumerate(image["sentences"]):
             caption = None
             if isinstance(sentence, dict):
@@ -311,32 +243,17 @@ def _read_karpathy(path: Path, split: str | None, report: DatasetReport) -> dict
                 tokens = sentence.get("tokens")
                 if caption is None and isinstance(tokens, list):
                     caption = " ".join(map(str, tokens))
-            _add_caption(entry, caption, f"{where}.sentences[{number}]", report)
+            add_caption(entry, caption, f"{where}.sentences[{number}]", report)
     return entries
-
-
-def _text_lines(path: Path, report: DatasetReport) -> Iterator[tuple[int, str]]:
-    """(line number, text) for each line; lines that are not UTF-8 are counted as broken."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"Cannot read annotations file {path}: {exc.strerror or exc}") from exc
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError:
-            report.skip(SkipReason.BROKEN_LINE, f"line {number}: not UTF-8 text")
 
 
 _FLICKR_LINE = re.compile(r"^(?P<image>[^\t]+?)(?:#(?P<number>\d+))?\t(?P<caption>.*)$")
 
 
-def _read_flickr8k(path: Path, report: DatasetReport) -> dict[str, _Entry]:
-    entries: dict[str, _Entry] = {}
+def _read_flickr8k(path: Path, report: DatasetReport) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
     parsed_any = False
-    for number, line in _text_lines(path, report):
+    for number, line in text_lines(path, report):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -346,117 +263,13 @@ def _read_flickr8k(path: Path, report: DatasetReport) -> dict[str, _Entry]:
             continue
         parsed_any = True
         name = match["image"].strip()
-        entry = entries.setdefault(name, _Entry(name, Path(name)))
-        _add_caption(entry, match["caption"], f"line {number}", report)
+        entry = entries.setdefault(name, Entry(name, Path(name)))
+        add_caption(entry, match["caption"], f"line {number}", report)
     if not parsed_any and report.skipped:
         raise DatasetError(
             f"{path} is not a Flickr8k token file: no line has the form IMAGE.jpg#N<TAB>caption."
         )
     return entries
-
-
-_IMAGE_COLUMNS = ("image", "file_name", "filename")
-_CAPTION_COLUMNS = ("caption", "text")
-
-
-def _read_table(path: Path, split: str | None, report: DatasetReport) -> dict[str, _Entry]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = list(_jsonl_rows(path, report))
-    elif suffix in (".csv", ".tsv", ".txt"):
-        rows = list(_csv_rows(path, report, delimiter="\t" if suffix == ".tsv" else ","))
-    else:
-        raise DatasetError(f"{path}: use a .csv (image,caption) or .jsonl file for format 'csv'.")
-    # With split values in the file, ``split`` selects rows; without, it only labels them.
-    has_splits = any(row_split is not None for *_, row_split in rows)
-    entries: dict[str, _Entry] = {}
-    for where, image, caption, row_split in rows:
-        if split is not None and has_splits and row_split != split:
-            continue
-        if not image:
-            report.skip(SkipReason.BROKEN_LINE, f"{where}: no image")
-            continue
-        entry = entries.setdefault(image, _Entry(image, Path(image), row_split))
-        _add_caption(entry, caption, where, report)
-    return entries
-
-
-_Row = tuple[str, str, object, str | None]  # where, image, caption, split
-
-
-def _csv_rows(path: Path, report: DatasetReport, delimiter: str) -> Iterator[_Row]:
-    position = {"line": 0}
-
-    def lines() -> Iterator[str]:
-        for number, text in _text_lines(path, report):
-            position["line"] = number
-            yield text
-
-    reader = csv.reader(lines(), delimiter=delimiter)
-    try:
-        header = [name.strip().lower() for name in next(reader)]
-    except StopIteration:
-        raise DatasetError(f"{path} is empty; expected a header line 'image,caption'.") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{path} is not CSV: {exc}") from exc
-    image_col = next((header.index(c) for c in _IMAGE_COLUMNS if c in header), None)
-    caption_col = next((header.index(c) for c in _CAPTION_COLUMNS if c in header), None)
-    if image_col is None or caption_col is None:
-        raise DatasetError(
-            f"{path} needs a header line with columns 'image' and 'caption'; found {','.join(header)!r}."
-        )
-    split_col = header.index("split") if "split" in header else None
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            report.skip(SkipReason.BROKEN_LINE, f"line {position['line']}: {exc}")
-            continue
-        where = f"line {position['line']}"
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            report.skip(
-                SkipReason.BROKEN_LINE,
-                f"{where}: expected {len(header)} fields, found {len(row)} "
-                "(quote captions that contain the delimiter)",
-            )
-            continue
-        row_split = row[split_col].strip() or None if split_col is not None else None
-        yield where, row[image_col].strip(), row[caption_col], row_split
-
-
-def _jsonl_rows(path: Path, report: DatasetReport) -> Iterator[_Row]:
-    parsed_any = False
-    broken = 0
-    for number, text in _text_lines(path, report):
-        if not text.strip():
-            continue
-        where = f"line {number}"
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            broken += 1
-            report.skip(SkipReason.BROKEN_LINE, f"{where}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            row = {}
-        image = next((row[c] for c in _IMAGE_COLUMNS if c in row), None)
-        caption = next((row[c] for c in _CAPTION_COLUMNS if c in row), None)
-        if not isinstance(image, str) or caption is None:
-            broken += 1
-            report.skip(SkipReason.BROKEN_LINE, f"{where}: needs string 'image' and 'caption'")
-            continue
-        parsed_any = True
-        row_split = row.get("split")
-        row_split = row_split if isinstance(row_split, str) and row_split else None
-        yield where, image.strip(), caption, row_split
-    if not parsed_any and broken:
-        raise DatasetError(
-            f'{path} is not JSON Lines of {{"image": ..., "caption": ...}}: no line could be read.'
-        )
 
 
 def _read_split_file(path: Path) -> list[str]:
@@ -470,15 +283,15 @@ def _read_split_file(path: Path) -> list[str]:
 
 
 def _apply_split_file(
-    grouped: dict[str, _Entry], path: Path, report: DatasetReport
-) -> dict[str, _Entry]:
+    grouped: dict[str, Entry], path: Path, report: DatasetReport
+) -> dict[str, Entry]:
     """Keep the entries the split list names, matched by relative path or by file name."""
     by_name: dict[str, list[str]] = {}
     for key, entry in grouped.items():
         by_name.setdefault(entry.name, []).append(key)
         if entry.path.name != entry.name:
             by_name.setdefault(entry.path.name, []).append(key)
-    kept: dict[str, _Entry] = {}
+    kept: dict[str, Entry] = {}
     for name in _read_split_file(path):
         keys = by_name.get(name) or by_name.get(Path(name).name)
         if not keys:

@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as _meteor_module
-from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer as _ptb_module
 
@@ -79,6 +78,29 @@ def score_captions(
     scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return {name: scores[name] for name in METRICS}
+
+
+def score_constant_captions(references: Mapping[str, Sequence[str]], candidates: Sequence[str],
+                            metric: str) -> list[float]:
+    """``metric`` (any of ``METRICS`` but METEOR) of each candidate given as the caption of every image.
+
+    Computed as ``score_captions(..., use_java=False)`` would, with the references tokenised once.
+    """
+    if metric == "METEOR" or metric not in METRICS:
+        raise ValueError(f"cannot score constant captions by {metric!r}")
+    ids = _check_inputs(references, {key: "" for key in references})
+    tokens = iter(_tokenize([caption for key in ids for caption in references[key]], None))
+    gts = {key: [next(tokens) for _ in references[key]] for key in ids}
+    scores = []
+    for candidate in _tokenize(list(candidates), None):
+        res = {key: [candidate] for key in ids}
+        if metric.startswith("BLEU-"):
+            scores.append(float(Bleu(4).compute_score(gts, res, verbose=0)[0][int(metric[-1]) - 1]))
+        elif metric == "ROUGE-L":
+            scores.append(float(Rouge().compute_score(gts, res)[0]))
+        else:
+            scores.append(float(Cider().compute_score(gts, res)[0]))
+    return scores
 
 
 def format_scores(scores: Mapping[str, float | None]) -> str:
@@ -209,56 +231,70 @@ def ptb_tokenize(sentence: str) -> str:
 # --------------------------------------------------------------------------------- METEOR
 
 
-class _MeteorProcess(Meteor):
-    """pycocoevalcap's Meteor with an explicit lifetime: ``with`` closes the java process.
+class MeteorProcess:
+    """METEOR 1.5 (the jar inside pycocoevalcap) as a child process with an explicit lifetime.
 
-    stderr goes to /dev/null (an unread pipe could fill up and block java), and a watchdog
-    kills java if it stops answering, so a stuck process ends in an error instead of a hang.
+    It speaks the jar's ``-stdio`` protocol as pycocoevalcap's ``Meteor.compute_score`` does
+    (one ``SCORE`` line per image, then one ``EVAL`` line), with the ``java`` found on PATH.
+    ``with`` closes the process; stderr goes to /dev/null (an unread pipe could fill up and
+    block java), and a watchdog kills java if it stops answering, so a stuck process ends in an
+    error instead of a hang.
     """
 
-    def __init__(self, java: str, timeout_s: float) -> None:  # noqa: D107 - replaces Meteor.__init__
-        # The same command as pycocoevalcap's Meteor, with the java found on PATH.
-        self.meteor_cmd = [java, "-jar", "-Xmx2G", _meteor_module.METEOR_JAR,
-                           "-", "-", "-stdio", "-l", "en", "-norm"]
-        self.meteor_p = subprocess.Popen(
-            self.meteor_cmd, cwd=_METEOR_DIR,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )
-        self.lock = threading.Lock()
-        self._watchdog = threading.Timer(timeout_s, self.meteor_p.kill)
+    def __init__(self, java: str, timeout_s: float) -> None:
+        command = [java, "-jar", "-Xmx2G", _meteor_module.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+        self.process = subprocess.Popen(command, cwd=_METEOR_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL)
+        self._watchdog = threading.Timer(timeout_s, self.process.kill)
         self._watchdog.daemon = True
         self._watchdog.start()
 
-    def __enter__(self) -> _MeteorProcess:
+    def __enter__(self) -> MeteorProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def compute_score(self, gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]]) -> float:
+        """The corpus METEOR of one prediction per image (``res[key] == [caption]``) against ``gts[key]``."""
+        stats = []
+        for key in gts:
+            hypothesis = res[key][0].replace("|||", "").replace("  ", " ")
+            self._send(" ||| ".join(("SCORE", " ||| ".join(gts[key]), hypothesis)))
+            stats.append(self._read())
+        self._send(" ||| ".join(("EVAL", *stats)))
+        for _ in stats:  # the per-image scores come first, then the corpus score
+            self._read()
+        return float(self._read())
+
+    def _send(self, line: str) -> None:
+        self.process.stdin.write(f"{line}\n".encode())
+        self.process.stdin.flush()
+
+    def _read(self) -> str:
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise ValueError("the METEOR process ended without an answer")
+        return answer.decode().strip()
+
     def close(self) -> None:
         self._watchdog.cancel()
-        process = self.meteor_p
-        if process.poll() is None:
+        if self.process.poll() is None:
             try:
-                process.stdin.close()
+                self.process.stdin.close()
             except OSError:
                 pass
-            process.kill()
-        process.wait()
-        process.stdout.close()
-
-    def __del__(self) -> None:
-        if hasattr(self, "meteor_p"):
-            self.close()
+            self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
 
 
 def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]], java: str) -> float | None:
     # METEOR's line protocol separates fields with |||; the tokens must not contain it.
     gts = {key: [ref.replace("|||", "| | |") for ref in refs] for key, refs in gts.items()}
     try:
-        with _MeteorProcess(java, timeout_s=120 + 0.05 * len(gts)) as meteor:
-            score, _ = meteor.compute_score(gts, res)
+        with MeteorProcess(java, timeout_s=120 + 0.05 * len(gts)) as meteor:
+            return meteor.compute_score(gts, res)
     except (OSError, ValueError) as exc:
         logger.warning("METEOR failed and is left out: %s", exc)
         return None
-    return float(score)

@@ -7,6 +7,7 @@ training captions, and ``TrainingPlan.report`` says what was chosen and why.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from captioner.core.errors import CaptionerError
 from captioner.core.model.vocabulary import SPECIAL_TOKENS, Vocabulary, tokenize
+from captioner.training.config import FINE_TUNING, FROM_SCRATCH, Regularisation
 from captioner.training.schedule import PLATEAU_EPOCHS
 
 TARGET_COVERAGE = 0.97  # an automatic threshold keeps at least this share of the training caption tokens
@@ -148,6 +150,27 @@ def plan_steps(pairs: int, *, batch_size: int | None, epochs: int | None, max_ep
         most, patience = max_epochs or DEFAULT_MAX_EPOCHS, patience or default_patience(steps)
     warmup = default_warmup(steps) if warmup_steps is None else warmup_steps
     return StepPlan(size, why, steps, most, patience, warmup, lr, lr_schedule, metric)
+
+
+def regularisation_for(fine_tuning: bool, dropout: float | None = None, weight_decay: float | None = None,
+                       label_smoothing: float | None = None,
+                       freeze_projection: bool | None = None) -> Regularisation | None:
+    """The defaults for the kind of run with the settings given replacing theirs; None when none is given."""
+    given = {name: value for name, value in (("dropout", dropout), ("weight_decay", weight_decay),
+                                             ("label_smoothing", label_smoothing),
+                                             ("freeze_projection", freeze_projection)) if value is not None}
+    if not given:
+        return None
+    return dataclasses.replace(FINE_TUNING if fine_tuning else FROM_SCRATCH, **given)
+
+
+def describe(regularisation: Regularisation) -> str:
+    """``Regularisation`` in words, for the report and the model card."""
+    parts = [f"dropout {regularisation.dropout:g}", f"weight decay {regularisation.weight_decay:g}",
+             f"label smoothing {regularisation.label_smoothing:g}"]
+    if regularisation.freeze_projection:
+        parts.append("projection frozen")
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- checks before work

@@ -109,7 +109,7 @@ def test_learning_rate_decays_along_a_cosine():
 @needs_wordnet
 @pytest.mark.slow
 def test_build_default_runs_end_to_end_in_a_reduced_configuration(tmp_path):
-    from captioner.training.loop import read_checkpoint
+    from captioner.training.checkpoint import read_checkpoint
 
     settings = BuildSettings(train_pairs=1500, val_pairs=150, test_pairs=150, epochs=2, batch_size=128,
                              embed_size=32, hidden_size=48)

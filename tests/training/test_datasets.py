@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.training.datasets import FORMATS, CaptionedImage, SkipReason, read_dataset, split_holdout
+from captioner.training.datasets import (FORMATS, CaptionedImage, SkipReason, read_dataset, require_images,
+                                         split_holdout)
 from captioner.core.errors import DatasetError
 
 
@@ -107,7 +108,7 @@ def test_absent_files_and_unknown_format_raise(tmp_path: Path) -> None:
         read_dataset("coco", path, tmp_path / "no_such_dir")
     with pytest.raises(DatasetError, match="Unknown data set format"):
         read_dataset("yolo", path, tmp_path)
-    assert FORMATS == ("coco", "karpathy", "flickr8k", "csv")
+    assert FORMATS == ("coco", "karpathy", "flickr8k", "csv", "folder")
 
 
 # -------------------------------------------------------------------------------- karpathy
@@ -398,3 +399,57 @@ def test_split_holdout_limits() -> None:
         split_holdout(two, 1.0, seed=0)
     with pytest.raises(DatasetError):
         split_holdout(two[:1], 0.5, seed=0)
+
+
+# ---------------------------------------------------------------------------------- folder
+
+
+@pytest.mark.parametrize("table", ["captions.csv", "captions.jsonl"])
+def test_folder_reads_its_own_table_with_several_captions_per_image(tmp_path: Path, table: str) -> None:
+    folder = make_images(tmp_path / "photos", "cat.jpg", "sub/dog.png")
+    rows = [("cat.jpg", "a cat on a sofa"), ("sub/dog.png", "a dog"), ("cat.jpg", "a sleeping cat"),
+            ("gone.jpg", "a photo that is not there")]
+    if table.endswith(".csv"):
+        text = "image,caption\n" + "".join(f'{image},"{caption}"\n' for image, caption in rows)
+    else:
+        text = "".join(json.dumps({"image": image, "caption": caption}) + "\n" for image, caption in rows)
+    (folder / table).write_text(text, encoding="utf-8")
+    items, report = read_dataset("folder", None, folder)
+    found = by_id(items)
+    assert found["cat.jpg"].captions == ["a cat on a sofa", "a sleeping cat"]
+    assert found["sub/dog.png"].image_path == folder / "sub" / "dog.png"
+    assert report.skipped == {SkipReason.MISSING_IMAGE: 1} and report.format == "folder"
+
+
+def test_folder_without_or_with_two_tables_says_what_it_needs(tmp_path: Path) -> None:
+    folder = make_images(tmp_path / "photos", "cat.jpg")
+    with pytest.raises(DatasetError, match="captions.csv or captions.jsonl"):
+        read_dataset("folder", None, folder)
+    (folder / "captions.csv").write_text("image,caption\ncat.jpg,a cat\n")
+    (folder / "captions.jsonl").write_text('{"image": "cat.jpg", "caption": "a cat"}\n')
+    with pytest.raises(DatasetError, match="both"):
+        read_dataset("folder", None, folder)
+    items, _ = read_dataset("folder", folder / "captions.jsonl", folder)  # named: that one
+    assert [i.captions for i in items] == [["a cat"]]
+
+
+def test_every_image_missing_names_the_count_a_few_files_and_the_folder(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-folder"
+    wrong.mkdir()
+    annotations = tmp_path / "captions.csv"
+    annotations.write_text("image,caption\n" + "".join(f"photo{i}.jpg,a photo\n" for i in range(17)))
+    items, report = read_dataset("csv", annotations, wrong)
+    with pytest.raises(DatasetError) as raised:
+        require_images(items, report, wrong)
+    message = str(raised.value)
+    assert "none of the 17 images" in message and str(wrong.resolve()) in message
+    assert "photo0.jpg" in message and "--images" in message
+
+
+def test_too_few_images_to_hold_out_counts_the_missing_ones(tmp_path: Path) -> None:
+    folder = make_images(tmp_path, "a.jpg")
+    annotations = tmp_path / "captions.csv"
+    annotations.write_text("image,caption\na.jpg,a cat\nb.jpg,a dog\nc.jpg,a bird\n")
+    items, report = read_dataset("csv", annotations, folder)
+    with pytest.raises(DatasetError, match=r"1 found; 2 more are missing from the image folder \(e.g. .*b.jpg"):
+        split_holdout(items, 0.2, report=report)

@@ -151,6 +151,28 @@ def test_meteor_process_is_closed_after_scoring(java_single_image: dict[str, flo
     assert java_children() == []
 
 
+@needs_java
+@pytest.mark.slow
+def test_meteor_process_scores_as_pycocoevalcaps_meteor() -> None:
+    """The explicit wrapper speaks the jar's protocol as pycocoevalcap's own Meteor does: same score."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    from captioner.training.evaluation import MeteorProcess
+
+    gts = {"a": ["a cat on a mat", "the cat sits on the mat"], "b": ["a dog runs in the park", "a brown dog"],
+           "c": ["two birds on a wire"]}
+    res = {"a": ["a cat on the mat"], "b": ["a dog in a park"], "c": ["a bird"]}
+    reference = Meteor()
+    try:
+        expected, _ = reference.compute_score(gts, res)
+    finally:
+        del reference
+    with MeteorProcess(JAVA, timeout_s=120) as meteor:
+        assert meteor.compute_score(gts, res) == pytest.approx(expected, abs=1e-12)
+        process = meteor.process
+    assert process.poll() is not None  # closed on leaving the block
+
+
 def test_without_java_on_path_meteor_is_none_and_tokens_fall_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,7 +21,7 @@ from captioner.training.features import FeatureCache, FeatureSpec, extract_featu
 from captioner.core.images.preprocess import build_preprocessor
 from captioner.core.images.decode import load_image
 from captioner.core.model.network import ShowAndTell
-from captioner.training.loop import build_config
+from captioner.training.job import build_config
 from tests.helpers.paths import ROOT
 
 IMAGE_SIZE = 32  # tiny crops keep the real backbone fast; the cache works the same at any size

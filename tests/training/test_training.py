@@ -25,8 +25,12 @@ from captioner.training.features import extract_features
 from captioner.core.model.network import ShowAndTell
 from captioner.core.repository.storage import MODEL_FILES, load_model
 from captioner.core.inference import Captioner
-from captioner.training.loop import (CHECKPOINT, CardInfo, build_config, evaluate_captioner, fit_decoder,
-                                most_common_caption, read_checkpoint, train_captioner)
+from captioner.training.checkpoint import CHECKPOINT, read_checkpoint
+from captioner.training.config import CardInfo, TrainConfig
+from captioner.training.evaluate import evaluate_captioner
+from captioner.training.fit import fit_decoder
+from captioner.training.job import build_config, train_captioner
+from captioner.training.validate import most_common_caption
 from captioner.core.model.vocabulary import Vocabulary
 from tests.helpers.paths import ROOT
 
@@ -72,8 +76,9 @@ def new_model(vocab: Vocabulary, seed: int = 0) -> ShowAndTell:
 def fit(data, out_dir, epochs, seed=0, resume=False, **options):
     vocab, features = data
     model = new_model(vocab, seed)
-    result = fit_decoder(model, vocab, *features["train"], *features["val"], out_dir, epochs=epochs, batch_size=16,
-                         lr=5e-3, seed=seed, device="cpu", resume=resume, progress=False, **options)
+    config = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, lr_schedule="constant", seed=seed, device="cpu",
+                         resume=resume, progress=False, **options)
+    result = fit_decoder(model, vocab, *features["train"], *features["val"], out_dir, config)
     return model, result
 
 
@@ -161,9 +166,9 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
 def test_fine_tuning_the_backbone_trains_it_without_a_feature_cache(shapes, tmp_path):
     items = shapes["train"][:12]
     cache = tmp_path / "cache"
-    result = train_captioner(items, shapes["val"][:6], tmp_path / "out", train_backbone=True, epochs=1,
-                             batch_size=12, image_size=48, min_word_count=1, cache_dir=cache, metric=None,
-                             device="cpu", progress=False, **SMALL)
+    config = TrainConfig(from_scratch=True, train_backbone=True, epochs=1, batch_size=12, image_size=48,
+                         min_word_count=1, cache_dir=str(cache), metric=None, device="cpu", progress=False, **SMALL)
+    result = train_captioner(items, shapes["val"][:6], tmp_path / "out", config)
     assert not cache.exists()
     trained = load_model(tmp_path / "out")
     pretrained = new_model(Vocabulary.build([c for i in items for c in i.captions], min_count=1))
@@ -191,6 +196,8 @@ def test_command_line_train_resume_and_evaluate(shapes, data, cache_dir, tmp_pat
               "--cache-dir", cache_dir, "--device", "cpu", "--dataset-name", "rendered-shapes"]
     train = run_cli("train", *common, "--epochs", 1)
     assert train.returncode == 0, train.stderr
+    assert train.stdout.startswith("training from scratch: the bundled model's encoder does not fit what was asked "
+                                   "(image-size 224, not 96, embed-size 256, not 64, hidden-size 256, not 64)")
     assert "Loaded 288 images" in train.stdout and "missing image file: 1" in train.stdout
     assert "Training on 192 images; validating on 48 (the data's own validation split)" in train.stdout
     assert "best epoch 1 of 1" in train.stdout and f"wrote {out}" in train.stdout

@@ -74,12 +74,16 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
         self.linear = nn.Linear(config.hidden_size, config.vocab_size)
 
-    def forward(self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """Teacher forcing: logits for the packed targets ``pack_padded_sequence(captions, lengths)``."""
+    def forward(self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: list[int], *,
+                dropout: float = 0.0) -> torch.Tensor:
+        """Teacher forcing: logits for the packed targets ``pack_padded_sequence(captions, lengths)``.
+
+        ``dropout`` (training only) zeroes that share of the LSTM's inputs and outputs."""
         inputs = torch.cat((embeddings.unsqueeze(1), self.embed(captions)), 1)
+        inputs = nn.functional.dropout(inputs, dropout, self.training)
         packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
         hiddens, _ = self.lstm(packed)
-        return self.linear(hiddens.data)
+        return self.linear(nn.functional.dropout(hiddens.data, dropout, self.training))
 
     def step(self, inputs: torch.Tensor, state=None):
         """One time step for a batch: inputs ``(B, E)`` -> log-probabilities ``(B, V)`` and the new state.
