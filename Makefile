@@ -1,11 +1,11 @@
-# make demo: run the app on the bundled model.  make test: run every test.
+# make demo: run the app on the bundled model.  make test: run every test.  make docs: serve the docs.
 # Each target creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := chromium wordnet-base
 
-.PHONY: demo test bench system-packages clean
+.PHONY: demo test bench docs system-packages clean
 
 demo: $(VENV)/.runtime
 	$(PY) app.py
@@ -15,6 +15,11 @@ test: $(VENV)/.dev system-packages
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench.py
+
+# The documentation site (mkdocs.yml, docs/) at http://$(DOCS_ADDRESS), rebuilt on every save.
+DOCS_ADDRESS ?= 127.0.0.1:8000
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr $(DOCS_ADDRESS)
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,4 +43,4 @@ system-packages:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts site
