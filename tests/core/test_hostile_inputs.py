@@ -7,8 +7,6 @@ throws random and mutated bytes at the image loader.
 import io
 import os
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -21,7 +19,7 @@ from captioner.core.errors import ImageError
 from captioner.core.images.decode import load_image
 from captioner.core.inference import load_captioner
 from tests.helpers import hostile_images
-from tests.helpers.paths import ROOT
+from tests.helpers.cli import run
 
 
 def _encode(image, fmt, **options):
@@ -119,8 +117,7 @@ def test_library_captions_odd_images_and_refuses_hostile_ones(tiny_model_dir, ho
 @pytest.mark.timeout(300)
 def test_cli_reports_each_hostile_file_and_goes_on(tiny_model_dir, hostile_dir):
     names = sorted(GOOD) + sorted(BAD)
-    proc = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(tiny_model_dir),
-                           *(str(hostile_dir / n) for n in names)], capture_output=True, text=True, cwd=ROOT)
+    proc = run("caption", "--model", tiny_model_dir, *(hostile_dir / n for n in names))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     captioned = {line.split(": ", 1)[0].rsplit("/", 1)[-1] for line in proc.stdout.splitlines()}
     assert captioned == set(GOOD)

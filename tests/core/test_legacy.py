@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.core.model import search
 from captioner.core.errors import LegacyImportError
+from captioner.core.model import search
 from captioner.core.repository.legacy import import_legacy, read_legacy_vocabulary
 from captioner.core.repository.storage import load_model
-
 
 # The tutorial's own code (yunjey/pytorch-tutorial, MIT), kept in benchmarks/ as the reference.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -153,12 +152,11 @@ def test_swapped_files_are_refused(tutorial_files, tmp_path):
 # --- import-legacy --download, against a local HTTP server with stand-in zips ---
 import http.server  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
 import threading  # noqa: E402
 import zipfile  # noqa: E402
 from functools import partial  # noqa: E402
 
-from tests.helpers.paths import ROOT
+from tests.helpers.cli import run
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +180,8 @@ def zip_server(tutorial_files, tmp_path_factory):
 
 
 def _download(base, out, model="pretrained_model.zip", vocab="vocap.zip"):
-    return subprocess.run([sys.executable, "-m", "captioner", "import-legacy", "--download", "--out", str(out),
-                           "--model-zip-url", f"{base}/{model}", "--vocab-zip-url", f"{base}/{vocab}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return run("import-legacy", "--download", "--out", out, "--model-zip-url", f"{base}/{model}",
+               "--vocab-zip-url", f"{base}/{vocab}")
 
 
 def test_download_converts_and_caches(zip_server, tutorial_files, tmp_path):

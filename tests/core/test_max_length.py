@@ -4,16 +4,15 @@ would have gone on says it was cut (``Candidate.cut``)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from captioner.core.inference import load_captioner
 from captioner.core.options import DecodeOptions, decode_steps
 from captioner.core.repository.storage import save_model
+from tests.helpers.cli import run
 from tests.helpers.models import make_tiny_model
-from tests.helpers.paths import EXAMPLES, ROOT
+from tests.helpers.paths import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +57,10 @@ def test_default_length_is_the_models_in_words(talkative, one_thread):
 
 
 def test_the_command_line_max_length_is_in_words(talkative):
-    run = subprocess.run([sys.executable, "-m", "captioner", "caption", "--json", "--model", str(talkative),
-                          "--device", "cpu", "--max-length", "4", str(EXAMPLES / "coffee.jpg")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    done = run("caption", "--json", "--model", talkative, "--device", "cpu", "--max-length", "4",
+               EXAMPLES / "coffee.jpg")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
     assert len(result["caption"].split()) == 4 and result["candidates"][0]["cut"] is True
 
 

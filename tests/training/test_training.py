@@ -7,32 +7,29 @@ with its packaged ImageNet weights, frozen, at a 96 px crop; its outputs are cac
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
-from tests.helpers.shapes import make_shapes, write_csv
 
-from captioner.core.model.encoders import load_pretrained_weights
 from captioner.core.errors import CaptionerError
-from captioner.training.evaluation import METRICS, score_captions
-from captioner.training.features import extract_features
-from captioner.core.model.network import ShowAndTell
-from captioner.core.repository.storage import MODEL_FILES, load_model
 from captioner.core.inference import Captioner
+from captioner.core.model.encoders import load_pretrained_weights
+from captioner.core.model.network import ShowAndTell
+from captioner.core.model.vocabulary import Vocabulary
+from captioner.core.repository.storage import MODEL_FILES, load_model
 from captioner.training.checkpoint import CHECKPOINT, read_checkpoint
 from captioner.training.config import CardInfo, TrainConfig
 from captioner.training.evaluate import evaluate_captioner
+from captioner.training.evaluation import METRICS, score_captions
+from captioner.training.features import extract_features
 from captioner.training.fit import fit_decoder
 from captioner.training.job import build_config, train_captioner
 from captioner.training.validate import most_common_caption
-from captioner.core.model.vocabulary import Vocabulary
-from tests.helpers.paths import ROOT
+from tests.helpers.cli import run
+from tests.helpers.shapes import make_shapes, write_csv
 
 IMAGE_SIZE = 96
 SMALL = {"embed_size": 64, "hidden_size": 64}
@@ -180,8 +177,7 @@ def test_fine_tuning_the_backbone_trains_it_without_a_feature_cache(shapes, tmp_
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "captioner", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})  # see one_thread
+    return run(*args)
 
 
 def test_command_line_train_resume_and_evaluate(shapes, data, cache_dir, tmp_path):

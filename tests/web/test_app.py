@@ -16,9 +16,10 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.helpers.app import APP_MODEL_TEMPERATURE, app, free_port, serve
-from tests.helpers.paths import ROOT
 from captioner.core.inference import load_captioner
+from tests.helpers.app import APP_MODEL_TEMPERATURE, app, free_port, serve
+from tests.helpers.cli import run
+from tests.helpers.paths import ROOT
 
 EXAMPLE = ROOT / "examples" / "coffee.jpg"
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio 6.31, with pandas 3
@@ -79,9 +80,8 @@ def test_cli_json_web_api_and_batch_json_give_the_same_result(running_app, app_m
 
     _, client = running_app
     photo = shutil.copy(EXAMPLE, tmp_path / "photo.jpg")
-    cli = subprocess.run([sys.executable, "-m", "captioner", "caption", "--json", "--model", str(app_model),
-                          "--device", "cpu", "--beam-size", "2", "--num-candidates", "1", "--max-length", "6",
-                          str(photo)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    cli = run("caption", "--json", "--model", app_model, "--device", "cpu", "--beam-size", "2",
+              "--num-candidates", "1", "--max-length", "6", photo)
     assert cli.returncode == 0, cli.stderr
     from_cli = json.loads(cli.stdout)
     from_api = client.predict(handle_file(photo), beam_size=2, num_candidates=1, max_length=6, api_name="/caption")
