@@ -1,17 +1,23 @@
 # make demo: run the app on the bundled model.  make test: run every test.  make docs: serve the docs.
+# make test-fast: every test but the browser, stress and Ray ones, for the edit-test loop.
 # Each target creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := chromium wordnet-base
+# pytest-xdist: two workers, each test file on one of them, the browser, stress and Ray tests on one
+# worker one after another (see tests/conftest.py).
+PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
 
-.PHONY: demo test bench docs system-packages clean
+.PHONY: demo test test-fast bench docs system-packages clean
 
 demo: $(VENV)/.runtime
 	$(PY) app.py
 
 test: $(VENV)/.dev system-packages
-	$(PY) -m pytest
+	$(PYTEST) --durations=25
+
+test-fast: $(VENV)/.dev
+	$(PYTEST) -m "not browser and not stress and not ray"
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench.py
@@ -31,11 +37,13 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-# Chromium (browser tests) and the WordNet database (building the bundled model) come from
-# Debian. Installed when missing and possible (root with apt-get); otherwise those tests skip.
+# Chromium (browser tests), the WordNet database (the bundled model's build, its phrases) and
+# GCompris's photos (the real-photo set) come from Debian. Installed when missing and possible
+# (root with apt-get); otherwise those tests skip.
 system-packages:
 	@missing=""; test -x /usr/bin/chromium || missing="chromium"; \
 	test -f /usr/share/wordnet/data.noun || missing="$$missing wordnet-base"; \
+	test -d /usr/share/gcompris-qt/rcc || missing="$$missing gcompris-qt-data"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \

@@ -24,7 +24,6 @@ import torch
 from captioner.build.photos.judge import CaptionJudge
 from captioner.core.captions import caption_features, class_probabilities
 from captioner.core.confidence import NOTHING_RECOGNISED, UNCALIBRATED, ClassMassRule
-from captioner.core.confidence.rules import logit
 from captioner.core.confidence.measure import (
     auroc,
     ece_by_chance,
@@ -33,6 +32,7 @@ from captioner.core.confidence.measure import (
     reliability,
 )
 from captioner.core.confidence.phrases import PhraseTable
+from captioner.core.confidence.rules import logit
 from captioner.core.inference import Captioner
 from captioner.core.options import DecodeOptions
 from captioner.core.results import Candidate

@@ -18,18 +18,10 @@ from typing import Any
 
 import torch
 
-from captioner.build.calibration import (
-    Judged,
-    Observation,
-    cross_validated,
-    fit_rule,
-    judge_all,
-    observe,
-    summary,
-)
+from captioner.build.calibration import Judged, Observation, cross_validated, fit_rule, judge_all, observe, summary
 from captioner.build.imagenet import wordnet
-from captioner.build.phrases import write_phrase_file
 from captioner.build.photos.judge import CaptionJudge
+from captioner.build.phrases import write_phrase_file
 from captioner.core.confidence import ClassMassRule
 from captioner.core.confidence.phrases import PhraseTable
 from captioner.core.errors import CaptionerError

@@ -98,7 +98,8 @@ def default_photos() -> dict[str, Path]:
 
 def grammar_captions(top_classes: list[int]) -> set[str]:
     """Every caption the grammar can write naming only these classes or their general words."""
-    from captioner.build.synthetic import MAX_SLOTS, Mention, SceneSpec, caption_for, lexicon
+    from captioner.build.grammar import MAX_SLOTS, Mention, SceneSpec, caption_for
+    from captioner.build.lexicon import lexicon
 
     lex = lexicon()
     mentions = {kind: [Mention(i, s) for i in top_classes for s in (True, False) if lex.classes[i].kind in kinds]
@@ -127,7 +128,7 @@ def agreement(model: ShowAndTell, vocab: Vocabulary, features: torch.Tensor, cap
 
 def measure(model_dir: Path, test_log_probs: np.ndarray, test_captions: list[str],
             photos: dict[str, Path] | None = None, device: str = "cpu") -> QualityReport:
-    from captioner.build.synthetic import template_caption
+    from captioner.build.grammar import template_caption
     from captioner.core.inference import Captioner
     from captioner.core.model.imagenet_classes import imagenet_class_names
 
@@ -170,7 +171,8 @@ def _train_seed(settings: BuildSettings, epoch: int) -> tuple[int, int, int]:
 def build_default(out_dir: str | Path = BUNDLED_MODEL_DIR, settings: BuildSettings | None = None,
                   photos: dict[str, Path] | None = None) -> QualityReport:
     """Generate, train, measure and write the bundled model; returns the measurements."""
-    from captioner.build.synthetic import generate_pairs, grammar_phrases
+    from captioner.build.grammar import grammar_phrases
+    from captioner.build.synthetic import generate_pairs
     from captioner.training.checkpoint import CHECKPOINT, read_checkpoint
     from captioner.training.config import TrainConfig
     from captioner.training.fit import fit_decoder

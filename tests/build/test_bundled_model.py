@@ -16,9 +16,9 @@ from captioner.build.pipeline import (
     grammar_captions,
     learning_rate,
 )
+from captioner.core.inference import load_captioner
 from captioner.core.model.imagenet_classes import imagenet_class_names
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR, load_model
-from captioner.core.inference import load_captioner
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_MODEL_DIR / "config.json").is_file(), reason="no bundled model")
 needs_wordnet = pytest.mark.skipif(

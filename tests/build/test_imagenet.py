@@ -2,15 +2,9 @@
 
 import pytest
 
+from captioner.build.imagenet import ENTITY, WordNet, imagenet_classes, imagenet_synset_ids, wordnet
 from captioner.core.errors import DatasetError
 from captioner.core.model.imagenet_classes import imagenet_class_names
-from captioner.build.imagenet import (
-    ENTITY,
-    WordNet,
-    imagenet_classes,
-    imagenet_synset_ids,
-    wordnet,
-)
 
 
 def test_names_and_synset_ids_share_the_classifiers_order():

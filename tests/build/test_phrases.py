@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner.build import synthetic
+from captioner.build import grammar, lexicon, synthetic
 from captioner.build.phrases import phrase_file, write_phrase_file
 from captioner.core.confidence.phrases import FILE_NAME, PhraseTable
 from captioner.core.repository.storage import BUNDLED_MODEL_DIR
@@ -30,13 +30,13 @@ def test_every_caption_the_grammar_writes_reads_back_as_its_phrases():
     for caption in captions:
         assert table.write(table.read(caption)) == caption
     for log_p in log_probs[:100]:
-        caption = synthetic.template_caption(log_p)
+        caption = grammar.template_caption(log_p)
         assert table.write(table.read(caption)) == caption
 
 
 def test_phrases_name_the_classes_of_the_lexicon():
     table = PhraseTable.from_dict(phrase_file())
-    lex = synthetic.lexicon()
+    lex = lexicon.lexicon()
     tabby = table.phrase("a tabby cat")
     assert tabby.classes == (281,) and tabby.general == "a cat" and not tabby.is_general
     cat = table.phrase("a cat")

@@ -7,20 +7,18 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from captioner.build import synthetic
-from captioner.build.synthetic import (
+from captioner.build import grammar, synthetic
+from captioner.build.grammar import (
     MAX_TOKENS,
     Mention,
     SceneSpec,
     caption_for,
-    generate_pairs,
     grammar_phrases,
-    lexicon,
     mention_np,
     template_caption,
-    tokens,
-    with_article,
 )
+from captioner.build.lexicon import lexicon, tokens, with_article
+from captioner.build.synthetic import generate_pairs
 
 
 def generate_sample(rng: np.random.Generator) -> tuple[np.ndarray, str, SceneSpec]:
@@ -180,22 +178,22 @@ def _named(spec):
 
 def _group_mass(log_probs):
     """Probabilities (aliases folded) and group masses as the rule counts them."""
-    return synthetic._group_masses(np.exp(log_probs.astype(np.float64)))
+    return grammar._group_masses(np.exp(log_probs.astype(np.float64)))
 
 
 def test_spec_classes_carry_the_mass(samples):
     lex = lexicon()
     for log_probs, _, spec in samples[:300]:
         _, group_mass = _group_mass(log_probs)
-        if group_mass.max() < synthetic.MENTION_MIN:
+        if group_mass.max() < grammar.MENTION_MIN:
             continue  # flat: see below
         for m in _named(spec):
-            assert group_mass[lex.classes[m.index].group] >= synthetic.MENTION_MIN
+            assert group_mass[lex.classes[m.index].group] >= grammar.MENTION_MIN
 
 
 def test_flat_samples_name_their_most_probable_class(samples):
     lex = lexicon()
-    flat = [(lp, caption, spec) for lp, caption, spec in samples if _group_mass(lp)[1].max() < synthetic.MENTION_MIN]
+    flat = [(lp, caption, spec) for lp, caption, spec in samples if _group_mass(lp)[1].max() < grammar.MENTION_MIN]
     assert 0.5 * synthetic.P_FLAT < len(flat) / len(samples) < 1.5 * synthetic.P_FLAT
     for log_probs, caption, spec in flat:
         p, group_mass = _group_mass(log_probs)
@@ -216,7 +214,7 @@ def test_thin_mass_over_a_large_group_is_generated_and_not_mentioned(samples):
             members = p[list(lex.groups[g].members)]
             if members.sum() > 0.1 and members.max() <= synthetic.THIN_CLASS_MAX + 1e-6:
                 thin += 1
-                assert group_mass[g] <= synthetic.GROUP_TOP * synthetic.THIN_CLASS_MAX + 1e-6
+                assert group_mass[g] <= grammar.GROUP_TOP * synthetic.THIN_CLASS_MAX + 1e-6
                 assert all(lex.classes[m.index].group != g for m in _named(spec)), caption
     assert thin > 0.03 * len(samples)
 

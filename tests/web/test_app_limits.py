@@ -194,6 +194,7 @@ def closed_by_server(sock: socket.socket) -> bool:
         sock.setblocking(True)
 
 
+@pytest.mark.stress
 def test_connections_without_a_request_head_are_capped_per_address_and_cut_off(server):
     """One address opens more connections than its cap, half sending nothing, half a request head that
     never ends: those over the cap are closed at once, the rest after the head timeout; meanwhile and
@@ -223,6 +224,7 @@ def test_connections_without_a_request_head_are_capped_per_address_and_cut_off(s
     still_serving(server)
 
 
+@pytest.mark.stress
 @pytest.mark.slow
 def test_floods_of_all_kinds_from_one_client_leave_another_client_served_and_memory_returns(server, huge_png):
     """One client sends its whole share of captions, explanations and batch jobs at once, each on huge
@@ -300,6 +302,7 @@ def small_server(model, tmp_path_factory):
     running.close()
 
 
+@pytest.mark.stress
 @pytest.mark.slow
 def test_concurrent_explains_never_take_the_results_folder_over_its_cap(small_server):
     """Eight clients ask for the heatmaps of 20-word captions at once (about 4 MB of overlays each,
@@ -340,6 +343,7 @@ def test_concurrent_explains_never_take_the_results_folder_over_its_cap(small_se
     assert status == "ok" and len(overlays) == 2 == len(data["words"])
 
 
+@pytest.mark.stress
 @pytest.mark.slow
 def test_open_connections_stay_under_the_open_file_limit(small_server):
     """Connections from many addresses, none over its own cap, together more than the process may open:

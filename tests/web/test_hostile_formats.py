@@ -25,7 +25,7 @@ REQUESTS = 16
 # Beside the decodes: sixteen requests' bodies and uploads, the model's forward passes on up to
 # eight of them at once (the app's caption concurrency), Gradio's own bookkeeping.
 REQUEST_OVERHEAD = 256 * MB
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.stress, pytest.mark.timeout(1800)]
 
 ATTACKS = {  # file name: (builder, the error every request gets, or None: captioned)
     "icon.ico": (hostile_images.ico_holding_png, "unsupported image format: ICO icon"),

@@ -3,7 +3,7 @@
 A caption is right when one of its nouns is the described thing, a kind of it, or a near or
 basic-level generalisation of it: any sense of the noun is the subject synset, lies below it,
 or lies above it at most ``NEAR`` steps or at one of the basic-level categories the bundled model's
-grammar uses (``synthetic.GENERAL_WORDS``: "a bird" for a seagull, "a dog" for a terrier). The
+grammar uses (``lexicon.GENERAL_WORDS``: "a bird" for a seagull, "a dog" for a terrier). The
 caption's nouns are its longest runs of words that WordNet lists as a noun ("football helmet",
 "cup", "espresso"), function words left out.
 """
@@ -14,7 +14,7 @@ import functools
 import re
 
 from captioner.build.imagenet import WordNet
-from captioner.build.synthetic import GENERAL_WORDS
+from captioner.build.lexicon import GENERAL_WORDS
 
 NEAR = 2
 MAX_NOUN_WORDS = 4
