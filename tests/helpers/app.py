@@ -12,7 +12,6 @@ from captioner.web import app
 from captioner.web.server import Server
 from tests.helpers.models import make_tiny_model
 
-
 APP_MODEL_TEMPERATURE = 0.5
 
 

@@ -18,9 +18,8 @@ import httpx
 import psutil
 
 from tests.helpers.app import free_port
+from tests.helpers.gradio_http import FILE_META, call_answer, detail, queue_answer
 from tests.helpers.paths import ROOT
-
-FILE_META = {"_type": "gradio.FileData"}
 
 
 class Server:
@@ -98,12 +97,8 @@ class Server:
 
     def answer(self, event_id: str, api: str = "caption", output: int | None = 0) -> tuple[str, object]:
         """The answer to a submitted call, read as ``call`` reads it."""
-        text = httpx.get(f"{self.api}/call/{api}/{event_id}", timeout=300).text
-        event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
-        if event == "complete":
-            outputs = json.loads(payload)
-            return "ok", outputs if output is None else outputs[output]
-        return "error", (json.loads(payload) or {}).get("error") if payload.strip() != "null" else None
+        status, outputs = call_answer(self.api, api, event_id)
+        return (status, outputs if output is None else outputs[output]) if status == "ok" else (status, outputs)
 
     def join(self, fn: str, data: list, headers: dict | None = None, wait: bool = True) -> tuple[str, object]:
         """The page's route (POST /queue/join, then the session's event stream) for event ``fn``."""
@@ -114,25 +109,7 @@ class Server:
             return "error", detail(response)
         if not wait:
             return "queued", session
-        with httpx.stream("GET", f"{self.api}/queue/data", params={"session_hash": session}, timeout=300) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if message.get("msg") == "process_completed":
-                        if message.get("success"):
-                            return "ok", message["output"]["data"]
-                        return "error", (message.get("output") or {}).get("error")
-        return "error", None
-
-
-def detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        return response.text
-    if isinstance(detail, list):  # a validator's answer: one entry per input
-        return " ".join(item.get("message", "") for item in detail if not item.get("is_valid", True))
-    return str(detail)
+        return queue_answer(self.api, session)
 
 
 class PeakRSS:

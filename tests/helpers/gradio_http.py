@@ -23,6 +23,29 @@ def detail(response: httpx.Response) -> str:
     return str(found)
 
 
+def call_answer(api: str, name: str, event_id: str, headers: dict | None = None,
+                timeout: float = 300) -> tuple[str, object]:
+    """The event stream of a ``/call/<name>`` request: ("ok", its outputs) or ("error", message)."""
+    text = httpx.get(f"{api}/call/{name}/{event_id}", headers=headers, timeout=timeout).text
+    event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
+    if event == "complete":
+        return "ok", json.loads(payload)
+    return "error", (json.loads(payload) or {}).get("error") if payload.strip() != "null" else None
+
+
+def queue_answer(api: str, session: str, timeout: float = 300) -> tuple[str, object]:
+    """The event stream of a ``/queue/join`` session: ("ok", its outputs) or ("error", message)."""
+    with httpx.stream("GET", f"{api}/queue/data", params={"session_hash": session}, timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    if message.get("success"):
+                        return "ok", message["output"]["data"]
+                    return "error", (message.get("output") or {}).get("error")
+    return "error", None
+
+
 class GradioHTTP:
     def __init__(self, url: str, timeout: float = 120):
         self.url = url.rstrip("/") + "/"
@@ -42,12 +65,7 @@ class GradioHTTP:
                               headers={"content-type": "application/json"})
         if response.status_code != 200:
             return "error", detail(response)
-        event_id = response.json()["event_id"]
-        text = httpx.get(f"{self.api}/call/{api}/{event_id}", timeout=self.timeout).text
-        event, _, payload = text.strip().rpartition("event: ")[2].partition("\ndata: ")
-        if event == "complete":
-            return "ok", json.loads(payload)
-        return "error", (json.loads(payload) or {}).get("error") if payload.strip() != "null" else None
+        return call_answer(self.api, api, response.json()["event_id"], timeout=self.timeout)
 
     def join(self, fn: str, data: list) -> tuple[str, object]:
         """The page's route: POST /queue/join for event ``fn``, then the session's event stream."""
@@ -57,13 +75,4 @@ class GradioHTTP:
         response = httpx.post(f"{self.api}/queue/join", json=body, timeout=self.timeout)
         if response.status_code != 200:
             return "error", detail(response)
-        with httpx.stream("GET", f"{self.api}/queue/data", params={"session_hash": session},
-                          timeout=self.timeout) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if message.get("msg") == "process_completed":
-                        if message.get("success"):
-                            return "ok", message["output"]["data"]
-                        return "error", (message.get("output") or {}).get("error")
-        return "error", None
+        return queue_answer(self.api, session, self.timeout)
