@@ -3,9 +3,11 @@ one-line messages for missing extras (how its parts import each other: ``test_ar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -119,3 +121,41 @@ def test_a_missing_extra_is_named_in_one_line_before_any_work(tmp_path, command,
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"'{extra}' extra" in lines[0] and f"captioner[{extra}]" in lines[0], run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='needs Ray: pip install "captioner[ray]"')
+def test_an_installed_wheel_serves_the_page_and_the_rest_api(installed_wheel, tmp_path):
+    """``python -m captioner serve`` from the wheel, outside the checkout: the mounted page is the
+    package's own web app (no app.py beside it) and the REST API answers."""
+    import httpx
+
+    from tests.helpers.app import free_port
+    from tests.helpers.ray_cluster import RAY_ENV
+
+    port = free_port()
+    env = {key: value for key, value in _clean_env(**RAY_ENV, OMP_NUM_THREADS="1").items()
+           if not key.startswith("MALLOC_")}
+    server = subprocess.Popen([str(installed_wheel / "bin" / "python"), "-m", "captioner", "serve", "--port",
+                               str(port), "--backend", "torch"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output = []
+    try:
+        for line in server.stdout:
+            output.append(line)
+            if line.startswith("serving on"):
+                break
+        assert server.poll() is None, "".join(output[-30:])
+        page = httpx.get(f"http://127.0.0.1:{port}/config", timeout=120)
+        assert page.status_code == 200 and "caption_photo" in page.text  # the app's own events
+        assert "Show and Tell" in httpx.get(f"http://127.0.0.1:{port}/", timeout=120).text
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/caption", content=COFFEE.read_bytes(), timeout=300)
+        assert answer.status_code == 200 and answer.json()["caption"] and answer.json()["calibrated"] is True
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -161,7 +161,7 @@ def test_a_file_target_is_one_file_in_its_format_and_an_existing_file_is_refused
     assert written["alt-text.jsonl"] == written["alt-text.csv"] == written["alt-text.parquet"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["alt-text.csv", "alt-text.jsonl",
                                                                  "alt-text.parquet", "list.csv"]  # no folders left
-    assert (tmp_path / "alt-text.csv").read_text().splitlines()[0].startswith("path,caption,score,confidence")
+    assert (tmp_path / "alt-text.csv").read_text().splitlines()[0].startswith("path,caption,confidence,calibrated,score")
     assert len((tmp_path / "alt-text.jsonl").read_text().splitlines()) == 6
 
     existing = tmp_path / "alt-text.jsonl"

@@ -201,10 +201,10 @@ def test_memory_returns_to_idle_after_a_burst(service, tmp_path):
 @pytest.fixture(scope="module")
 def limited(service) -> str:
     """The REST API alone with small limits: 3 requests per client, 4 MB of bodies at once, uploads
-    up to 2 MB, 15 s per request, model work over 8 s counted as stuck (checked every second)."""
+    up to 2 MB, 15 s per request, model work over 4 s counted as stuck (checked every second)."""
     with running_service("limited", "/limited", max_batch_size=16, batch_wait_ms=500, max_upload_mb=2, ui=False,
                          backend="torch", cpus_per_replica=0.5, requests_per_client=3, body_budget_mb=4,
-                         request_timeout_s=15, stuck_after_s=8, health_check_period_s=1) as prefix:
+                         request_timeout_s=15, stuck_after_s=4, health_check_period_s=1) as prefix:
         yield service + prefix
 
 
@@ -292,8 +292,9 @@ def test_an_idle_connection_is_closed_by_the_proxy(service):
 
 def test_a_stuck_replica_fails_its_health_check_and_is_replaced(limited):
     """Sixteen concurrent worst-case decodes (beam 50, 200 words) make one forward pass of many
-    seconds (a pass of eight took 12.3 s on this project's CPU), past this deployment's 8 s limit: the health check fails, Serve replaces the replica, and the new
-    one serves the next request."""
+    seconds (a pass of eight took 12.3 s on this project's CPU), past this deployment's 4 s limit for long
+    enough that the health check fails three times in a row: Serve replaces the replica, and the new one
+    serves the next request."""
     first = httpx.get(f"{limited}/healthz", timeout=60).json()["replica"]
     heavy = "beam_size=50&max_length=200"
 

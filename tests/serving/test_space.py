@@ -21,7 +21,7 @@ from huggingface_hub import SpaceCard, snapshot_download
 from tests.helpers.app import free_port
 from tests.helpers.paths import ROOT
 from captioner.core.backends.onnx_export import SHIPPED_FILES, export_to_repo
-from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES
+from captioner.core.repository.storage import BUNDLED_MODEL_DIR, MODEL_FILES, OPTIONAL_MODEL_FILES
 from tests.helpers.hub import hub  # noqa: F401  (fixture)
 from tests.helpers.hub_server import HubServer, free_port_url
 
@@ -133,7 +133,7 @@ def test_without_a_model_the_bundled_model_is_staged(tmp_path):
     assert "weights: the bundled model `models/default`" in result.stdout
     staged = tmp_path / "s" / "models" / "default"
     assert sorted(p.name for p in staged.iterdir()) == sorted(p.name for p in BUNDLED_MODEL_DIR.iterdir()
-                                                              if p.name in MODEL_FILES)
+                                                              if p.name in MODEL_FILES + OPTIONAL_MODEL_FILES)
     assert (staged / "model.safetensors").read_bytes() == (BUNDLED_MODEL_DIR / "model.safetensors").read_bytes()
 
 

@@ -300,7 +300,7 @@ def test_maximum_length_counts_words_and_a_cut_caption_says_so(page, app_model):
 def bundled_url():
     if not (BUNDLED_MODEL_DIR / "config.json").is_file():
         pytest.skip("no bundled model")
-    with serve(app.build_demo(BUNDLED_MODEL_DIR)) as url:
+    with serve(app.build_app(BUNDLED_MODEL_DIR)) as url:
         yield url
 
 

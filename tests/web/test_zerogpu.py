@@ -69,7 +69,7 @@ def stand_in_spaces(monkeypatch):
 def record_model_runs(captioner, spaces: StandInSpaces) -> list[bool]:
     """For each run of the encoder's backbone: whether it ran inside the decorated function."""
     runs: list[bool] = []
-    captioner.model.encoder.backbone.register_forward_pre_hook(
+    captioner.model.encoder.require_backbone().register_forward_pre_hook(
         lambda module, args: runs.append(getattr(spaces.inside, "now", False)))
     return runs
 
