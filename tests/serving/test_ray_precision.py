@@ -4,9 +4,7 @@ started once for this module and always shut down)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,11 +12,11 @@ import pytest
 from captioner.core.backends.choice import onnxruntime_available
 from tests.helpers.int8 import ship_passing_int8
 from tests.helpers.paths import EXAMPLES
+from tests.helpers.ray_cluster import local_cluster
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not HAS_RAY or not onnxruntime_available(), reason='needs Ray and onnxruntime: pip install "captioner[ray,onnx]"')]
-os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex})
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +34,10 @@ def int8_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "CAPTIONER_PRECISION": ""}})
-    try:
-        yield
-    finally:
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    """A local cluster with the test token of ``tests.helpers.ray_cluster`` (one token for every test
+    module: a process reads its token once)."""
+    with local_cluster({"CAPTIONER_PRECISION": ""}) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
