@@ -304,6 +304,7 @@ def attack_files(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.stress
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sixteen_concurrent_decodes_of_each_attack_stay_within_the_budget(attack_files):

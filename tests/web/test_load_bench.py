@@ -28,6 +28,7 @@ def test_max_batch_size_comes_from_the_argument_then_the_environment(monkeypatch
     built.state.close()
 
 
+@pytest.mark.stress
 @pytest.mark.slow
 def test_load_benchmark_runs_and_every_request_is_answered(tmp_path_factory, tmp_path):
     model = make_app_model(tmp_path_factory.getbasetemp() / "app-model")
