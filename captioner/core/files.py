@@ -1,5 +1,5 @@
 """Files: writing them whole or not at all (under a temporary name beside the target, then renamed into
-place), their digests, and which files of a folder are images."""
+place), their digests, which files of a folder are images, and cells that spreadsheets read safely."""
 
 from __future__ import annotations
 
@@ -80,3 +80,11 @@ def image_files(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
         found += [Path(top) / name for name in names
                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell for ``value``: text a spreadsheet would run as a formula gets a leading ``'``;
+    ``None`` is an empty cell."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from captioner.core.errors import CaptionerError
+from captioner.core.files import spreadsheet_safe
 from captioner.serving.dataset_inputs import filesystem, suffix
-from captioner.web.batch import _spreadsheet_safe
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PART_FORMATS = ("parquet", "jsonl")
@@ -210,7 +210,7 @@ def _csv_text(rows: list[dict[str, Any]], header: bool) -> str:
         writer.writerow(SCHEMA.names)
     for row in rows:
         writer.writerow([json.dumps(row[name], ensure_ascii=False) if name in NESTED and row[name] is not None
-                         else "" if row[name] is None else _spreadsheet_safe(row[name]) for name in SCHEMA.names])
+                         else spreadsheet_safe(row[name]) for name in SCHEMA.names])
     return buffer.getvalue()
 
 

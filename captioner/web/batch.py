@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from captioner.core.errors import ImageError
+from captioner.core.files import spreadsheet_safe
 from captioner.core.images.decode import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_size
 from captioner.core.inference import Captioner
 from captioner.core.options import DecodeOptions
@@ -172,14 +173,8 @@ def rows_to_csv(results: Iterable[CaptionResult]) -> str:
     writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for result in results:
-        writer.writerow({key: _spreadsheet_safe(value) for key, value in _record(result).items()})
+        writer.writerow({key: spreadsheet_safe(value) for key, value in _record(result).items()})
     return out.getvalue()
-
-
-def _spreadsheet_safe(value: object) -> object:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return "" if value is None else value
 
 
 def rows_to_json(results: Iterable[CaptionResult]) -> str:
