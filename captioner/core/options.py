@@ -100,6 +100,18 @@ def whole_number(name: str, value: Any, low: int, high: int, note: str = "") -> 
     return number
 
 
+def count_setting(name: str, raw: int | str) -> int:
+    """``raw`` (a number, or the text of an option or environment variable) as a whole number of at
+    least 1."""
+    try:
+        number = int(raw)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return number
+
+
 def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     """``value`` when it is one of ``allowed`` (exactly, as a string)."""
     if not isinstance(value, str) or value not in allowed:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from captioner.core.options import BACKEND_HELP, BACKENDS, PRECISION_HELP, PRECISIONS
+from captioner.core.options import BACKEND_HELP, BACKENDS, PRECISION_HELP, PRECISIONS, count_setting
 
 MAX_BATCH_SIZE = 8  # images per shared forward pass (API / caption tab) and per batch-tab pass
 
@@ -43,10 +43,4 @@ def parser() -> argparse.ArgumentParser:
 def max_batch_size(value: int | str | None = None) -> int:
     """``value``, else ``$CAPTIONER_MAX_BATCH``, else ``MAX_BATCH_SIZE``, checked (1 turns batching off)."""
     raw = value if value not in (None, "") else os.environ.get("CAPTIONER_MAX_BATCH") or MAX_BATCH_SIZE
-    try:
-        size = int(raw)
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise ValueError(f"The maximum batch size must be a whole number of at least 1, got {raw!r}.")
-    return size
+    return count_setting("The maximum batch size", raw)

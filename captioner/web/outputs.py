@@ -21,6 +21,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from captioner.core.options import count_setting
+
 MB = 1024 * 1024
 MAX_AGE_S = 3600  # a request's files are removed after this
 MAX_BYTES = 256 * MB  # and the oldest go first when the folder would hold more than this
@@ -104,12 +106,4 @@ class OutputFolder:
 
 def _env_megabytes(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        megabytes = int(raw)
-    except ValueError:
-        megabytes = 0
-    if megabytes < 1:
-        raise ValueError(f"{name} must be a whole number of megabytes of at least 1, got {raw!r}")
-    return megabytes * MB
+    return count_setting(name, raw) * MB if raw else default

@@ -48,14 +48,16 @@ def test_expired_requests_are_removed():
 
 def test_concurrent_writers_never_take_the_folder_over_its_cap():
     """Eight requests write fifty 1 KB files each at once into a 20 KB folder; the folder's size, read
-    from the disk every millisecond, never passes the cap."""
+    from the disk every millisecond, never passes the cap. Each reading holds the folder's lock: a walk
+    of the disk that a removal and a write cross would count a file removed before another was written."""
     cap = 20_000
     outputs = OutputFolder(max_bytes=cap)
     stop, peak = threading.Event(), [0]
 
     def watch() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], folder_bytes(outputs.root))
+            with outputs._lock:
+                peak[0] = max(peak[0], folder_bytes(outputs.root))
             time.sleep(0.001)
 
     def request(_: int) -> int:
@@ -79,3 +81,19 @@ def test_concurrent_writers_never_take_the_folder_over_its_cap():
         final = folder_bytes(outputs.root)
         outputs.close()
     assert written > 20 and peak[0] <= cap and final <= cap, (written, peak[0], final)
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "2.5", "many"])
+def test_a_bad_cap_in_the_environment_is_refused_with_its_name(monkeypatch, raw):
+    monkeypatch.setenv("CAPTIONER_OUTPUT_MB", raw)
+    with pytest.raises(ValueError, match=f"CAPTIONER_OUTPUT_MB must be a whole number of at least 1, got '{raw}'"):
+        OutputFolder()
+
+
+def test_the_cap_in_the_environment_is_in_megabytes(monkeypatch):
+    monkeypatch.setenv("CAPTIONER_OUTPUT_MB", " 3 ")
+    outputs = OutputFolder()
+    try:
+        assert outputs.max_bytes == 3 * 1024 * 1024
+    finally:
+        outputs.close()
