@@ -6,6 +6,7 @@ docs/screenshots/ are refreshed too.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -68,9 +69,10 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, url, request):
-    """A fresh page on the app that records any request leaving the machine."""
+@contextlib.contextmanager
+def open_page(browser, url: str, name: str):
+    """A fresh page on the app at ``url`` that records any request leaving the machine; its screenshot
+    goes to ``test-artifacts/NAME.png`` when it closes."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT)
@@ -81,8 +83,14 @@ def page(browser, url, request):
     page.get_by_role("tab", name="Caption").wait_for()
     yield page
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
     context.close()
+
+
+@pytest.fixture
+def page(browser, url, request):
+    with open_page(browser, url, request.node.name) as page:
+        yield page
 
 
 def save_screenshot(page, name: str) -> None:
@@ -306,15 +314,8 @@ def bundled_url():
 
 @pytest.fixture
 def bundled_page(browser, bundled_url, request):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT)
-    page.goto(bundled_url)
-    page.get_by_role("tab", name="Caption").wait_for()
-    yield page
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
-    context.close()
+    with open_page(browser, bundled_url, request.node.name) as page:
+        yield page
 
 
 def test_the_bundled_models_tab_shows_its_cards_limits(bundled_page):
