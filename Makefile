@@ -1,11 +1,11 @@
 # make demo: run the app on the bundled model.  make test: run every test.  make docs: serve the docs.
-# make test-fast: every test but the browser, stress and Ray ones, for the edit-test loop.
+# make test-fast: every test but the browser, stress, Ray and slow ones, for the edit-test loop.
 # Each target creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# pytest-xdist: two workers, each test file on one of them, the browser, stress and Ray tests on one
-# worker one after another (see tests/conftest.py).
+# pytest-xdist: two workers; with no test in a group, loadgroup hands out one test at a time, in file
+# order, as a worker runs low (see docs/development.md).
 PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
 
 .PHONY: demo test test-fast bench docs system-packages clean
@@ -17,7 +17,7 @@ test: $(VENV)/.dev system-packages
 	$(PYTEST) --durations=25
 
 test-fast: $(VENV)/.dev
-	$(PYTEST) -m "not browser and not stress and not ray"
+	$(PYTEST) -m "not browser and not stress and not ray and not slow"
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench.py

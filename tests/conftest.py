@@ -6,10 +6,7 @@ profile runs a few, so that a local run stays quick.
 
 Marks: ``browser`` (headless Chromium), ``stress`` (huge images, floods, memory budgets: every test
 that uses a huge-image fixture, and those marked), ``ray`` (a local Ray cluster: the files
-``RAY_TESTS`` name), ``slow``. Under pytest-xdist (``-n 2 --dist loadgroup``, as ``make test`` runs
-it) each test file runs on one worker, so that its module-scoped servers start once, and the
-browser, stress and Ray tests run one after another on the same worker, so that their servers and
-memory figures do not compete.
+``RAY_TESTS`` name), ``slow`` (two seconds or more; set on each test).
 """
 
 from __future__ import annotations
@@ -32,19 +29,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 RAY_TESTS = ("tests/serving/test_ray_", "tests/serving/test_serve_security.py")
 HUGE_IMAGES = {"huge_png", "huge_jpeg"}
-HEAVY = ("browser", "stress", "ray")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        where = item.path.relative_to(ROOT).as_posix()
-        if where.startswith(RAY_TESTS):
+        if item.path.relative_to(ROOT).as_posix().startswith(RAY_TESTS):
             item.add_marker(pytest.mark.ray)
         if HUGE_IMAGES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.stress)
-        heavy = any(item.get_closest_marker(name) for name in HEAVY)
-        item.add_marker(pytest.mark.xdist_group("heavy" if heavy else where))
 
 
 @pytest.fixture(scope="session", autouse=True)

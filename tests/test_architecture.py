@@ -179,6 +179,7 @@ def test_imports_go_one_way_between_parts():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_the_runtime_does_not_load_training_or_build_code():
     script = ("import sys\nfrom captioner import load_captioner\nimport captioner.cli\n"
               "import captioner.web.batcher, captioner.web.batch\n"

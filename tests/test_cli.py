@@ -48,6 +48,7 @@ def test_missing_model_and_bad_arguments(tmp_path, example_photos):
     assert proc.returncode == 1 and "--encoder" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_does_not_import_gradio(tiny_model_dir, example_photos):
     photo = str(next(iter(example_photos.values())))
     code = ("import sys, runpy; sys.argv=['captioner','caption',%r,'--model',%r]\n"

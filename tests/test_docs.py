@@ -41,6 +41,7 @@ def _mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------------------- the site
 
+@pytest.mark.slow
 def test_the_site_builds_strictly_with_the_cli_help_and_the_api_reference(tmp_path):
     build = _mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
     assert build.returncode == 0, build.stdout + build.stderr
@@ -122,6 +123,7 @@ def repository_copy(tmp_path_factory) -> Path:
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", range(len(_runnable_blocks())), ids=lambda n: f"block-{n + 1}")
 def test_a_runnable_readme_block_succeeds(repository_copy, number):
     language, code = _runnable_blocks()[number]

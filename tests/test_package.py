@@ -61,6 +61,7 @@ def _pip_has_python_option() -> bool:
     return "--python" in out
 
 
+@pytest.mark.slow
 def test_a_wheel_installed_elsewhere_captions_offline_with_the_bundled_model(installed_wheel, tmp_path):
     from captioner.core.inference import load_captioner
 

@@ -26,6 +26,7 @@ def test_requests_are_grouped_by_settings_in_order_of_first_appearance_and_cut_i
         groups_by_options(requests, max_batch_size=0)
 
 
+@pytest.mark.slow
 def test_one_pass_per_group_and_results_in_the_callers_order(tiny_model_dir):
     from captioner.core.inference import load_captioner
 

@@ -26,6 +26,7 @@ def _pixels(array, name="efficientnet-lite0"):
     return build_preprocessor(spec.resize, spec.image_size, spec.mean, spec.std)(load_image(array)).unsqueeze(0)
 
 
+@pytest.mark.slow
 def test_lite0_ranks_the_right_imagenet_class_first_on_real_photos(lite0):
     with torch.inference_mode():
         coffee = lite0(_pixels(skimage.data.coffee()))[0]
@@ -43,6 +44,7 @@ def test_pooled_features_mode_shares_the_weights(lite0):
     assert out.shape == (1, 1280) and out.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_encoder_backbone_is_frozen_unless_asked():
     model = ShowAndTell(ModelConfig(backbone="efficientnet-lite0", vocab_size=10, embed_size=8, hidden_size=8))
     images = torch.randn(2, 3, 224, 224)
@@ -78,6 +80,7 @@ def test_optimized_for_inference_keeps_outputs_and_top5(lite0, example_photos):
         optimize_for_inference(copy.deepcopy(lite0).train())
 
 
+@pytest.mark.slow
 def test_optimized_resnet_computes_the_same_function():
     torch.manual_seed(0)
     backbone = build_backbone("resnet152", "features").eval()

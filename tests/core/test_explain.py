@@ -78,6 +78,7 @@ def stepped_probabilities(captioner: Captioner, image, caption: str) -> list[flo
     return probabilities
 
 
+@pytest.mark.slow
 def test_score_agrees_with_the_decoders_greedy_probabilities(bundled, example_photos):
     photos = list(example_photos.values())
     for photo in photos:
@@ -97,6 +98,7 @@ def test_score_agrees_with_the_decoders_greedy_probabilities(bundled, example_ph
                            stepped_probabilities(bundled, photo, "a cat on a table"), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_score_for_a_pooled_features_resnet_and_unknown_words(resnet_dir, example_photos):
     captioner = load_captioner(resnet_dir, "cpu")
     photo = example_photos["coffee"]
@@ -107,6 +109,7 @@ def test_score_for_a_pooled_features_resnet_and_unknown_words(resnet_dir, exampl
                        atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_score_refuses_bad_captions_and_images(bundled, example_photos, tmp_path):
     with pytest.raises(ValueError, match="no words"):
         bundled.score(example_photos["coffee"], " ... !")
@@ -262,6 +265,7 @@ def test_an_overlay_is_drawn_at_its_heatmaps_size(bundled, large_photo):
     assert overlay(explanation.image, full, max_side=1024).size == (1024, 683)
 
 
+@pytest.mark.slow
 def test_heatmaps_of_photos_for_every_kind_of_encoder(bundled, resnet_dir, tiny_model_dir, example_photos):
     """Class probabilities (the bundled EfficientNet-Lite0: the gradient passes the classifier head),
     pooled features (ResNet-152, EfficientNet-Lite0)."""
@@ -305,6 +309,7 @@ def test_the_map_sits_where_preprocessing_took_the_pixels_from():
             assert abs((columns[0] + columns[-1]) / 2 - width / 2) <= 1  # centred
 
 
+@pytest.mark.slow
 def test_deletion_test_passes_on_the_shipped_examples(bundled, example_photos):
     """Replacing a word's 20% most heated pixels lowers its probability more than 20% random pixels:
     on average and on most photos."""
@@ -318,6 +323,7 @@ def test_deletion_test_passes_on_the_shipped_examples(bundled, example_photos):
     assert passed > len(example_photos) / 2
 
 
+@pytest.mark.slow
 def test_maps_change_when_the_last_block_is_randomised(bundled, example_photos):
     randomised = randomised_captioner(None, "cpu", seed=0)
     assert not torch.equal(randomised.model.encoder.backbone.net._conv_head.weight,
@@ -365,6 +371,7 @@ def test_cli_score_plain_and_json(tiny_model_dir, example_photos):
     assert proc.returncode == 1 and "no words" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_caption_explain_writes_one_overlay_per_word(example_photos, large_photo, tmp_path):
     """Overlays have the photo's size as decoded for captioning, at most 1024 pixels on the longer side:
     the 2400 x 1600 JPEG is decoded at 1200 x 800, and its overlays are 1024 x 683."""

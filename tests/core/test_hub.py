@@ -82,6 +82,7 @@ def test_damaged_download_is_detected_and_fetched_again(hub, tiny_model_dir):
     assert len(gets) == 2
 
 
+@pytest.mark.slow
 def test_offline_mode_uses_the_cache_only(hub, tiny_model_dir):
     hub.add_repo("team/captioner", _files(tiny_model_dir))
     load_model("team/captioner")
@@ -117,6 +118,7 @@ def test_push_refuses_a_broken_model(hub, tiny_model_copy):
     assert "me/broken" not in hub.repos
 
 
+@pytest.mark.slow
 def test_push_from_the_cli(hub, tiny_model_dir):
     proc = subprocess.run([sys.executable, "-m", "captioner", "push", str(tiny_model_dir), "me/cli-model"],
                           env=hub.environ(hub.cache_dir), capture_output=True, text=True, cwd=ROOT)

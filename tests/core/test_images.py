@@ -408,6 +408,7 @@ def test_more_real_files_from_scikit_image(name, size):
 
 @pytest.mark.parametrize("mode, fmt", [("RGB", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("1", "PNG"),
                                        ("I;16", "PNG"), ("LA", "PNG"), ("CMYK", "TIFF"), ("F", "TIFF")])
+@pytest.mark.slow
 def test_large_images_are_reduced_but_never_below_min_side(mode, fmt):
     rng = np.random.default_rng(1)
     photo = Image.fromarray((rng.random((1300, 2100, 3)) * 255).astype(np.uint8))

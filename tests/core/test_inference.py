@@ -179,6 +179,7 @@ def test_hub_ids_key_the_cache_with_their_revision(tiny_model_dir):
     assert locate(tiny_model_dir).key == f"dir:{tiny_model_dir.resolve()}"
 
 
+@pytest.mark.slow
 def test_import_captioner_is_light_and_exports_the_api():
     import subprocess
     import sys

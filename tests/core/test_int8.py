@@ -90,6 +90,7 @@ def test_a_badly_calibrated_encoder_fails_its_check_and_auto_uses_fp32(real_phot
     assert forced(photo).caption  # the int8 graph runs
 
 
+@pytest.mark.slow
 @needs_exporter
 def test_auto_uses_an_int8_encoder_whose_check_passed(tiny_model_copy, real_photos, onnx_cache, tmp_path, one_thread):
     ship_passing_int8(tiny_model_copy, real_photos)
@@ -253,6 +254,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=1200, env={**env, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_export_onnx_int8_refuses_bad_photo_folders_in_one_line_before_any_work(tiny_model_copy, tmp_path):
     before = sorted(path.name for path in tiny_model_copy.iterdir())
     nowhere = tmp_path / "nowhere"

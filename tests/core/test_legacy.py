@@ -56,6 +56,7 @@ def tutorial_files(tmp_path_factory):
     return root, encoder.eval(), decoder.eval()
 
 
+@pytest.mark.slow
 def test_import_gives_token_for_token_equal_greedy_output(tutorial_files, tmp_path):
     root, encoder, decoder = tutorial_files
     out = import_legacy(root / "encoder-5-3000.pkl", root / "decoder-5-3000.pkl", root / "vocab.pkl", tmp_path / "m")
@@ -72,6 +73,7 @@ def test_import_gives_token_for_token_equal_greedy_output(tutorial_files, tmp_pa
         assert hyp.tokens == ref[:cut]
 
 
+@pytest.mark.slow
 def test_a_photo_file_gets_the_tutorials_caption_token_for_token(tutorial_files, tmp_path, example_photos):
     """sample.py's own steps (its load_image: squash to 224 x 224 with LANCZOS; its transform; its
     models and greedy sample) against the library's image-file path and greedy decoding. The
@@ -184,6 +186,7 @@ def _download(base, out, model="pretrained_model.zip", vocab="vocap.zip"):
                "--vocab-zip-url", f"{base}/{vocab}")
 
 
+@pytest.mark.slow
 def test_download_converts_and_caches(zip_server, tutorial_files, tmp_path):
     proc = _download(zip_server, tmp_path / "coco")
     assert proc.returncode == 0, proc.stderr

@@ -67,6 +67,7 @@ def assert_backends_agree(model_dir, photos) -> None:
             assert_same_results(reference, onnx_captioner(photos[one], beam_size=beam, num_candidates=beam))
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 def test_bundled_model_same_captions_on_the_examples(example_photos, onnx_cache):
     assert_backends_agree(None, list(example_photos.values()))
@@ -147,6 +148,7 @@ def intact(path: Path) -> bool:
     return hashlib.sha256(path.read_bytes()).hexdigest() == path.stem.rsplit("-", 1)[1]
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 def test_export_cache_is_written_reused_and_rebuilt_when_damaged(tiny_model_dir, onnx_cache, example_photos,
                                                                one_thread):
@@ -217,6 +219,7 @@ def test_the_cache_key_holds_the_weights(tmp_path, onnx_cache, one_thread):
     assert len(cache_files(onnx_cache)) == 2
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 def test_a_shipped_export_is_used_only_for_its_own_weights(tiny_model_copy, tmp_path, onnx_cache, example_photos,
                                                           one_thread):
@@ -339,6 +342,7 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["onnxruntime", "onnx"])
 def test_without_onnxruntime_or_the_exporter_auto_uses_torch(package, tiny_model_dir, tmp_path):
     done = run_without(package, f"""
@@ -350,6 +354,7 @@ def test_without_onnxruntime_or_the_exporter_auto_uses_torch(package, tiny_model
     assert done.stdout.split() == ["torch", "True"]
 
 
+@pytest.mark.slow
 def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_dir, tmp_path):
     done = run_without("onnxruntime", f"""
         from captioner.cli import main
@@ -362,6 +367,7 @@ def test_without_onnxruntime_the_onnx_backend_says_what_to_install(tiny_model_di
         "error: the onnx backend needs the 'onnx' extra (onnxruntime is not installed): pip install 'captioner[onnx]'"]
 
 
+@pytest.mark.slow
 def test_without_onnxruntime_the_app_refuses_the_onnx_backend_at_start(tmp_path):
     done = run_without("onnxruntime", """
         from captioner.web.main import main
@@ -372,6 +378,7 @@ def test_without_onnxruntime_the_app_refuses_the_onnx_backend_at_start(tmp_path)
         "error: the onnx backend needs the 'onnx' extra (onnxruntime is not installed): pip install 'captioner[onnx]'")
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 def test_cli_backend_flag(tiny_model_dir, tmp_path):
     env = {**_env(), "CAPTIONER_CACHE": str(tmp_path / "cache")}
@@ -425,6 +432,7 @@ def test_a_deferred_backbone_checks_the_weights_when_it_is_built(tiny_model_copy
     assert loaded.model.encoder.backbone is None
 
 
+@pytest.mark.slow
 def test_without_the_exporter_a_shipped_or_cached_export_still_runs_in_onnx_runtime(tiny_model_dir, tiny_model_copy,
                                                                                     tmp_path, monkeypatch, one_thread):
     from captioner.core.backends.onnx_export import EXPORTER_HINT
@@ -471,6 +479,7 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
     return apply
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 @pytest.mark.skipif(sys.platform == "win32", reason="file size limits are a POSIX resource limit")
 def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(tiny_model_dir, tmp_path):
@@ -505,6 +514,7 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           timeout=300, **{"env": _env(), **kwargs})
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 def test_the_export_onnx_command_writes_both_graphs(tiny_model_copy, onnx_cache, one_thread):
     done = _cli("export-onnx", str(tiny_model_copy))
@@ -519,6 +529,7 @@ def test_the_export_onnx_command_writes_both_graphs(tiny_model_copy, onnx_cache,
     assert (captioner.pipeline.onnx.origin, captioner.pipeline.onnx.step_origin) == ("shipped", "shipped")
 
 
+@pytest.mark.slow
 def test_the_export_onnx_command_refuses_in_one_line(tiny_model_copy, tmp_path):
     def error_of(done: subprocess.CompletedProcess) -> str:
         assert (done.returncode, done.stdout) == (1, ""), done.stderr
@@ -555,6 +566,7 @@ def _without_root_powers() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or importlib.util.find_spec("onnx") is None,
                     reason="POSIX permissions and Linux capabilities; the exporter is needed")
+@pytest.mark.slow
 def test_the_export_onnx_command_in_a_read_only_folder(tiny_model_copy):
     """A folder the user may read but not write: one line, and nothing left behind."""
     import os

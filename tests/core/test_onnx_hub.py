@@ -56,6 +56,7 @@ def origins(captioner: Captioner) -> tuple[str, str]:
     return captioner.pipeline.onnx.origin, captioner.pipeline.onnx.step_origin
 
 
+@pytest.mark.slow
 def test_push_publishes_the_export_and_only_the_onnx_backend_fetches_it(hub, exported, one_thread):  # noqa: F811
     push_model(exported, "me/exported")
     assert set(hub.files("me/exported")) == {*MODEL_FILES, *FP32_EXPORT}
@@ -75,6 +76,7 @@ def test_push_publishes_the_export_and_only_the_onnx_backend_fetches_it(hub, exp
     assert found.candidates[0].score == pytest.approx(reference.candidates[0].score, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_offline_with_a_cache_that_lacks_the_export_the_backend_exports_it(hub, exported, monkeypatch,
                                                                           one_thread):  # noqa: F811
     hub.add_repo("team/exported", exported)
@@ -97,6 +99,7 @@ def test_offline_with_a_cache_that_lacks_the_export_the_backend_exports_it(hub, 
     assert len(hub.requests) == before
 
 
+@pytest.mark.slow
 def test_offline_cli_with_the_model_files_only(hub, exported, tmp_path):  # noqa: F811
     hub.add_repo("team/cli", exported)
     load_model("team/cli")
@@ -120,6 +123,7 @@ def test_a_repository_without_an_export_loads_quietly(hub, tiny_model_dir, one_t
     assert origins(captioner) == ("exported", "exported")
 
 
+@pytest.mark.slow
 def test_push_refuses_an_export_of_other_weights_and_removes_one_the_folder_no_longer_has(
         hub, exported, tmp_path):  # noqa: F811
     push_model(exported, "me/model")
@@ -141,6 +145,7 @@ def test_push_refuses_an_export_of_other_weights_and_removes_one_the_folder_no_l
     assert hub.files("me/model")["model.safetensors"] == (exported / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_an_export_that_cannot_be_fetched_is_left_out_with_a_warning(hub, exported, monkeypatch, no_retry_wait,
                                                                      one_thread):  # noqa: F811
     from tests.helpers.hub_server import free_port_url

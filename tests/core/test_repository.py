@@ -65,6 +65,7 @@ def test_missing_local_dir_and_bad_ids(tmp_path):
         locate("just-a-name")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_names_source_and_what_was_tried(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", "someone/nothing@v2",
@@ -90,6 +91,7 @@ def write_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0" *
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
 
 
+@pytest.mark.slow
 def test_load_by_owner_name_from_offline_hub_cache(tmp_path, tiny_model_dir):
     write_hub_cache(tmp_path / "hub", "captioner-tests/tiny", tiny_model_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}

@@ -62,6 +62,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 # -- staging (--dry-run) -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dry_run_stages_a_space_that_pulls_its_weights_from_the_hub(tmp_path):
     out = tmp_path / "space"
     result = deploy_space("me/captioner-demo", "--model", "someone/captioner@v2", "--dry-run", str(out))
@@ -91,6 +92,7 @@ def test_dry_run_stages_a_space_that_pulls_its_weights_from_the_hub(tmp_path):
     assert max(len(data) for data in files.values()) < TEN_MB
 
 
+@pytest.mark.slow
 def test_dry_run_pins_the_commit_to_preload_when_the_revision_is_one(tmp_path):
     commit = "0123456789abcdef0123456789abcdef01234567"
     result = deploy_space("me/demo", "--model", f"someone/captioner@{commit}", "--dry-run", str(tmp_path / "s"))
@@ -99,6 +101,7 @@ def test_dry_run_pins_the_commit_to_preload_when_the_revision_is_one(tmp_path):
     assert card.data.to_dict()["preload_from_hub"] == [f"someone/captioner {','.join(MODEL_FILES)} {commit}"]
 
 
+@pytest.mark.slow
 def test_zerogpu_requirements_pin_a_torch_the_hardware_supports(tmp_path):
     result = deploy_space("me/demo", "--model", "someone/captioner", "--hardware", "zerogpu",
                           "--dry-run", str(tmp_path / "s"))
@@ -121,12 +124,14 @@ def test_zerogpu_requirements_pin_a_torch_the_hardware_supports(tmp_path):
     (["--model", "not a model"], ["neither a model folder nor a Hub model id"]),
     (["--model", "someone/m", "--hardware", "h100-imaginary"], ["unknown Space hardware", "zero-a10g"]),
 ])
+@pytest.mark.slow
 def test_bad_requests_get_one_line_errors(tmp_path, args, words):
     line = one_line_error(deploy_space("me/demo", *args, "--dry-run", str(tmp_path / "s")))
     assert all(word in line for word in words), line
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
 
 
+@pytest.mark.slow
 def test_without_a_model_the_bundled_model_is_staged(tmp_path):
     result = deploy_space("me/demo", "--dry-run", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
@@ -137,6 +142,7 @@ def test_without_a_model_the_bundled_model_is_staged(tmp_path):
     assert (staged / "model.safetensors").read_bytes() == (BUNDLED_MODEL_DIR / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_dry_run_checks_the_hub_model_when_the_hub_can_be_reached(model_on_hub, tmp_path):
     env = model_on_hub.environ(tmp_path / "cache")
     line = one_line_error(deploy_space("me/demo", "--model", "someone/nothing", "--dry-run", str(tmp_path / "a"),
@@ -156,6 +162,7 @@ def test_a_dry_run_checks_the_hub_model_when_the_hub_can_be_reached(model_on_hub
     assert "offline" in offline.stdout.lower() or "could not reach the Hub" in offline.stdout
 
 
+@pytest.mark.slow
 def test_a_model_folders_onnx_export_is_staged_only_when_it_matches_on_cpu(tmp_path, tiny_model_copy, app_model):
     pytest.importorskip("onnx")
     export_to_repo(tiny_model_copy)
@@ -180,6 +187,7 @@ def test_a_model_folders_onnx_export_is_staged_only_when_it_matches_on_cpu(tmp_p
     assert "onnx left out:" in result.stdout and "does not belong to this model" in result.stdout
 
 
+@pytest.mark.slow
 def test_refuses_to_stage_into_a_folder_in_use(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     line = one_line_error(deploy_space("me/demo", "--model", "someone/m", "--dry-run", str(tmp_path)))
@@ -298,6 +306,7 @@ def model_on_hub(tiny_model_dir):
         yield server
 
 
+@pytest.mark.slow
 def test_deploy_creates_the_space_and_a_second_run_updates_it(model_on_hub, tiny_model_dir, tmp_path):
     hub = model_on_hub
     env = hub.environ(tmp_path / "cache")
@@ -331,12 +340,14 @@ def test_deploy_creates_the_space_and_a_second_run_updates_it(model_on_hub, tiny
                for r in hub.requests if r.path.startswith("/api/spaces") or r.path == "/api/repos/create")
 
 
+@pytest.mark.slow
 def test_deploy_refuses_a_hub_model_that_is_missing(model_on_hub, tmp_path):
     line = one_line_error(deploy_space("me/demo", "--model", "someone/nothing", env=model_on_hub.environ(tmp_path)))
     assert "someone/nothing" in line and "no such repository" in line
     assert model_on_hub.spaces == {}
 
 
+@pytest.mark.slow
 def test_bad_token_gives_a_one_line_error(tiny_model_dir, tmp_path):
     with HubServer(tokens={"good-token"}) as hub:
         line = one_line_error(deploy_space("me/demo", "--model", str(tiny_model_dir),
@@ -345,6 +356,7 @@ def test_bad_token_gives_a_one_line_error(tiny_model_dir, tmp_path):
         assert hub.spaces == {}
 
 
+@pytest.mark.slow
 def test_missing_token_gives_a_one_line_error(tmp_path):
     with HubServer() as hub:
         env = hub.environ(tmp_path / "cache", HF_HOME=str(tmp_path / "home"))
@@ -353,6 +365,7 @@ def test_missing_token_gives_a_one_line_error(tmp_path):
         assert "no Hugging Face token" in line and hub.requests == []
 
 
+@pytest.mark.slow
 def test_unreachable_hub_gives_a_one_line_error(tiny_model_dir, tmp_path):
     endpoint = free_port_url()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {

@@ -44,6 +44,7 @@ def model_and_images(tmp_path_factory, example_photos):
     return out, items
 
 
+@pytest.mark.slow
 def test_the_temperature_is_fitted_stored_and_used(model_and_images, example_photos, one_thread):
     out, items = model_and_images
     said = []
@@ -63,6 +64,7 @@ def test_the_temperature_is_fitted_stored_and_used(model_and_images, example_pho
         0.5, abs=0.15)
 
 
+@pytest.mark.slow
 def test_the_cached_features_give_the_same_fit_as_the_images(model_and_images, one_thread):
     out, items = model_and_images
     loaded = load_model(out)

@@ -183,6 +183,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_leaves_a_consistent_cache(model, image_paths, tmp_path):
     cache = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(ROOT), str(image_paths[0].parent),

@@ -37,7 +37,8 @@ from tests.helpers.paths import EXAMPLES, ROOT
 DATA = ROOT / "tests" / "data"
 SPECIAL = ("<pad>", "<start>", "<end>", "<unk>")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Most tests share a training run of the module: all are slow, so that test-fast runs none of them.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

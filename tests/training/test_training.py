@@ -35,7 +35,8 @@ IMAGE_SIZE = 96
 SMALL = {"embed_size": 64, "hidden_size": 64}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Most tests share a training run of the module: all are slow, so that test-fast runs none of them.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

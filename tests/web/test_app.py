@@ -38,6 +38,7 @@ def expected(model_dir, image, **options):
     return load_captioner(model_dir, "cpu")(image, **options)
 
 
+@pytest.mark.slow
 def test_caption_endpoint_returns_the_structured_result(running_app, app_model):
     _, client = running_app
     result = client.predict(handle_file(EXAMPLE), api_name="/caption")
@@ -115,6 +116,7 @@ def test_examples_are_captioned_at_start_up(running_app):
     assert state.shared.forward_passes == passes  # answered from memory: no model call
 
 
+@pytest.mark.slow
 def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(running_app, tmp_path):
     _, client = running_app
     (tmp_path / "notes.jpg").write_text("this is not a photo")
@@ -156,6 +158,7 @@ def test_concurrent_requests_succeed_and_a_bad_one_fails_alone(running_app, app_
     assert state.shared.forward_passes > passes
 
 
+@pytest.mark.slow
 def test_without_any_model_the_app_starts_and_says_why(tmp_path):
     built = app.build_app(tmp_path / "no-such-model", bundled=None, examples_dir=tmp_path)
     assert built.state.shared is None
@@ -239,6 +242,7 @@ def test_python_app_py_serves_on_the_configured_address(tiny_model_dir, tmp_path
     assert not (tmp_path / ".gradio" / "cached_examples").exists()  # examples are remembered in memory
 
 
+@pytest.mark.slow
 def test_gallery_lists_the_photos_in_the_examples_folder_and_leaves_out_broken_ones(tmp_path, tiny_model_dir):
     import gradio as gr
 
@@ -249,6 +253,7 @@ def test_gallery_lists_the_photos_in_the_examples_folder_and_leaves_out_broken_o
     assert [sample[0]["orig_name"] for sample in gallery.samples] == ["my-own-still.jpg"]
 
 
+@pytest.mark.slow
 def test_confidence_is_shown_in_words_and_numbers_that_mean_what_the_json_means(app_model, tiny_model_dir):
     from captioner.web.honesty import caption_details, confidence_text
 

@@ -35,6 +35,7 @@ def test_help_answers_without_importing_gradio_or_the_model_stack():
     print(f"\npython app.py --help: {seconds:.2f} s, {len(imported)} top-level modules imported")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["--model", "CAPTIONER_MODEL"])
 def test_a_model_that_cannot_be_loaded_stops_the_app_with_a_message(how, tmp_path):
     missing = str(tmp_path / "no-such-folder")
@@ -45,6 +46,7 @@ def test_a_model_that_cannot_be_loaded_stops_the_app_with_a_message(how, tmp_pat
     assert "--fallback-to-bundled" in last and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_setting_stops_the_app_with_a_message():
     result = run_app("--max-batch-size", "0")
     assert result.returncode == 2 and "at least 1" in result.stderr and "Traceback" not in result.stderr

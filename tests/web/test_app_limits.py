@@ -70,6 +70,7 @@ def log_text(server: Server) -> str:
 
 # ---- E. explanations: bounded in words, written once, named by index ----------------------------------
 
+@pytest.mark.slow
 def test_a_caption_over_the_word_cap_is_refused_before_any_work(server):
     """The attack of the report: a 198-word caption on a 1023 x 1023 photo sent as a data: URL. It is
     refused with a message naming the cap, before the photo is decoded; nothing is written."""
@@ -87,6 +88,7 @@ def test_a_caption_over_the_word_cap_is_refused_before_any_work(server):
     assert status == "ok" and len(overlays) == 4 == len(data["words"])
 
 
+@pytest.mark.slow
 def test_overlays_are_written_once_named_by_index_and_served_from_the_apps_folder(server):
     """Gradio copies returned files into its cache unless they lie in a static path: the overlays lie
     in the app's own folder only, and their names carry no word of the caption."""

@@ -29,6 +29,7 @@ def url(app_model):
         yield url
 
 
+@pytest.mark.slow
 def test_explain_endpoint_returns_one_overlay_per_word(url, app_model):
     client = Client(url, verbose=False)
     photo = EXAMPLES / "coffee.jpg"
@@ -52,6 +53,7 @@ def test_explain_endpoint_returns_one_overlay_per_word(url, app_model):
         client.predict(handle_file(photo), caption="?!", api_name="/explain")
 
 
+@pytest.mark.slow
 def test_explain_endpoint_on_a_large_photo_agrees_with_the_caption_endpoint(url, tmp_path):
     """A photo that captioning decodes at reduced size (3000 x 2000: by 1/2) is explained from the same
     pixels: the same caption and word probabilities; its overlays are at most OVERLAY_SIDE pixels."""

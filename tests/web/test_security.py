@@ -100,6 +100,7 @@ def _without_paths(message: str) -> str:
     return re.sub(r"(file://)?/\S*", "<path>", message)
 
 
+@pytest.mark.slow
 def test_server_paths_are_refused_the_same_way_whether_or_not_they_exist(server, folder):
     secret = folder / "secret.png"
     secret.write_bytes(EXAMPLE.read_bytes())  # an image the server can read: it must never be captioned
@@ -135,6 +136,7 @@ def test_the_batch_tab_reads_only_uploads(server):
         assert "root:" not in str(message)
 
 
+@pytest.mark.slow
 def test_gradio_client_path_dicts_are_refused(server):
     client = Client(server.url, verbose=False)
     for path in ("/etc/passwd", str(EXAMPLE), "/no/such/file.png"):
@@ -216,6 +218,7 @@ def test_uploads_over_the_request_cap_are_refused(server):
     _assert_still_serving(server)
 
 
+@pytest.mark.slow
 def test_uploads_are_refused_while_the_upload_folder_is_full(server, folder):
     """Over 4 GB of uploads waiting to expire (here one sparse file, which counts at its full size
     and takes no disk): uploads get 507 and a message, inline images are still captioned, and
@@ -239,6 +242,7 @@ def test_uploads_are_refused_while_the_upload_folder_is_full(server, folder):
     assert poll(upload_status, lambda response: response.status_code == 200).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_batch_over_its_byte_cap_is_refused_before_it_is_read(server, folder):
     """Six files of 90 MB uploaded in three requests (each under the request cap): the batch adds up
     to 540 MB, over its 500 MB cap, and is refused with a message before any file is opened."""
@@ -283,6 +287,7 @@ def test_each_bad_setting_gets_a_message_naming_it(server, parameter, position):
     assert status == "ok" and result["caption"]
 
 
+@pytest.mark.slow
 def test_bad_settings_through_gradio_client_and_the_page(server):
     client = Client(server.url, verbose=False)
     for value in (2.5, True, 0, 51):
@@ -429,6 +434,7 @@ def test_one_client_cannot_take_more_than_its_share_of_the_caption_queue(server,
     assert status == "ok" and result["caption"]
 
 
+@pytest.mark.slow
 def test_a_client_asking_one_caption_at_a_time_is_never_refused(server):
     """A request is counted from the moment it is let in until its handler starts; one that has
     finished is not counted, however fast it was."""
@@ -478,6 +484,7 @@ def test_upload_source_accepts_only_files_inside_the_upload_folder(tmp_path):
             upload_source(payload, uploads)
 
 
+@pytest.mark.slow
 def test_batch_pixels_are_capped_per_request_and_per_zip_member(tiny_model_dir, tmp_path):
     from PIL import Image
 

@@ -74,6 +74,7 @@ def record_model_runs(captioner, spaces: StandInSpaces) -> list[bool]:
     return runs
 
 
+@pytest.mark.slow
 def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, monkeypatch, tiny_model_dir, one_thread):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.delenv("CAPTIONER_BACKEND", raising=False)
@@ -105,6 +106,7 @@ def test_on_zerogpu_every_forward_pass_runs_inside_spaces_gpu(stand_in_spaces, m
     assert stand_in_spaces.calls - before == 2 and len(runs) == shared.forward_passes + 2 and all(runs)
 
 
+@pytest.mark.slow
 def test_off_zerogpu_spaces_gpu_is_never_used(stand_in_spaces, monkeypatch, tiny_model_dir, one_thread):
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     built = app.build_app(tiny_model_dir, examples_dir=EXAMPLES, batch_size=4)
