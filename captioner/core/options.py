@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -110,6 +111,13 @@ def count_setting(name: str, raw: int | str) -> int:
     if number < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return number
+
+
+def megabytes_setting(name: str, default_mb: int) -> int:
+    """Bytes from the environment variable ``name``: a whole number of megabytes of at least 1, or
+    ``default_mb`` when it is unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    return (count_setting(name, raw) if raw else default_mb) * 1024 * 1024
 
 
 def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from captioner.core.options import count_setting
+from captioner.core.options import megabytes_setting
 
 MB = 1024 * 1024
 MAX_AGE_S = 3600  # a request's files are removed after this
@@ -41,7 +41,7 @@ class OutputFolder:
     """
 
     def __init__(self, max_bytes: int | None = None, max_age_s: float = MAX_AGE_S):
-        self.max_bytes = max_bytes if max_bytes is not None else _env_megabytes("CAPTIONER_OUTPUT_MB", MAX_BYTES)
+        self.max_bytes = max_bytes if max_bytes is not None else megabytes_setting("CAPTIONER_OUTPUT_MB", MAX_BYTES // MB)
         self.max_age_s = max_age_s
         self._temp = tempfile.TemporaryDirectory(prefix="captioner-app-")
         self.root = Path(self._temp.name).resolve()
@@ -102,8 +102,3 @@ class OutputFolder:
         if total + size > self.max_bytes:
             raise OutputsFull(f"the server's space for results is full ({self.max_bytes // MB} MB); "
                               "try again in a minute")
-
-
-def _env_megabytes(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return count_setting(name, raw) * MB if raw else default

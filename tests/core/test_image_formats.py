@@ -10,8 +10,11 @@ escaped the budget before each has a test at the library level here and over HTT
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -26,7 +29,7 @@ from captioner.core.images.decode import load_image
 from captioner.core.images.memory import DECODE_BUDGET_BYTES
 from tests.helpers import hostile_images
 from tests.helpers.decode_memory import measure
-from tests.helpers.paths import EXAMPLES
+from tests.helpers.paths import EXAMPLES, ROOT
 
 MB = 1024 * 1024
 SLACK = 24 * MB  # the allocator's own overhead on top of the pixels counted (glibc arenas, Python objects)
@@ -384,3 +387,17 @@ def test_the_file_suffixes_are_those_of_the_accepted_formats():
     registered = Image.registered_extensions()
     assert {registered[suffix] for suffix in formats.SUFFIXES} == set(formats.ACCEPTED)
     assert {suffix for suffix, format_ in registered.items() if format_ in formats.ACCEPTED} == set(formats.SUFFIXES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raw, budget", [("64", "67108864"), ("", "536870912"), ("0", None), ("lots", None)])
+def test_the_decode_budget_comes_from_the_environment_in_megabytes(raw, budget):
+    """Read once, when the module is imported: a bad value stops the import with the variable's name."""
+    child = subprocess.run([sys.executable, "-c", "from captioner.core.images.memory import DECODE_BUDGET_BYTES as b; "
+                            "print(b)"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                           env={**os.environ, "CAPTIONER_DECODE_BUDGET_MB": raw})
+    if budget is None:
+        assert child.returncode != 0
+        assert f"CAPTIONER_DECODE_BUDGET_MB must be a whole number of at least 1, got '{raw}'" in child.stderr
+    else:
+        assert child.returncode == 0 and child.stdout.strip() == budget, child.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 import threading
 from collections.abc import Iterator
@@ -20,8 +19,10 @@ from contextlib import contextmanager
 
 from PIL import Image
 
+from captioner.core.options import megabytes_setting
+
 # Decoded pixel memory that all load_image calls may hold at once (CAPTIONER_DECODE_BUDGET_MB).
-DECODE_BUDGET_BYTES = int(os.environ.get("CAPTIONER_DECODE_BUDGET_MB") or 512) * 1024 * 1024
+DECODE_BUDGET_BYTES = megabytes_setting("CAPTIONER_DECODE_BUDGET_MB", 512)
 
 
 TRIM_AFTER_BYTES = 32 * 1024 * 1024  # decodes at least this large hand freed memory back afterwards
